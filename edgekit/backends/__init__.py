@@ -1,0 +1,1 @@
+"""Runtime backends: one small interface (base.py), one module per runtime, imported lazily."""

@@ -1,0 +1,116 @@
+"""OpenVINO: ONNX → IR (.xml/.bin), compiled for the target's device (CPU here; GPU/NPU on Intel parts).
+
+The IR is plain OpenVINO: it loads in `openvino.Core().compile_model("model.xml", "CPU")` without
+edgekit. Per-layer times and the kernels actually chosen come from OpenVINO's performance counters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.backends.base import Artifact, Availability, LayerTime
+from edgekit.errors import BadInput, Failure, require, runtime_message
+from edgekit.plan import PrecisionPlan
+from edgekit.targets import Target
+
+# edgekit precision → OpenVINO's execution precision hint. fp32 is asked for explicitly: on CPUs
+# with AMX or AVX512-BF16 OpenVINO would otherwise run bf16 by default.
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16"}
+
+
+def _ov():
+    return require("openvino", "openvino")
+
+
+class OpenVINOEngine:
+    def __init__(self, compiled, request, per_layer_factory):
+        self._compiled = compiled
+        self._request = request
+        self._per_layer_factory = per_layer_factory
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        # share_inputs avoids a copy per call; outputs are copied, the request reuses their buffers.
+        result = self._request.infer(feed, share_inputs=True, share_outputs=True)
+        return [np.array(result[out]) for out in self._compiled.outputs]
+
+    def layer_times(self, feed: dict[str, np.ndarray], runs: int) -> list[LayerTime]:
+        """Median per-layer time over `runs`, from a second compile with performance counters on
+        (kept apart so the counters never slow the latency measurement)."""
+        request = self._per_layer_factory().create_infer_request()
+        request.infer(feed)
+        per_layer: dict[str, tuple[str, str, list[float]]] = {}
+        for _ in range(runs):
+            request.infer(feed)
+            for info in request.profiling_info:
+                if info.status.name == "EXECUTED":
+                    entry = per_layer.setdefault(info.node_name, (info.node_type, info.exec_type, []))
+                    entry[2].append(info.real_time.total_seconds() * 1e3)
+        return [LayerTime(name, op, exec_type, float(np.median(times))) for name, (op, exec_type, times) in per_layer.items()]
+
+
+class OpenVINOBackend:
+    name = "openvino"
+    suffixes = (".xml",)
+
+    def available(self, target: Target) -> Availability:
+        try:
+            ov = _ov()
+        except Exception as err:
+            return Availability(False, False, str(err))
+        device = target.backend.options.get("device", "CPU")
+        devices = ov.Core().available_devices
+        versions = {"openvino": ov.get_version()}
+        if not any(d.split(".")[0] == device for d in devices):
+            # The IR is device-independent: build it here, run it where the device is.
+            return Availability(True, False, f"OpenVINO device '{device}' is not present here (found: {', '.join(devices)})", versions)
+        return Availability(True, True, "", versions)
+
+    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
+        ov = _ov()
+        if plan.default not in INFERENCE_PRECISION or plan.layers:
+            raise BadInput(f"the openvino backend builds {'/'.join(INFERENCE_PRECISION)} plans in this version, not {plan.as_dict()}")
+        try:
+            model = ov.convert_model(str(onnx_path))
+        except Exception as err:
+            raise Failure(f"OpenVINO could not convert {onnx_path.name}: {runtime_message(err)}") from err
+        xml = Path(out_dir) / "model.xml"
+        ov.save_model(model, str(xml), compress_to_fp16=plan.default == "fp16")
+        device = target.backend.options.get("device", "CPU")
+        return Artifact(self.name, xml, (xml, xml.with_suffix(".bin")), plan.default,
+                        {"device": device, "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[plan.default]})
+
+    def artifact_from_file(self, path: Path) -> Artifact:
+        import xml.etree.ElementTree as ElementTree
+
+        if not path.with_suffix(".bin").is_file():
+            raise BadInput(f"{path}: the IR's weights file {path.with_suffix('.bin').name} is missing beside it")
+        try:  # checked here: OpenVINO would try every frontend on it, and TensorFlow's logs to stderr
+            root = ElementTree.parse(path).getroot()
+        except ElementTree.ParseError as err:
+            raise BadInput(f"OpenVINO cannot load {path.name}: not a valid IR ({err})") from err
+        if root.tag != "net":
+            raise BadInput(f"OpenVINO cannot load {path.name}: not an IR (root element <{root.tag}>, expected <net>)")
+        return Artifact(self.name, path, (path, path.with_suffix(".bin")), "fp32", {})
+
+    def load(self, artifact: Artifact, *, target: Target, threads: int) -> OpenVINOEngine:
+        ov = _ov()
+        core = ov.Core()
+        device = artifact.options.get("device") or target.backend.options.get("device", "CPU")
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        if device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        hint = artifact.options.get("INFERENCE_PRECISION_HINT")
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        try:
+            model = core.read_model(str(artifact.path))
+            compiled = core.compile_model(model, device, config)
+        except Exception as err:  # OpenVINO raises RuntimeError for a corrupt or mismatched IR
+            raise BadInput(f"OpenVINO cannot load {artifact.path.name}: {runtime_message(err)}") from err
+        return OpenVINOEngine(compiled, compiled.create_infer_request(),
+                              lambda: core.compile_model(model, device, {**config, "PERF_COUNT": "YES"}))
+
+
+BACKEND = OpenVINOBackend()

@@ -1,0 +1,223 @@
+"""The `edgekit` command line: each command parses, calls one library function, prints.
+
+Errors meant for users (`EdgekitError`) print one line on stderr and exit 2 (bad input) or 1
+(failure); anything else prints one line too, and the traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgekit.errors import EdgekitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find the fastest version of a model that meets its budget on a device, and ship it.")
+targets_app = typer.Typer(no_args_is_help=True, help="The device registry (targets/*.yaml).")
+app.add_typer(targets_app, name="targets")
+out = Console()
+err = Console(stderr=True)
+STATE = {"debug": False}
+
+TargetsDir = Annotated[list[Path] | None, typer.Option("--targets-dir", help="Extra folder of target YAMLs (repeatable).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+Duration = Annotated[float, typer.Option(help="Time inferences for at least this many seconds (and --repeats).")]
+InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="[NAME:]D1,D2,..[:DTYPE], repeatable (TorchScript, factories without examples).")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    STATE["debug"] = debug
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _settings(repeats: int, warmup: int, threads: int | None, duration: float):
+    from edgekit.profile import ProfileSettings
+
+    return ProfileSettings(repeats=repeats, warmup=warmup, threads=threads, min_time_s=duration)
+
+
+@app.command()
+def deploy(
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or YAML file.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help=".onnx, .pt/.ts, .pt2 or pkg.module:factory (default: the digits demo).")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help=".npz, a folder of .npy or images, or pkg.module:factory.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 or fp16 (default: fp32 where the target runs it).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Build with this backend instead of the target's.")] = None,
+    latency_budget_ms: Annotated[float | None, typer.Option(help="Say whether the measured p50 meets this budget.")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed inferences (at least; and at least 1 s).")] = 100,
+    warmup: Annotated[int, typer.Option(help="Warm-up inferences (at least; and at least 200 ms).")] = 10,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
+    duration: Duration = 1.0,
+    input_shape: InputShape = None,
+    targets_dir: TargetsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Load → export → build → profile → report, on the target's own runtime."""
+    from edgekit.deploy import DeployRequest
+    from edgekit.deploy import deploy as run_deploy
+
+    request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision=precision, backend=backend,
+                            input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
+                            latency_budget_ms=latency_budget_ms, settings=_settings(repeats, warmup, threads, duration))
+    with err.status("starting") as status:
+        report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
+    if as_json:
+        _print_json(report)
+        return
+    _print_summary(report)
+
+
+def _print_summary(report: dict) -> None:
+    table = Table(title=f"edgekit deploy → {report['target']['name']} ({report['backend']})", show_header=False)
+    lat = report["latency_ms"]
+    table.add_row("model", f"{report['model']['name']}  ({report['model']['totals']['macs'] / 1e6:.2f} M MACs, "
+                           f"{report['model']['totals']['params'] / 1e3:.1f} k params)")
+    table.add_row("precision", report["precision"]["planned"]["default"])
+    spread = f" · p90 {lat['p90']:.3f} · p99 {lat['p99']:.3f} · {lat['samples']} runs" if lat["kind"] == "measured" else ""
+    table.add_row(f"latency ({lat['kind']})", f"p50 {lat['p50']:.3f} ms{spread}")
+    if lat["kind"] == "measured":
+        table.add_row("latency (predicted)", f"{report['predicted_latency_ms']['p50']:.3f} ms (roofline)")
+        table.add_row("throughput", f"{report['throughput_fps']:.0f} inferences/s, {report['threads']} threads")
+    acc = report.get("accuracy") or {}
+    if acc.get("test") is not None:
+        table.add_row("accuracy (test)", f"{acc['test']:.4f}  (source model {acc['reference']:.4f}, {acc['samples']} samples)")
+    if acc.get("agreement") is not None:
+        table.add_row("top-1 agreement", f"{acc['agreement']:.4f}")
+    if "budget" in report:
+        b = report["budget"]
+        table.add_row("budget", f"{b['latency_ms']} ms: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
+    table.add_row("status", report["status"])
+    table.add_row("run directory", report["run_dir"])
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    model: Annotated[str | None, typer.Argument(help="Model spec (default: the digits demo).")] = None,
+    input_shape: InputShape = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Export to ONNX (checked against the source model) and print the layer table."""
+    import tempfile
+
+    from edgekit import graph
+    from edgekit.models import load_model
+
+    loaded = load_model(model, input_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        with err.status("exporting to ONNX…"):
+            onnx_path = graph.export_onnx(loaded, Path(tmp) / "model.onnx")
+            check = graph.check_export(loaded, onnx_path, [loaded.example])
+            layers = graph.layer_table(onnx_path)
+    if as_json:
+        _print_json({"model": loaded.spec, "inputs": [str(s) for s in loaded.inputs], "export_check": check.__dict__,
+                     "totals": graph.totals(layers), "layers": graph.table_as_dicts(layers)})
+        return
+    table = Table(title=f"{loaded.name}: {', '.join(map(str, loaded.inputs))}")
+    for col in ("layer", "op", "input", "output", "MACs", "params", "bytes"):
+        table.add_column(col, justify="right" if col in ("MACs", "params", "bytes") else "left")
+    for layer in layers:
+        table.add_row(layer.name, layer.op, " ".join(map(str, layer.input_shapes)), str(layer.output_shape),
+                      f"{layer.macs:,}", f"{layer.params:,}", f"{layer.bytes_moved:,}")
+    total = graph.totals(layers)
+    table.add_row("total", "", "", "", f"{total['macs']:,}", f"{total['params']:,}", f"{total['bytes_moved']:,}", style="bold")
+    out.print(table)
+    out.print(f"ONNX export matches the source model: max |diff| {check.max_abs_diff:.2e} "
+              f"(rtol {check.rtol}, atol {check.atol}, {check.samples} input)")
+
+
+@app.command()
+def profile(
+    artifact: Annotated[Path, typer.Argument(help="Engine file: OpenVINO IR .xml or .onnx.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target the engine runs on.")] = "host",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data for accuracy (default: timing only, synthetic input).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed inferences (at least).")] = 100,
+    warmup: Annotated[int, typer.Option(help="Warm-up inferences (at least).")] = 10,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
+    duration: Duration = 1.0,
+    targets_dir: TargetsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Measure an engine on the target: latency percentiles, per-layer times, memory (and accuracy with --data)."""
+    from edgekit.profile_file import profile_file
+
+    settings = _settings(repeats, warmup, threads, duration)
+    with err.status("profiling…"):
+        result = profile_file(artifact, target=target, data=data, settings=settings, targets_dir=targets_dir or [])
+    if as_json:
+        _print_json(result)
+        return
+    lat = result["latency_ms"]
+    out.print(f"{artifact.name} on {result['target']} ({result['backend']}): p50 {lat['p50']:.4f} ms · "
+              f"p90 {lat['p90']:.4f} · p99 {lat['p99']:.4f} ms ({lat['kind']}, {lat['samples']} runs, {result['threads']} threads)")
+    for layer in sorted(result["layers"], key=lambda x: x["time_ms"], reverse=True)[:10]:
+        out.print(f"  {layer['time_ms'] * 1e3:9.1f} µs  {layer['op']:<16} {layer['exec_type']:<22} {layer['name']}")
+    if result.get("accuracy"):
+        out.print(f"accuracy: {result['accuracy']}")
+
+
+@targets_app.command("list")
+def targets_list(targets_dir: TargetsDir = None, as_json: JsonOut = False) -> None:
+    """Every known target (shipped and yours)."""
+    from edgekit.targets import list_targets
+
+    targets = list_targets(targets_dir or [])
+    if as_json:
+        _print_json([t.model_dump(mode="json") for t in targets])
+        return
+    table = Table(title="edgekit targets")
+    for col in ("name", "aliases", "vendor", "backend", "precisions (fast)", "peak GOPS"):
+        table.add_column(col)
+    for t in targets:
+        table.add_row(t.name, ", ".join(t.aliases), t.vendor, t.backend.name,
+                      f"{', '.join(t.precisions.supported)} ({', '.join(t.precisions.fast)})",
+                      ", ".join(f"{p} {v:g}" for p, v in t.peak_gops.items()))
+    out.print(table)
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="Target name, alias or YAML file.")],
+                 targets_dir: TargetsDir = None, as_json: JsonOut = False) -> None:
+    """One target's facts and where each figure comes from."""
+    import yaml
+
+    from edgekit.targets import load_target
+
+    data = load_target(name, targets_dir or []).model_dump(mode="json")
+    if as_json:
+        _print_json(data)
+    else:
+        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120).rstrip())
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgekitError as error:
+        if STATE["debug"]:
+            raise
+        sys.stderr.write(f"edgekit: error: {_one_line(str(error))}\n")
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("edgekit: interrupted\n")
+        sys.exit(130)
+    except Exception as error:  # a bug in edgekit or a runtime: still one line unless --debug
+        if STATE["debug"]:
+            raise
+        sys.stderr.write(f"edgekit: internal error: {type(error).__name__}: {_one_line(str(error))} (rerun with --debug for the traceback)\n")
+        sys.exit(1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:600]

@@ -1,0 +1,142 @@
+"""The measurement harness, the same for every runtime: warm-up, timed repeats, percentiles,
+per-layer times, memory, and accuracy against the test split and the source model.
+
+Defaults follow trtexec and benchmark_app: warm up for at least 200 ms, then time at least 100
+single-batch inferences and at least 1 s, whichever is longer; threads = the target's cores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgekit.backends.base import Engine, LayerTime
+from edgekit.data import Samples
+from edgekit.errors import BadInput, Failure
+from edgekit.latency import Latency
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    warmup: int = 10
+    warmup_s: float = 0.2
+    repeats: int = 100
+    min_time_s: float = 1.0
+    layer_runs: int = 20
+    threads: int | None = None  # None: the target's cores
+
+    def __post_init__(self) -> None:
+        for name in ("warmup", "repeats", "layer_runs"):
+            if getattr(self, name) < (1 if name == "repeats" else 0):
+                raise BadInput(f"--{name.replace('_', '-')} must be {'positive' if name == 'repeats' else 'zero or more'}, got {getattr(self, name)}")
+        if self.min_time_s < 0 or self.warmup_s < 0:
+            raise BadInput(f"--duration must be zero or more, got {self.min_time_s}")
+        if self.threads is not None and self.threads < 1:
+            raise BadInput(f"--threads must be positive, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    samples: int
+    test: float | None  # top-1 against labels
+    reference: float | None  # the source model's top-1 on the same samples
+    agreement: float | None  # top-1 agreement with the source model
+    cosine: float  # mean cosine similarity of the first output with the source model's
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Profile:
+    latency: Latency
+    throughput_fps: float
+    threads: int
+    memory: dict[str, float]
+    layers: list[LayerTime] = field(default_factory=list)
+    accuracy: Accuracy | None = None
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+def time_engine(engine: Engine, feed: dict[str, np.ndarray], settings: ProfileSettings) -> list[float]:
+    """Per-inference wall times in ms, after the warm-up."""
+    deadline = time.perf_counter() + settings.warmup_s
+    done = 0
+    while done < settings.warmup or time.perf_counter() < deadline:
+        engine.run(feed)
+        done += 1
+    times = []
+    end = time.perf_counter() + settings.min_time_s
+    while len(times) < settings.repeats or time.perf_counter() < end:
+        start = time.perf_counter()
+        engine.run(feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _top1(out: np.ndarray) -> int | None:
+    flat = out.reshape(out.shape[0], -1) if out.ndim > 1 else out[None]
+    return int(flat[0].argmax()) if flat.shape[-1] > 1 else None
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else float(np.allclose(a, b))
+
+
+def accuracy(engine: Engine, samples: Samples, reference: Callable[[dict], list[np.ndarray]]) -> Accuracy:
+    """Engine vs labels and vs the source model, one sample at a time (batch 1, as deployed)."""
+    hits = ref_hits = agree = 0
+    cosines = []
+    classify = True
+    for i in range(len(samples)):
+        feed = samples.sample(i)
+        ours = engine.run(feed)[0]
+        ref = reference(feed)[0]
+        if not np.all(np.isfinite(ours)):
+            raise Failure(f"the engine produced NaN/Inf on test sample {i}")
+        cosines.append(_cosine(ours, ref))
+        a, b = _top1(ours), _top1(ref)
+        if a is None:
+            classify = False
+            continue
+        agree += a == b
+        if samples.labels is not None:
+            label = int(np.asarray(samples.labels[i]).ravel()[0])
+            hits += a == label
+            ref_hits += b == label
+    n = len(samples)
+    labelled = classify and samples.labels is not None
+    return Accuracy(
+        samples=n,
+        test=hits / n if labelled else None,
+        reference=ref_hits / n if labelled else None,
+        agreement=agree / n if classify else None,
+        cosine=float(np.mean(cosines)),
+    )
+
+
+def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], settings: ProfileSettings, *,
+                   threads: int, source: str, test: Samples | None = None,
+                   reference: Callable[[dict], list[np.ndarray]] | None = None) -> Profile:
+    """Load an engine and measure it: latency, per-layer times, memory, and accuracy if data is given."""
+    rss_before = _rss_mb()
+    engine = load()
+    engine.run(feed)
+    rss_loaded = _rss_mb()
+    times = time_engine(engine, feed, settings)
+    latency = Latency.from_samples(times, source)
+    layers = engine.layer_times(feed, settings.layer_runs) if settings.layer_runs else []
+    acc = accuracy(engine, test, reference) if test is not None and reference is not None else None
+    memory = {"engine_rss_mb": round(max(rss_loaded - rss_before, 0.0), 2), "process_rss_mb": round(_rss_mb(), 1)}
+    return Profile(latency, 1e3 / latency.mean, threads, memory, layers, acc)

@@ -1,0 +1,65 @@
+"""`edgekit profile ARTIFACT`: measure an engine file already built, with or without data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.backends.base import backend_for_file
+from edgekit.data import load_data
+from edgekit.errors import BadInput, MissingRuntime, runtime_message
+from edgekit.latency import Latency
+from edgekit.models import InputSpec
+from edgekit.profile import ProfileSettings, accuracy, time_engine
+from edgekit.targets import load_target
+
+
+def _engine_inputs(artifact: Path) -> tuple[InputSpec, ...]:
+    """Input names, shapes and dtypes read from the engine file itself."""
+    if artifact.suffix == ".xml":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(artifact))
+        return tuple(InputSpec(p.get_any_name(), tuple(p.get_shape()), p.get_element_type().to_dtype().name)
+                     for p in model.inputs)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    kinds = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float16)": "float16"}
+    return tuple(InputSpec(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), kinds.get(i.type, "float32"))
+                 for i in session.get_inputs())
+
+
+def profile_file(artifact: Path, *, target: str, data: str | None, settings: ProfileSettings,
+                 targets_dir: list[Path]) -> dict:
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise BadInput(f"engine file not found: {artifact}")
+    tgt = load_target(target, targets_dir)
+    backend = backend_for_file(artifact, tgt.backend.name)
+    availability = backend.available(tgt)
+    if not (tgt.local and availability.run):
+        raise MissingRuntime(f"cannot measure on {tgt.name} from here: {availability.reason or 'the device is not this machine'}")
+    engine = backend.load(backend.artifact_from_file(artifact), target=tgt, threads=settings.threads or tgt.cores)
+    try:
+        specs = _engine_inputs(artifact)
+    except Exception as err:
+        raise BadInput(f"{artifact.name}: cannot read its inputs ({runtime_message(err, 160)})") from err
+    samples = load_data(data, specs) if data else None
+    rng = np.random.default_rng(0)
+    feed = samples.sample(0) if samples else {
+        s.name: (np.ones(s.shape, s.dtype) if np.dtype(s.dtype).kind in "iub" else rng.standard_normal(s.shape).astype(s.dtype))
+        for s in specs}
+    source = f"measured on {tgt.name} ({tgt.device}) with {backend.name}"
+    latency = Latency.from_samples(time_engine(engine, feed, settings), source)
+    result = {
+        "artifact": str(artifact), "target": tgt.name, "backend": backend.name, "threads": settings.threads or tgt.cores,
+        "inputs": "data" if samples else "synthetic (no --data)",
+        "latency_ms": latency.as_dict(), "throughput_fps": round(1e3 / latency.mean, 1),
+        "layers": [layer.__dict__ for layer in engine.layer_times(feed, settings.layer_runs)],
+    }
+    if samples is not None and samples.labels is not None:
+        # No source model here: accuracy against the labels only (agreement needs `deploy`).
+        result["accuracy"] = accuracy(engine, samples, engine.run).as_dict()
+    return result

@@ -1,0 +1,202 @@
+"""The target registry: each device is a YAML file validated into a frozen, typed `Target`.
+
+Targets are data, so users add devices without code (`--targets-dir`, EDGEKIT_TARGETS_PATH). A file
+may `extends:` a family file (`_jetson.yaml`) and override a few facts; every figure names its
+source, and the `host` target fills its figures from this machine (see `edgekit.host`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgekit.errors import BadInput
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+FIGURES = ("peak_gops", "memory_bandwidth_gbs", "ram_mb", "storage_mb", "cores", "alignment")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackendSpec(Frozen):
+    name: str = Field(description="backend plugin that builds and runs for this device")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend as is")
+
+
+class Precisions(Frozen):
+    supported: tuple[Precision, ...]
+    fast: tuple[Precision, ...] = Field(description="precisions with dedicated fast kernels")
+
+    @model_validator(mode="after")
+    def _fast_is_supported(self) -> Precisions:
+        extra = set(self.fast) - set(self.supported)
+        if extra:
+            raise ValueError(f"fast lists {sorted(extra)} which are not in supported")
+        return self
+
+
+class OpLimits(Frozen):
+    supported: tuple[str, ...] | None = Field(None, description="ONNX op types the accelerator runs; None = any")
+    unsupported: tuple[str, ...] = ()
+    int8_only: bool = False
+    static_shapes: bool = False
+    max_tensor_mb: float | None = None
+    notes: str = ""
+
+
+class Reach(Frozen):
+    kind: Literal["local", "agent"] = "local"
+    url: str | None = None
+
+
+class Target(Frozen):
+    name: str
+    aliases: tuple[str, ...] = ()
+    vendor: str
+    device: str
+    description: str = ""
+    backend: BackendSpec
+    precisions: Precisions
+    peak_gops: dict[Precision, float] = Field(description="dense peak, giga-ops/s (one MAC = 2 ops)")
+    memory_bandwidth_gbs: float = Field(gt=0)
+    ram_mb: float = Field(gt=0)
+    storage_mb: float = Field(gt=0, description="flash / eMMC / SD available for models")
+    cores: int = Field(gt=0, description="CPU cores the runtime may use")
+    alignment: dict[Precision, int] = Field(description="channel multiple that keeps kernels efficient")
+    ops: OpLimits = OpLimits()
+    reach: Reach = Reach()
+    isa: tuple[str, ...] = ()
+    sources: dict[str, str]
+    file: str = Field("", description="where this target was loaded from")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Target:
+        for figure in ("peak_gops", "alignment"):
+            table = getattr(self, figure)
+            missing = [p for p in self.precisions.supported if p not in table]
+            if missing:
+                raise ValueError(f"{figure} has no entry for supported precision(s) {missing}")
+            if any(v <= 0 for v in table.values()):
+                raise ValueError(f"{figure} values must be positive")
+        keys = [f"peak_gops.{p}" for p in self.peak_gops] + [f for f in FIGURES if f != "peak_gops"]
+        unsourced = [k for k in keys if k not in self.sources and k.split(".")[0] not in self.sources]
+        if unsourced:
+            raise ValueError(f"sources has no entry for {unsourced}")
+        return self
+
+    def peak_ops_per_s(self, precision: str) -> float:
+        """Peak rate for a precision; unsupported precisions fall back to fp32's rate."""
+        return 1e9 * self.peak_gops.get(precision, self.peak_gops.get("fp32", min(self.peak_gops.values())))
+
+    @property
+    def local(self) -> bool:
+        return self.reach.kind == "local"
+
+
+def shipped_dir() -> Path:
+    """The targets shipped with edgekit: inside the wheel, or the repository's targets/."""
+    packaged = Path(__file__).parent / "_shipped" / "targets"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "targets"
+
+
+def search_dirs(extra: list[Path] | None = None) -> list[Path]:
+    """User dirs first (they override shipped targets of the same name), then the shipped ones."""
+    dirs = [Path(d) for d in (extra or [])]
+    env = os.environ.get("EDGEKIT_TARGETS_PATH", "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    for d in dirs:
+        if not d.is_dir():
+            raise BadInput(f"targets directory not found: {d}")
+    return dirs + [shipped_dir()]
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BadInput(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from err
+    except OSError as err:
+        raise BadInput(f"cannot read target file {path}: {err.strerror}") from err
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: a target file must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a file and the family files it `extends:` (searched beside it)."""
+    if path in seen:
+        raise BadInput(f"{path}: 'extends' loops back to itself")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = path.parent / f"{parent}.yaml"
+    if not parent_path.is_file():
+        raise BadInput(f"{path}: field 'extends': no family file {parent_path.name} beside it")
+    return _merge(_resolve(parent_path, (*seen, path)), data)
+
+
+def _validate(path: Path, data: dict) -> Target:
+    if data.pop("detect", False):
+        from edgekit.host import detect_host_figures
+
+        data = _merge(data, detect_host_figures())
+    try:
+        return Target.model_validate({**data, "file": str(path)})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise BadInput(f"{path}: field '{field}': {first['msg']}") from err
+
+
+@cache
+def _load_file(path: Path) -> Target:
+    return _validate(path, _resolve(path))
+
+
+def _files(dirs: list[Path]) -> dict[str, Path]:
+    """name → file, the first directory winning; `_family.yaml` files are not targets."""
+    found: dict[str, Path] = {}
+    for d in dirs:
+        for path in sorted(d.glob("*.yaml")):
+            if not path.name.startswith("_"):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def list_targets(targets_dir: list[Path] | None = None) -> list[Target]:
+    return [_load_file(p) for p in _files(search_dirs(targets_dir)).values()]
+
+
+def load_target(name: str, targets_dir: list[Path] | None = None) -> Target:
+    """A target by name, alias, or path to a YAML file."""
+    as_path = Path(name)
+    if name.endswith((".yaml", ".yml")):
+        if not as_path.is_file():
+            raise BadInput(f"target file not found: {name}")
+        return _load_file(as_path.resolve())
+    files = _files(search_dirs(targets_dir))
+    if name in files:
+        return _load_file(files[name])
+    for path in files.values():
+        aliases = _read_yaml(path).get("aliases") or []
+        if name in aliases:
+            return _load_file(path)
+    known = ", ".join(sorted(files))
+    raise BadInput(f"unknown target '{name}' (known: {known}; or pass a .yaml file)")

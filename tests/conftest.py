@@ -1,0 +1,50 @@
+"""Shared fixtures. The cache (demo weights, measured host peaks) lives in one temporary folder per
+test session, so tests never touch the user's cache and CI starts from nothing, as a user does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgekit-cache"))
+    os.environ.pop("EDGEKIT_TARGETS_PATH", None)
+    yield
+
+
+def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `edgekit ARGS` as a user would, in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    from edgekit.models import load_model
+
+    return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One real `edgekit deploy --target host --json` of the demo, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("demo-run")
+    result = run_cli("deploy", "--target", "host", "--out", str(out), "--json", "--duration", "0.2")
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory, demo_model):
+    from edgekit import graph
+
+    return graph.export_onnx(demo_model, tmp_path_factory.mktemp("onnx") / "demo.onnx")
