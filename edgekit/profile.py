@@ -67,6 +67,15 @@ def _rss_mb() -> float:
     return psutil.Process(os.getpid()).memory_info().rss / 2**20
 
 
+def _peak_rss_mb() -> float | None:
+    """The process's high-water mark (Linux reports ru_maxrss in KiB); None where unavailable."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def time_engine(engine: Engine, feed: dict[str, np.ndarray], settings: ProfileSettings) -> list[float]:
     """Per-inference wall times in ms, after the warm-up."""
     deadline = time.perf_counter() + settings.warmup_s
@@ -139,4 +148,7 @@ def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], sett
     layers = engine.layer_times(feed, settings.layer_runs) if settings.layer_runs else []
     acc = accuracy(engine, test, reference) if test is not None and reference is not None else None
     memory = {"engine_rss_mb": round(max(rss_loaded - rss_before, 0.0), 2), "process_rss_mb": round(_rss_mb(), 1)}
+    peak = _peak_rss_mb()
+    if peak is not None:
+        memory["process_peak_rss_mb"] = round(peak, 1)
     return Profile(latency, 1e3 / latency.mean, threads, memory, layers, acc)
