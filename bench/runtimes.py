@@ -13,21 +13,19 @@ Writes bench/results/runtimes.json and bench/results/runtimes.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from common import block as _block
+from common import machine, warm_up
 
 from edgekit import cost, graph
 from edgekit.backends.base import get_backend
 from edgekit.data import demo_data, load_data
-from edgekit.host import cpu_flags, cpu_name
 from edgekit.models import load_model
 from edgekit.plan import PrecisionPlan
-from edgekit.report import versions
 from edgekit.targets import load_target
 
 MODELS = {  # name → (model spec, data spec or None for the demo's own data)
@@ -35,15 +33,6 @@ MODELS = {  # name → (model spec, data spec or None for the demo's own data)
     "tiny-encoder (random weights, latency only)": ("examples.encoder:build", "examples.encoder:data"),
 }
 ENGINES = ("openvino", "onnxruntime")
-
-
-def _block(engine, feed, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        engine.run(feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def bench_model(label: str, spec: str | None, data: str | None, args, work: Path) -> dict:
@@ -62,10 +51,7 @@ def bench_model(label: str, spec: str | None, data: str | None, args, work: Path
         artifact = backend.build(onnx_path=onnx_path, plan=PrecisionPlan(), target=host, out_dir=out)
         engines[name] = backend.load(artifact, target=host, threads=args.threads)
     for engine in engines.values():  # warm-up: ≥10 runs and ≥0.5 s each
-        _block(engine, feed, 10)
-        end = time.perf_counter() + 0.5
-        while time.perf_counter() < end:
-            engine.run(feed)
+        warm_up(engine, feed)
     times = {name: [] for name in ENGINES}
     ratios = []
     for _ in range(args.rounds):  # A B A B ...: drift on a shared machine hits both alike
@@ -81,14 +67,6 @@ def bench_model(label: str, spec: str | None, data: str | None, args, work: Path
         result[name] = {"p50": p50, "p90": p90, "p99": p99, "spread_p90_p10": float(np.percentile(t, 90) - np.percentile(t, 10)),
                         "runs": len(t), "p50_over_floor": p50 / floor}
     return result
-
-
-def machine() -> dict:
-    flags = cpu_flags()
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    host = load_target("host")
-    return {"cpu": cpu_name(), "isa": isa, "cores": host.cores, "peak_gops": host.peak_gops,
-            "date": dt.date.today().isoformat(), "versions": versions()}
 
 
 def to_markdown(report: dict) -> str:

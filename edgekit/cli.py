@@ -28,6 +28,11 @@ STATE = {"debug": False}
 TargetsDir = Annotated[list[Path] | None, typer.Option("--targets-dir", help="Extra folder of target YAMLs (repeatable).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 Duration = Annotated[float, typer.Option(help="Time inferences for at least this many seconds (and --repeats).")]
+Method = Annotated[str, typer.Option("--method", help="Activation ranges: minmax, percentile, entropy (TensorRT's KL) or mse.")]
+Percentile = Annotated[float, typer.Option(help="Percentile for --method percentile.")]
+CalSamples = Annotated[int | None, typer.Option("--calibration-samples", help="Use at most this many calibration samples.")]
+BiasCorrection = Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Correct the mean shift int8 weights cause.")]
+PlanFile = Annotated[Path | None, typer.Option("--plan", help="Per-layer precisions: YAML/JSON {layer: fp32|fp16|int8} (see `edgekit inspect`).")]
 InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="[NAME:]D1,D2,..[:DTYPE], repeatable (TorchScript, factories without examples).")]
 
 
@@ -52,7 +57,12 @@ def deploy(
     model: Annotated[str | None, typer.Option("--model", "-m", help=".onnx, .pt/.ts, .pt2 or pkg.module:factory (default: the digits demo).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help=".npz, a folder of .npy or images, or pkg.module:factory.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 or fp16 (default: fp32 where the target runs it).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 for every layer (default: fp32 where the target runs it).")] = None,
+    plan: PlanFile = None,
+    method: Method = "mse",
+    percentile: Percentile = 99.99,
+    calibration_samples: CalSamples = None,
+    bias_correction: BiasCorrection = True,
     backend: Annotated[str | None, typer.Option(help="Build with this backend instead of the target's.")] = None,
     latency_budget_ms: Annotated[float | None, typer.Option(help="Say whether the measured p50 meets this budget.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed inferences (at least; and at least 1 s).")] = 100,
@@ -64,12 +74,15 @@ def deploy(
     as_json: JsonOut = False,
 ) -> None:
     """Load → export → build → profile → report, on the target's own runtime."""
+    from edgekit.calibrate.run import CalibrationOptions
     from edgekit.deploy import DeployRequest
     from edgekit.deploy import deploy as run_deploy
 
     request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision=precision, backend=backend,
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
-                            latency_budget_ms=latency_budget_ms, settings=_settings(repeats, warmup, threads, duration))
+                            latency_budget_ms=latency_budget_ms, plan_file=plan,
+                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction),
+                            settings=_settings(repeats, warmup, threads, duration))
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if as_json:
@@ -78,12 +91,66 @@ def deploy(
     _print_summary(report)
 
 
+@app.command()
+def calibrate(
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or YAML file.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model spec (default: the digits demo).")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Calibration data (default: the demo's digits).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
+    plan: PlanFile = None,
+    method: Method = "mse",
+    percentile: Percentile = 99.99,
+    calibration_samples: CalSamples = None,
+    bias_correction: BiasCorrection = True,
+    input_shape: InputShape = None,
+    targets_dir: TargetsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Int8 scales on the calibration split, written in the target runtime's own form (Q/DQ ONNX,
+    OpenVINO int8 IR, TensorRT calibration cache + layer precisions) and scales.json."""
+    from edgekit.calibrate.run import CalibrationOptions
+    from edgekit.deploy import DeployRequest
+    from edgekit.deploy import deploy as run_deploy
+
+    request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision="int8", plan_file=plan,
+                            input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()), measure=False,
+                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction))
+    with err.status("starting") as status:
+        report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
+    if as_json:
+        _print_json(report)
+        return
+    cal = report["calibration"]
+    out.print(f"calibrated {report['model']['name']} for {report['target']['name']}: {cal['int8_layers']} int8 layer(s), "
+              f"method {cal['method']}, {cal['samples']} samples, {cal['seconds']} s")
+    for layer, why in cal["demoted"].items():
+        out.print(f"  kept float: {layer}: {why}")
+    for warning in cal["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}")
+    for name, path in report["artifacts"].items():
+        if isinstance(path, str):
+            out.print(f"  {name:<26} {Path(report['run_dir']) / path}")
+    out.print(f"status: {report['status']}")
+
+
 def _print_summary(report: dict) -> None:
     table = Table(title=f"edgekit deploy → {report['target']['name']} ({report['backend']})", show_header=False)
     lat = report["latency_ms"]
     table.add_row("model", f"{report['model']['name']}  ({report['model']['totals']['macs'] / 1e6:.2f} M MACs, "
                            f"{report['model']['totals']['params'] / 1e3:.1f} k params)")
-    table.add_row("precision", report["precision"]["planned"]["default"])
+    precision = report["precision"]
+    int8 = sum(p == "int8" for p in precision.get("planned", {}).values())
+    table.add_row("precision", f"{precision['label']} ({int8} of {len(precision.get('planned', {}))} layers int8)")
+    if "executed" in precision:
+        mism = precision["mismatches"]
+        unverified = precision.get("unverified") or []
+        table.add_row("precision (executed)", ("as planned" if not mism else
+                      f"{len(mism)} layer(s) differ: " + ", ".join(f"{k} runs {v['executed']}" for k, v in list(mism.items())[:3]))
+                      + (f"; {len(unverified)} layer(s) fused out of sight, unverified" if unverified else ""))
+    if "calibration" in report:
+        cal = report["calibration"]
+        table.add_row("calibration", f"{cal['method']}, {cal['samples']} samples, {cal['seconds']} s"
+                      + (f", {len(cal['demoted'])} layer(s) kept float" if cal["demoted"] else ""))
     spread = f" · p90 {lat['p90']:.3f} · p99 {lat['p99']:.3f} · {lat['samples']} runs" if lat["kind"] == "measured" else ""
     table.add_row(f"latency ({lat['kind']})", f"p50 {lat['p50']:.3f} ms{spread}")
     if lat["kind"] == "measured":

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import cost, graph
-from edgekit.backends.base import get_backend
+from edgekit.backends.base import Backend, get_backend
+from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data, split
 from edgekit.errors import BadInput, EdgekitError, MissingRuntime
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
@@ -38,6 +39,9 @@ class DeployRequest:
     input_shapes: tuple[str, ...] = ()
     targets_dir: tuple[Path, ...] = ()
     latency_budget_ms: float | None = None
+    plan_file: Path | None = None
+    measure: bool = True  # False: stop after the build (edgekit calibrate)
+    calibration: CalibrationOptions = CalibrationOptions()
     settings: ProfileSettings = ProfileSettings()
 
     def __post_init__(self) -> None:
@@ -58,6 +62,15 @@ def choose_precision(asked: str | None, target: Target) -> str:
     return asked
 
 
+def choose_plan(request: DeployRequest, target: Target) -> PrecisionPlan:
+    """The user's plan file, else the --precision default for every layer."""
+    if request.plan_file is None:
+        return PrecisionPlan(default=choose_precision(request.precision, target))
+    plan = load_plan(request.plan_file, default=request.precision)
+    for precision in {plan.default, *plan.layers.values()}:
+        choose_precision(precision, target)
+    return plan
+
 def _data(request: DeployRequest, model: LoadedModel) -> Samples | None:
     if request.data:
         return load_data(request.data, model.inputs)
@@ -75,8 +88,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
     step("target")
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
-    precision = choose_precision(request.precision, target)
-    plan = PrecisionPlan(default=precision)
+    plan = choose_plan(request, target)
+    precision = plan.float_precision if not plan.has_int8 else "int8"
 
     step("model")
     model = load_model(request.model, list(request.input_shapes))
@@ -102,7 +115,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
         "status": "incomplete",
         "target": _target_summary(target),
         "backend": backend_name,
-        "precision": {"planned": plan.as_dict()},
+        "precision": {"asked": plan.as_dict(), "label": plan.label},
         "model": {"name": model.name, "spec": model.spec, "kind": model.kind, "sha256": model.sha256,
                   "inputs": [str(s) for s in model.inputs], "totals": graph.totals(layers),
                   "export_check": check.__dict__},
@@ -118,10 +131,30 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
     if request.latency_budget_ms is not None:
         report["budget"] = {"latency_ms": request.latency_budget_ms}
 
+    build_from = onnx_path
+    planned = {layer: plan.precision_of(layer) for layer in quantizable_layers(onnx_path)}
+    if plan.has_int8:
+        step("calibrate")
+        if splits is None:
+            _finish(run_dir, report)
+            raise BadInput("int8 needs calibration data: pass --data (a few hundred samples of real inputs)")
+        calibration = calibrate(onnx_path, splits.calibration, target, plan, run_dir, request.calibration)
+        report["calibration"] = calibration_summary(calibration)
+        report["artifacts"].update(calibration.files)
+        planned = calibration.planned
+        plan = PrecisionPlan(default=plan.default, layers=planned)
+        build_from = calibration.qdq_path
+    report["precision"].update({"label": plan.label, "planned": planned})
+
     step("build")
     try:
         backend = get_backend(backend_name)
     except MissingRuntime as err:
+        if not request.measure:  # calibrating for a device whose runtime is not here: the files are the product
+            report["status"] = f"calibrated; build the engine on the device ({err})"
+            _finish(run_dir, report)
+            report["run_dir"] = str(run_dir)
+            return report
         _finish(run_dir, report)
         raise MissingRuntime(f"target {target.name} needs the {backend_name} backend: {err}; "
                              f"produced {run_dir / 'model.onnx'} and {run_dir / 'report.json'} (latency predicted)") from err
@@ -131,12 +164,13 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
         _finish(run_dir, report)
         raise MissingRuntime(f"target {target.name}: {availability.reason}; produced {run_dir / 'model.onnx'} "
                              f"and {run_dir / 'report.json'} (latency predicted)")
-    artifact = backend.build(onnx_path=onnx_path, plan=plan, target=target, out_dir=run_dir)
+    artifact = backend.build(onnx_path=build_from, plan=plan, target=target, out_dir=run_dir)
     report["artifacts"]["engine"] = artifact.path.name
     report["artifacts"]["engine_files"] = [f.name for f in artifact.files]
-    report["status"] = f"built; latency predicted ({availability.reason or 'the device is not this machine'})"
+    report["status"] = (f"built; latency predicted ({availability.reason or 'the device is not this machine'})" if request.measure
+                        else "built; not measured (edgekit deploy measures it)")
 
-    if target.local and availability.run:
+    if target.local and availability.run and request.measure:
         step("profile")
         threads = request.settings.threads or target.cores
         reference = functools.partial(graph.reference_outputs, model)
@@ -150,12 +184,62 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
             _finish(run_dir, report)
             raise
         _add_profile(report, measured)
+        report["precision"].update(verify_precision(backend, artifact, target, threads, feed, planned))
         report["status"] = "complete"
     _add_budget(report)
     step("report")
     _finish(run_dir, report)
     report["run_dir"] = str(run_dir)
     return report
+
+
+def quantizable_layers(onnx_path: Path) -> list[str]:
+    import onnx
+
+    from edgekit.calibrate.qdq import quantizable_layers as layers_of
+
+    return list(layers_of(onnx.load(str(onnx_path), load_external_data=False)))
+
+
+def load_plan(path: Path, default: str | None = None) -> PrecisionPlan:
+    """A plan file: YAML or JSON, either {layer: precision} or {default: P, layers: {layer: precision}}."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise BadInput(f"cannot read plan file {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise BadInput(f"plan file {path} is not valid YAML/JSON: {getattr(err, 'problem', err)}") from err
+    if not isinstance(data, dict):
+        raise BadInput(f"plan file {path}: expected a mapping of layer: precision")
+    if "layers" in data:
+        layers, plan_default = data.get("layers") or {}, data.get("default", default or "fp32")
+    else:
+        layers, plan_default = data, default or "fp32"
+    if not isinstance(layers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in layers.items()):
+        raise BadInput(f"plan file {path}: 'layers' must map layer names to fp32, fp16 or int8")
+    return PrecisionPlan(default=plan_default, layers=layers)
+
+
+def calibration_summary(result: CalibrationResult) -> dict:
+    return {"method": next(iter(result.params.values())).method if result.params else None,
+            "samples": result.samples, "seconds": round(result.seconds, 2),
+            "int8_layers": len(result.int8_layers), "demoted": result.demoted, "warnings": result.warnings,
+            "bias_corrected": len(result.summary.bias_corrected)}
+
+
+def verify_precision(backend: Backend, artifact, target: Target, threads: int, feed: dict, planned: dict[str, str]) -> dict:
+    """What the runtime really executes for each planned layer, and every layer where that differs."""
+    engine = backend.load(artifact, target=target, threads=threads)
+    executed = engine.executed(feed, list(planned))
+    mismatches = {layer: {"planned": planned[layer], "executed": executed[layer].precision}
+                  for layer in planned if layer in executed and executed[layer].precision != planned[layer]}
+    return {"executed": {layer: e.precision for layer, e in executed.items()},
+            "kernels": {layer: e.exec_type for layer, e in executed.items()},
+            "mismatches": mismatches,
+            # fused into a runtime op that no longer names them (e.g. OpenVINO's attention subgraph)
+            "unverified": [layer for layer in planned if layer not in executed]}
 
 
 def _add_profile(report: dict, measured: Profile) -> None:

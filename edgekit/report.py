@@ -63,7 +63,9 @@ def render_html(report: dict) -> str:
         ("target", f"{report['target']['name']} — {report['target']['device']}"),
         ("backend", report.get("backend")),
         ("status", report.get("status")),
-        ("precision", report.get("precision", {}).get("planned", {}).get("default")),
+        ("precision", report.get("precision", {}).get("label")),
+        ("precision mismatches", ", ".join(f"{k}: planned {v['planned']}, runs {v['executed']}"
+                                           for k, v in (report.get("precision", {}).get("mismatches") or {}).items()) or "none"),
     ]
     if lat:
         summary += [

@@ -51,6 +51,15 @@ class OpLimits(Frozen):
     notes: str = ""
 
 
+class Quantization(Frozen):
+    """How the runtime wants int8: TensorRT symmetric activations (zero point 0); OpenVINO, ONNX
+    Runtime and LiteRT take asymmetric uint8 activations. Weights are per-channel symmetric everywhere."""
+
+    activations: Literal["symmetric", "asymmetric"] = "asymmetric"
+    weights: Literal["per_channel_symmetric"] = "per_channel_symmetric"
+    activation_matmul: bool = Field(False, description="int8 MatMul of two activations (attention) runs in int8")
+
+
 class Reach(Frozen):
     kind: Literal["local", "agent"] = "local"
     url: str | None = None
@@ -71,6 +80,7 @@ class Target(Frozen):
     cores: int = Field(gt=0, description="CPU cores the runtime may use")
     alignment: dict[Precision, int] = Field(description="channel multiple that keeps kernels efficient")
     ops: OpLimits = OpLimits()
+    quantization: Quantization = Quantization()
     reach: Reach = Reach()
     isa: tuple[str, ...] = ()
     sources: dict[str, str]

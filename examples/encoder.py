@@ -60,7 +60,7 @@ def build():
     return model, {"input_ids": ids, "attention_mask": mask}
 
 
-def data(n: int = 60) -> dict[str, np.ndarray]:
+def data(n: int = 400) -> dict[str, np.ndarray]:
     """Random token sequences of random lengths, padded with 0 and masked."""
     rng = np.random.default_rng(0)
     ids = rng.integers(1, VOCAB, (n, SEQ), dtype=np.int64)

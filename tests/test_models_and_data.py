@@ -85,7 +85,7 @@ def test_npz_npy_folder_and_image_folder(tmp_path):
 def test_factory_data_for_two_integer_inputs():
     model = load_model("examples.encoder:build")
     samples = load_data("examples.encoder:data", model.inputs)
-    assert samples.inputs["input_ids"].dtype == np.int64 and len(samples) == 60
+    assert samples.inputs["input_ids"].dtype == np.int64 and len(samples) == 400
 
 
 def test_splits_are_disjoint_deterministic_and_cover_everything():

@@ -46,10 +46,23 @@ class LayerTime:
     time_ms: float  # median over the profiled runs, from the runtime's own profiler
 
 
+@dataclass(frozen=True)
+class Executed:
+    """What the runtime really runs for one planned layer, read back from the built engine."""
+
+    precision: str  # int8, fp16, fp32, bf16
+    runtime_layer: str  # the runtime's name for the (possibly fused) layer
+    exec_type: str = ""  # the kernel, e.g. jit_avx2_I8; empty where the runtime does not say
+
+
 class Engine(Protocol):
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
     def layer_times(self, feed: dict[str, np.ndarray], runs: int) -> list[LayerTime]: ...
+
+    def executed(self, feed: dict[str, np.ndarray], layers: list[str]) -> dict[str, Executed]:
+        """The precision each of `layers` (ONNX node names) runs in; layers the runtime removed are absent."""
+        ...
 
 
 class Backend(Protocol):
@@ -58,7 +71,9 @@ class Backend(Protocol):
 
     def available(self, target: Target) -> Availability: ...
 
-    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact: ...
+    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
+        """Build the engine; when the plan has int8 layers, onnx_path is the calibrated Q/DQ model."""
+        ...
 
     def load(self, artifact: Artifact, *, target: Target, threads: int) -> Engine: ...
 

@@ -6,12 +6,13 @@ Per-layer times come from ONNX Runtime's own profiler (`enable_profiling`), read
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, LayerTime
+from edgekit.backends.base import Artifact, Availability, Executed, LayerTime
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -35,6 +36,11 @@ def _options(threads: int, profile_dir: str | None = None):
     return options
 
 
+# Kernels ONNX Runtime fuses Q/DQ node groups into: these run in int8.
+INT8_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+            "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul"}
+
+
 class OnnxRuntimeEngine:
     def __init__(self, path: Path, threads: int):
         ort = _ort()
@@ -46,6 +52,25 @@ class OnnxRuntimeEngine:
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(o) for o in self._session.run(None, feed)]
+
+    def executed(self, feed: dict[str, np.ndarray], layers: list[str]) -> dict[str, Executed]:
+        """Read back the graph ONNX Runtime runs (optimised as in the session): a layer whose Q/DQ
+        group was fused into a QLinear*/Integer kernel runs in int8; anything else runs in fp32."""
+        import onnx
+
+        ort = _ort()
+        with tempfile.TemporaryDirectory() as tmp:
+            options = _options(self._threads)
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(str(self._path), options, providers=["CPUExecutionProvider"])
+            graph = onnx.load(options.optimized_model_filepath).graph
+        wanted = set(layers)
+        found = {}
+        for n in graph.node:
+            layer = re.sub(r"_token_\d+$", "", n.name)  # the layout transformer renames nodes NAME_token_K
+            if layer in wanted:
+                found[layer] = Executed("int8" if n.op_type in INT8_OPS else "fp32", n.name, n.op_type)
+        return found
 
     def layer_times(self, feed: dict[str, np.ndarray], runs: int) -> list[LayerTime]:
         """Median per-node kernel time over `runs`, from a second session with ORT's profiler on
@@ -85,8 +110,8 @@ class OnnxRuntimeBackend:
         return Availability(True, target.local, "" if target.local else "the device is not this machine", versions)
 
     def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
-        if plan.default != "fp32" or plan.layers:
-            raise BadInput(f"the onnxruntime backend builds fp32 plans in this version, not {plan.as_dict()}")
+        if plan.float_precision != "fp32":
+            raise BadInput(f"the onnxruntime backend (CPU) runs fp32 and int8 layers, not {plan.float_precision}")
         ort = _ort()
         engine = Path(out_dir) / "model.ort.onnx"
         options = _options(1)
@@ -97,7 +122,7 @@ class OnnxRuntimeBackend:
             ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as err:
             raise Failure(f"ONNX Runtime could not build {onnx_path.name}: {runtime_message(err)}") from err
-        return Artifact(self.name, engine, (engine,), "fp32", {})
+        return Artifact(self.name, engine, (engine,), plan.label, {})
 
     def artifact_from_file(self, path: Path) -> Artifact:
         return Artifact(self.name, path, (path,), "fp32", {})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, LayerTime
+from edgekit.backends.base import Artifact, Availability, Executed, LayerTime
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -18,6 +18,8 @@ from edgekit.targets import Target
 # edgekit precision → OpenVINO's execution precision hint. fp32 is asked for explicitly: on CPUs
 # with AMX or AVX512-BF16 OpenVINO would otherwise run bf16 by default.
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16"}
+# OpenVINO's runtime precisions → edgekit's (u8/i8 inputs: an int8 kernel).
+RUNTIME_PRECISION = {"u8": "int8", "i8": "int8", "f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
 def _ov():
@@ -49,6 +51,27 @@ class OpenVINOEngine:
                     entry[2].append(info.real_time.total_seconds() * 1e3)
         return [LayerTime(name, op, exec_type, float(np.median(times))) for name, (op, exec_type, times) in per_layer.items()]
 
+    def executed(self, feed: dict[str, np.ndarray], layers: list[str]) -> dict[str, Executed]:
+        """Read the compiled model back: each runtime layer's precision, the ONNX layers fused into it
+        (originalLayersNames), and the kernel its performance counters name."""
+        compiled = self._per_layer_factory()
+        request = compiled.create_infer_request()
+        request.infer(feed)
+        kernels = {info.node_name: info.exec_type for info in request.profiling_info}
+        wanted = set(layers)
+        found: dict[str, Executed] = {}
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) in ("Const", "Input", "Output", "Reorder"):
+                continue
+            runtime_name = op.get_friendly_name()
+            precision = RUNTIME_PRECISION.get(info["runtimePrecision"].astype(str), info["runtimePrecision"].astype(str))
+            for original in info["originalLayersNames"].astype(str).split(","):
+                layer = original.split("/")[0]  # the ONNX frontend names ops NODE/WithoutBiases, NODE/...
+                if layer in wanted and layer not in found:
+                    found[layer] = Executed(precision, runtime_name, kernels.get(runtime_name, ""))
+        return found
+
 
 class OpenVINOBackend:
     name = "openvino"
@@ -69,17 +92,19 @@ class OpenVINOBackend:
 
     def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
         ov = _ov()
-        if plan.default not in INFERENCE_PRECISION or plan.layers:
-            raise BadInput(f"the openvino backend builds {'/'.join(INFERENCE_PRECISION)} plans in this version, not {plan.as_dict()}")
+        floats = {plan.default, *plan.layers.values()} - {"int8"}
+        if len(floats) > 1:
+            raise BadInput(f"OpenVINO runs one float precision per model (its inference precision hint); the plan mixes {sorted(floats)}")
         try:
             model = ov.convert_model(str(onnx_path))
         except Exception as err:
             raise Failure(f"OpenVINO could not convert {onnx_path.name}: {runtime_message(err)}") from err
         xml = Path(out_dir) / "model.xml"
-        ov.save_model(model, str(xml), compress_to_fp16=plan.default == "fp16")
+        # int8 layers come as Q/DQ pairs, which OpenVINO's low-precision transformations turn into int8 kernels.
+        ov.save_model(model, str(xml), compress_to_fp16=plan.float_precision == "fp16")
         device = target.backend.options.get("device", "CPU")
-        return Artifact(self.name, xml, (xml, xml.with_suffix(".bin")), plan.default,
-                        {"device": device, "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[plan.default]})
+        return Artifact(self.name, xml, (xml, xml.with_suffix(".bin")), plan.label,
+                        {"device": device, "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[plan.float_precision]})
 
     def artifact_from_file(self, path: Path) -> Artifact:
         import xml.etree.ElementTree as ElementTree

@@ -1,0 +1,217 @@
+"""The Q/DQ ONNX writer: QuantizeLinear/DequantizeLinear pairs around exactly the layers the plan
+makes int8, weights stored as int8 with per-channel scales, biases as int32 (the standard QDQ form
+that ONNX Runtime runs as is, OpenVINO turns into int8 kernels, and TensorRT builds explicitly).
+
+Bias correction (on by default) removes the mean output shift that rounding the weights causes:
+b' = b - (W_q - W) · E[x], with E[x] the per-channel mean of the layer's input on the calibration set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.calibrate.scales import QParams, quantize_weight, weight_scales
+from edgekit.errors import BadInput
+
+QUANTIZABLE = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class QdqSummary:
+    layers: list[str] = field(default_factory=list)  # the layers written as int8
+    activations: dict[str, dict] = field(default_factory=dict)  # tensor → QParams as dict
+    weights: dict[str, dict] = field(default_factory=dict)  # layer → {tensor, axis, scale range}
+    bias_corrected: dict[str, float] = field(default_factory=dict)  # layer → max |bias shift|
+
+
+def _attr(node, name: str, default):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def quantizable_layers(model) -> dict[str, object]:
+    """The layers int8 applies to (convolutions, fully connected, matrix products), by node name."""
+    return {n.name: n for n in model.graph.node if n.op_type in QUANTIZABLE}
+
+
+def activation_inputs(node, initializers: dict) -> list[str]:
+    """The inputs of a layer that are activations (quantized per tensor), not weights or biases."""
+    if node.op_type == "Conv":
+        return [node.input[0]]
+    if node.op_type == "Gemm":
+        return [t for t in node.input[:2] if t not in initializers]
+    return [t for t in node.input[:2] if t not in initializers]
+
+
+def weight_input(node, initializers: dict) -> tuple[str, int | None] | None:
+    """The weight tensor of a layer and its output-channel axis (None: per tensor)."""
+    if node.op_type == "Conv":
+        return node.input[1], 0
+    if node.op_type == "Gemm" and node.input[1] in initializers:
+        return node.input[1], 0 if _attr(node, "transB", 0) else 1
+    if node.op_type == "MatMul" and node.input[1] in initializers:
+        return node.input[1], 1 if initializers[node.input[1]].ndim == 2 else None
+    return None
+
+
+def _bias_shift(node, weight: np.ndarray, dequantized: np.ndarray, mean: np.ndarray | None) -> np.ndarray | None:
+    """(W_q - W) · E[x] per output channel, or None when the input mean is unknown."""
+    if mean is None:
+        return None
+    error = dequantized.astype(np.float64) - weight
+    if node.op_type == "Conv":
+        groups = int(_attr(node, "group", 1))
+        cout, cin_g = error.shape[:2]
+        if mean.size != cin_g * groups:
+            return None
+        per_in = error.reshape(cout, cin_g, -1).sum(axis=2)
+        group_of = np.arange(cout) // (cout // groups)
+        return (per_in * mean.reshape(groups, cin_g)[group_of]).sum(axis=1)
+    if node.op_type == "Gemm":
+        error = error if _attr(node, "transB", 0) else error.T  # [N, K]
+        return error @ mean if mean.size == error.shape[1] else None
+    return mean @ error if error.ndim == 2 and mean.size == error.shape[0] else None  # MatMul [K, N]
+
+
+def _bias_of(model, node, initializers: dict, consumers: dict) -> tuple[str | None, str]:
+    """The bias tensor a layer's output shift can go into: Conv/Gemm's own, or MatMul's single Add."""
+    if node.op_type in ("Conv", "Gemm"):
+        return (node.input[2] if len(node.input) > 2 and node.input[2] else None), "own"
+    users = consumers.get(node.output[0], [])
+    if len(users) == 1 and users[0].op_type == "Add":
+        other = [t for t in users[0].input if t != node.output[0]]
+        if other and other[0] in initializers and initializers[other[0]].ndim == 1:
+            return other[0], "add"
+    return None, "none"
+
+
+def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], out_path: Path, *,
+              channel_means: dict[str, np.ndarray] | None = None, bias_correction: bool = True) -> QdqSummary:
+    """Write `model` (an fp32 onnx.ModelProto, left unchanged) with `int8_layers` quantized."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model_out = onnx.ModelProto()
+    model_out.CopyFrom(model)
+    graph = model_out.graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    layers = quantizable_layers(model_out)
+    unknown = [name for name in int8_layers if name not in layers]
+    if unknown:
+        raise BadInput(f"cannot quantize {', '.join(unknown)}: not a {'/'.join(QUANTIZABLE)} layer of the model")
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    summary = QdqSummary()
+    new_inits: list = []
+    replaced_inits: dict[str, np.ndarray] = {}
+    before: dict[int, list] = {}  # node index → Q/DQ nodes to emit before it
+    dq_of: dict[str, str] = {}  # activation tensor → its dequantized name
+    means = channel_means or {}
+    position = {id(n): i for i, n in enumerate(graph.node)}
+
+    def const(name: str, array: np.ndarray) -> str:
+        new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def qdq_activation(tensor: str, at: int) -> str:
+        if tensor in dq_of:
+            return dq_of[tensor]
+        p = activations[tensor]
+        zp_type = np.uint8 if p.dtype == "uint8" else np.int8
+        scale = const(f"{tensor}_scale", np.array(p.scale, np.float32))
+        zp = const(f"{tensor}_zero_point", np.array(p.zero_point, zp_type))
+        q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
+        before.setdefault(at, []).extend([
+            helper.make_node("QuantizeLinear", [tensor, scale, zp], [q], name=f"{tensor}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{tensor}_DequantizeLinear")])
+        dq_of[tensor] = dq
+        summary.activations[tensor] = p.as_dict()
+        return dq
+
+    for name in int8_layers:
+        node = layers[name]
+        at = position[id(node)]
+        act_inputs = activation_inputs(node, initializers)
+        missing = [t for t in act_inputs if t not in activations]
+        if missing:
+            raise BadInput(f"layer {name}: no calibrated scale for its input {missing[0]}")
+        new_inputs = list(node.input)
+        for t in act_inputs:
+            new_inputs[list(node.input).index(t)] = qdq_activation(t, at)
+        weight_info = weight_input(node, initializers)
+        if weight_info:
+            w_name, axis = weight_info
+            w = initializers[w_name]
+            scales = weight_scales(w, axis) if axis is not None else weight_scales(w.reshape(1, -1), 0)[:1].reshape(())
+            q = quantize_weight(w, scales, axis) if axis is not None else np.clip(np.round(w / scales), -127, 127).astype(np.int8)
+            shape = [1] * w.ndim
+            if axis is not None:
+                shape[axis] = -1
+            dequantized = q.astype(np.float32) * scales.reshape(shape)
+            wq = const(f"{w_name}_quantized", q)
+            ws = const(f"{w_name}_scale", scales)
+            wz = const(f"{w_name}_zero_point", np.zeros_like(scales, np.int8))
+            w_dq = f"{w_name}_dequantized_{name}"
+            attrs = {"axis": axis} if axis is not None else {}
+            before.setdefault(at, []).append(helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{name}_weight_DequantizeLinear", **attrs))
+            new_inputs[1] = w_dq
+            summary.weights[name] = {"tensor": w_name, "axis": axis, "scale_min": float(scales.min()), "scale_max": float(scales.max())}
+            bias_name, where = _bias_of(model_out, node, initializers, consumers)
+            shift = _bias_shift(node, w, dequantized, means.get(act_inputs[0])) if bias_correction and act_inputs else None
+            if shift is not None and np.all(np.isfinite(shift)):
+                if bias_name is None and node.op_type == "Conv":
+                    bias_name = f"{name}_bias"
+                    initializers[bias_name] = np.zeros(w.shape[0], np.float32)
+                    new_inputs.append(bias_name)
+                if bias_name is not None:
+                    base = replaced_inits.get(bias_name, initializers[bias_name])
+                    replaced_inits[bias_name] = (base - shift).astype(np.float32)
+                    summary.bias_corrected[name] = float(np.abs(shift).max())
+            if node.op_type in ("Conv", "Gemm") and len(new_inputs) > 2 and new_inputs[2]:
+                b_name = new_inputs[2]
+                bias = replaced_inits.get(b_name, initializers.get(b_name))
+                a_scale = activations[act_inputs[0]].scale
+                b_scale = (a_scale * scales).astype(np.float32)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    representable = bias is not None and bias.shape == scales.shape and np.all(np.abs(bias / b_scale) < 2**31 - 1)
+                if representable:  # else (a near-constant input: tiny scales) the bias stays float, exact
+                    bq = const(f"{b_name}_quantized_{name}", np.clip(np.round(bias / b_scale), -2**31, 2**31 - 1).astype(np.int32))
+                    bs = const(f"{b_name}_scale_{name}", b_scale)
+                    bz = const(f"{b_name}_zero_point_{name}", np.zeros_like(b_scale, np.int32))
+                    b_dq = f"{b_name}_dequantized_{name}"
+                    before[at].append(helper.make_node("DequantizeLinear", [bq, bs, bz], [b_dq], name=f"{name}_bias_DequantizeLinear", axis=0))
+                    new_inputs[2] = b_dq
+        del node.input[:]
+        node.input.extend(new_inputs)
+        summary.layers.append(name)
+
+    kept = [i for i in graph.initializer if i.name not in replaced_inits]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in replaced_inits.items())
+    graph.initializer.extend(new_inits)
+    nodes = list(graph.node)
+    del graph.node[:]
+    for i, node in enumerate(nodes):
+        graph.node.extend(before.get(i, []))
+        graph.node.append(node)
+    used = {t for n in graph.node for t in n.input}
+    unused = [i for i in graph.initializer if i.name not in used]  # the float weights now stored as int8
+    for init in unused:
+        graph.initializer.remove(init)
+    # int32 bias and int8 weights need no new opset; per-axis DequantizeLinear needs opset ≥ 13.
+    opset = next((o for o in model_out.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset.version < 13:
+        raise BadInput(f"Q/DQ needs ONNX opset ≥ 13; the model has opset {opset.version}")
+    onnx.checker.check_model(model_out)
+    onnx.save(model_out, str(out_path))
+    return summary
