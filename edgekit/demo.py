@@ -77,6 +77,27 @@ def _train(model) -> None:
     model.eval()
 
 
+def trained(model, train, path) -> None:
+    """Load `model`'s weights from `path`, or train it single-threaded (the same weights on every
+    machine) and save them there atomically. Shared by the demo and the zoo."""
+    import torch
+
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(model)
+    finally:
+        torch.set_num_threads(threads)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+
+
 def build():
     """The trained demo model and an example input (a model factory like any user's)."""
     import torch
@@ -84,21 +105,7 @@ def build():
     torch.manual_seed(SEED)
     model = make_model()
     key = sha256_bytes(f"{RECIPE} torch={torch.__version__}".encode())[:16]
-    path = cache_dir() / "demo" / f"digits-cnn-{key}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        model.eval()
-    else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one thread: the same weights on every machine
-        try:
-            _train(model)
-        finally:
-            torch.set_num_threads(threads)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
+    trained(model, _train, cache_dir() / "demo" / f"digits-cnn-{key}.pt")
     return model, torch.zeros(1, 1, 8, 8)
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgekit.demo import _digits, _split_indices, held_out
+from edgekit.demo import _digits, _split_indices, held_out, trained
 from edgekit.util import cache_dir, sha256_bytes
 
 RESOLUTION = 32
@@ -153,21 +153,7 @@ def _build(make, recipe: _Recipe):
     torch.manual_seed(recipe.seed)
     model = make()
     key = sha256_bytes(f"{recipe!r} torch={torch.__version__}".encode())[:16]
-    path = cache_dir() / "zoo" / f"{recipe.name}-{key}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        model.eval()
-    else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one thread: the same weights on every machine
-        try:
-            _train(model, recipe)
-        finally:
-            torch.set_num_threads(threads)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
+    trained(model, lambda m: _train(m, recipe), cache_dir() / "zoo" / f"{recipe.name}-{key}.pt")
     return model, torch.zeros(1, 1, RESOLUTION, RESOLUTION)
 
 

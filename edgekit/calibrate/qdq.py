@@ -80,7 +80,7 @@ def _bias_shift(node, weight: np.ndarray, dequantized: np.ndarray, mean: np.ndar
     return mean @ error if error.ndim == 2 and mean.size == error.shape[0] else None  # MatMul [K, N]
 
 
-def _bias_of(model, node, initializers: dict, consumers: dict) -> tuple[str | None, str]:
+def _bias_of(node, initializers: dict, consumers: dict) -> tuple[str | None, str]:
     """The bias tensor a layer's output shift can go into: Conv/Gemm's own, or MatMul's single Add."""
     if node.op_type in ("Conv", "Gemm"):
         return (node.input[2] if len(node.input) > 2 and node.input[2] else None), "own"
@@ -165,7 +165,7 @@ def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], ou
             before.setdefault(at, []).append(helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{name}_weight_DequantizeLinear", **attrs))
             new_inputs[1] = w_dq
             summary.weights[name] = {"tensor": w_name, "axis": axis, "scale_min": float(scales.min()), "scale_max": float(scales.max())}
-            bias_name, where = _bias_of(model_out, node, initializers, consumers)
+            bias_name, where = _bias_of(node, initializers, consumers)
             shift = _bias_shift(node, w, dequantized, means.get(act_inputs[0])) if bias_correction and act_inputs else None
             if shift is not None and np.all(np.isfinite(shift)):
                 if bias_name is None and node.op_type == "Conv":
