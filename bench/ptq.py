@@ -100,10 +100,12 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
     fp32_dir.mkdir()
     fp32_xml = get_backend("openvino").build(onnx_path=onnx_path, plan=PrecisionPlan(), target=host, out_dir=fp32_dir).path
     methods = {
-        "edgekit (mse, bias correction)": lambda d: edgekit_int8(onnx_path, splits.calibration, d, CalibrationOptions()),
-        "edgekit (entropy, bias correction)": lambda d: edgekit_int8(onnx_path, splits.calibration, d, CalibrationOptions(method="entropy")),
-        "edgekit (minmax, no bias correction)": lambda d: edgekit_int8(onnx_path, splits.calibration, d,
-                                                                       CalibrationOptions(method="minmax", bias_correction=False)),
+        "edgekit (defaults)": lambda d: edgekit_int8(onnx_path, splits.calibration, d, CalibrationOptions()),
+        "edgekit (equalization off)": lambda d: edgekit_int8(onnx_path, splits.calibration, d, CalibrationOptions(equalization="off")),
+        "edgekit (equalization on)": lambda d: edgekit_int8(onnx_path, splits.calibration, d, CalibrationOptions(equalization="on")),
+        "edgekit (bias correction off)": lambda d: edgekit_int8(onnx_path, splits.calibration, d, CalibrationOptions(bias_correction=False)),
+        "edgekit (entropy only, as TensorRT)": lambda d: edgekit_int8(onnx_path, splits.calibration, d,
+                                                                      CalibrationOptions(method="entropy", equalization="off")),
         "NNCF (defaults)": lambda d: nncf_int8(onnx_path, splits.calibration, d, best=False),
         "NNCF (mixed preset, full bias correction)": lambda d: nncf_int8(onnx_path, splits.calibration, d, best=True),
         "ONNX Runtime quantize_static (QDQ, defaults)": lambda d: ort_int8(onnx_path, splits.calibration, d),
@@ -177,10 +179,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--block", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="Run only the models whose label contains this.")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     results = []
     for label, spec in MODELS.items():
+        if args.only not in label:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             results.append(bench_model(label, spec, args, Path(tmp)))
     report = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "block": args.block, "results": results}

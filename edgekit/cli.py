@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -28,10 +29,11 @@ STATE = {"debug": False}
 TargetsDir = Annotated[list[Path] | None, typer.Option("--targets-dir", help="Extra folder of target YAMLs (repeatable).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 Duration = Annotated[float, typer.Option(help="Time inferences for at least this many seconds (and --repeats).")]
-Method = Annotated[str, typer.Option("--method", help="Activation ranges: minmax, percentile, entropy (TensorRT's KL) or mse.")]
+Method = Annotated[str, typer.Option("--method", help="Activation ranges: auto (try every method, keep the one closest to fp32), minmax, percentile, entropy (TensorRT's KL) or mse.")]
 Percentile = Annotated[float, typer.Option(help="Percentile for --method percentile.")]
 CalSamples = Annotated[int | None, typer.Option("--calibration-samples", help="Use at most this many calibration samples.")]
 BiasCorrection = Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Correct the mean shift int8 weights cause.")]
+Equalization = Annotated[str, typer.Option(help="Cross-layer equalization: auto (kept where it measures closer to fp32), on, off.")]
 PlanFile = Annotated[Path | None, typer.Option("--plan", help="Per-layer precisions: YAML/JSON {layer: fp32|fp16|int8} (see `edgekit inspect`).")]
 InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="[NAME:]D1,D2,..[:DTYPE], repeatable (TorchScript, factories without examples).")]
 
@@ -57,12 +59,14 @@ def deploy(
     model: Annotated[str | None, typer.Option("--model", "-m", help=".onnx, .pt/.ts, .pt2 or pkg.module:factory (default: the digits demo).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help=".npz, a folder of .npy or images, or pkg.module:factory.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 for every layer (default: fp32 where the target runs it).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 for every layer, or mixed: int8 where the sensitivity analysis "
+                                                      "finds it harmless and faster, never slower than fp32 (default: fp32 where the target runs it).")] = None,
     plan: PlanFile = None,
-    method: Method = "mse",
+    method: Method = "auto",
     percentile: Percentile = 99.99,
     calibration_samples: CalSamples = None,
     bias_correction: BiasCorrection = True,
+    equalization: Equalization = "auto",
     backend: Annotated[str | None, typer.Option(help="Build with this backend instead of the target's.")] = None,
     latency_budget_ms: Annotated[float | None, typer.Option(help="Say whether the measured p50 meets this budget.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed inferences (at least; and at least 1 s).")] = 100,
@@ -81,7 +85,7 @@ def deploy(
     request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision=precision, backend=backend,
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
                             latency_budget_ms=latency_budget_ms, plan_file=plan,
-                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction),
+                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction, equalization),
                             settings=_settings(repeats, warmup, threads, duration))
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
@@ -97,11 +101,13 @@ def calibrate(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model spec (default: the digits demo).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Calibration data (default: the demo's digits).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
+    precision: Annotated[str, typer.Option(help="int8 (every layer the plan allows) or mixed (the sensitivity analysis decides).")] = "int8",
     plan: PlanFile = None,
-    method: Method = "mse",
+    method: Method = "auto",
     percentile: Percentile = 99.99,
     calibration_samples: CalSamples = None,
     bias_correction: BiasCorrection = True,
+    equalization: Equalization = "auto",
     input_shape: InputShape = None,
     targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
@@ -111,10 +117,13 @@ def calibrate(
     from edgekit.calibrate.run import CalibrationOptions
     from edgekit.deploy import DeployRequest
     from edgekit.deploy import deploy as run_deploy
+    from edgekit.errors import BadInput
 
-    request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision="int8", plan_file=plan,
+    if precision not in ("int8", "mixed"):
+        raise BadInput(f"edgekit calibrate --precision takes int8 or mixed, not '{precision}'")
+    request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision=precision, plan_file=plan,
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()), measure=False,
-                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction))
+                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction, equalization))
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if as_json:
@@ -125,12 +134,23 @@ def calibrate(
               f"method {cal['method']}, {cal['samples']} samples, {cal['seconds']} s")
     for layer, why in cal["demoted"].items():
         out.print(f"  kept float: {layer}: {why}")
+    if "mixed" in report["precision"]:
+        out.print(f"mixed: {_mixed_line(report['precision']['mixed'])}")
     for warning in cal["warnings"]:
         err.print(f"[yellow]warning:[/] {warning}")
     for name, path in report["artifacts"].items():
         if isinstance(path, str):
             out.print(f"  {name:<26} {Path(report['run_dir']) / path}")
     out.print(f"status: {report['status']}")
+
+
+def _short(count: int) -> str:
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k" if count >= 1e3 else str(count)
+
+
+def _mixed_line(choice: dict) -> str:
+    shipped = "shipped mixed" if choice["chosen"] == "mixed" else f"shipped {choice['chosen']}"
+    return f"{shipped}: {choice['reason']}"
 
 
 def _print_summary(report: dict) -> None:
@@ -147,6 +167,8 @@ def _print_summary(report: dict) -> None:
         table.add_row("precision (executed)", ("as planned" if not mism else
                       f"{len(mism)} layer(s) differ: " + ", ".join(f"{k} runs {v['executed']}" for k, v in list(mism.items())[:3]))
                       + (f"; {len(unverified)} layer(s) fused out of sight, unverified" if unverified else ""))
+    if "mixed" in precision:
+        table.add_row("mixed", _mixed_line(precision["mixed"]))
     if "calibration" in report:
         cal = report["calibration"]
         table.add_row("calibration", f"{cal['method']}, {cal['samples']} samples, {cal['seconds']} s"
@@ -173,9 +195,25 @@ def _print_summary(report: dict) -> None:
 def inspect(
     model: Annotated[str | None, typer.Argument(help="Model spec (default: the digits demo).")] = None,
     input_shape: InputShape = None,
+    sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Per layer: int8's accuracy loss (validation split) and "
+                                              "latency gain on the target; writes sensitivity.json.")] = False,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target for --sensitivity.")] = "host",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data for --sensitivity (default: the demo's digits).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Where --sensitivity writes (default runs/MODEL-TARGET-TIME).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Measure with this backend instead of the target's.")] = None,
+    method: Method = "auto",
+    calibration_samples: CalSamples = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
+    duration: Duration = 1.0,
+    targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Export to ONNX (checked against the source model) and print the layer table."""
+    """Export to ONNX (checked against the source model) and print the layer table; with
+    --sensitivity, each int8-capable layer's accuracy loss and latency gain on the target."""
+    if sensitivity:
+        _inspect_sensitivity(model, input_shape, target, data, out_dir, backend, method, calibration_samples, threads,
+                             duration, targets_dir, as_json)
+        return
     import tempfile
 
     from edgekit import graph
@@ -202,6 +240,50 @@ def inspect(
     out.print(table)
     out.print(f"ONNX export matches the source model: max |diff| {check.max_abs_diff:.2e} "
               f"(rtol {check.rtol}, atol {check.atol}, {check.samples} input)")
+
+
+def _inspect_sensitivity(model, input_shape, target, data, out_dir, backend, method, calibration_samples, threads,
+                         duration, targets_dir, as_json) -> None:
+    from edgekit.calibrate.run import CalibrationOptions
+    from edgekit.deploy import DeployRequest, inspect_sensitivity
+
+    request = DeployRequest(target=target, model=model, data=data, out=out_dir, backend=backend,
+                            input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
+                            calibration=CalibrationOptions(method, samples=calibration_samples),
+                            settings=_settings(100, 10, threads, duration))
+    with err.status("starting") as status:
+        result, path = inspect_sensitivity(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
+    if as_json:
+        _print_json({**result, "path": str(path)})
+        return
+    lat, acc = result["latency"], result["accuracy"]
+    table = Table(title=f"int8 sensitivity on {result['target']['name']} ({result['backend']}, latency {lat['kind']})",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    loss = "top-1\nloss pt" if acc["labels"] else "top-1\nagree"
+    for col in ("layer", "op", "MACs", loss, "output\nerror", "int8\nµs", "fp32\nµs", "gain\nµs", "verdict"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "verdict") else "right", no_wrap=True)
+    style = {"int8": "green", "harmful": "red", "slower": "yellow", "float": "dim"}
+
+    def us(value) -> str:
+        return "" if value is None else f"{value * 1e3:.1f}"
+
+    for name, layer in result["layers"].items():
+        a, t = layer["accuracy"] or {}, layer["latency"]
+        shown = a.get("top1_loss_pt") if acc["labels"] else a.get("agreement")
+        table.add_row(name, layer["op"], _short(layer["macs"]), "" if shown is None else f"{shown:.2f}" if acc["labels"] else f"{shown:.3f}",
+                      "" if not a else f"{a['output_error']:.1e}", us(t.get("int8_ms")), us(t.get("fp32_ms")),
+                      us(t.get("gain_ms")), f"[{style[layer['verdict']]}]{layer['verdict']}[/]")
+    out.print(table)
+    for name, layer in result["layers"].items():
+        if layer["verdict"] != "int8":
+            out.print(f"  {name}: {layer['verdict']}: {layer['reason']}")
+    whole = acc["all_int8"]
+    out.print(f"whole model, {lat['kind']}: fp32 p50 {lat['fp32']['p50']:.4f} ms, all-int8 p50 {lat['int8']['p50']:.4f} ms"
+              + (f"; all-int8 top-1 {whole['top1']:.4f} (fp32 {acc['fp32_top1']:.4f})" if whole.get("top1") is not None else "")
+              + f", output error {whole['output_error']:.1e}")
+    out.print(f"accuracy: {acc['split']} split, {acc['samples']} samples, {acc['evaluated_with']}")
+    out.print(f"latency: {lat['source']}")
+    out.print(f"wrote {path}")
 
 
 @app.command()

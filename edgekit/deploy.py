@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import cost, graph
-from edgekit.backends.base import Backend, get_backend
+from edgekit.backends.base import Artifact, Backend, get_backend
+from edgekit.calibrate import sensitivity, trt_cache
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data, split
 from edgekit.errors import BadInput, EdgekitError, MissingRuntime
+from edgekit.latency import Latency
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import Profile, ProfileSettings, profile_engine
+from edgekit.profile import Profile, ProfileSettings, profile_engine, time_interleaved
 from edgekit.report import versions, write_reports
 from edgekit.targets import Target, load_target
 from edgekit.util import write_json
 
 EXPORT_CHECK_SAMPLES = 8
+MIXED = "mixed"  # --precision mixed: int8 where the sensitivity analysis says it helps, float elsewhere
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,13 @@ def choose_precision(asked: str | None, target: Target) -> str:
 
 
 def choose_plan(request: DeployRequest, target: Target) -> PrecisionPlan:
-    """The user's plan file, else the --precision default for every layer."""
+    """The user's plan file, else the --precision default for every layer (mixed: int8 for every
+    layer to calibrate, then the sensitivity analysis keeps some in float)."""
+    if request.precision == MIXED:
+        if request.plan_file is not None:
+            raise BadInput("--precision mixed chooses each layer's precision from the sensitivity analysis: leave out --plan")
+        sensitivity.check_target(target)
+        return PrecisionPlan("int8")
     if request.plan_file is None:
         return PrecisionPlan(default=choose_precision(request.precision, target))
     plan = load_plan(request.plan_file, default=request.precision)
@@ -90,6 +101,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
     backend_name = request.backend or target.backend.name
     plan = choose_plan(request, target)
     precision = plan.float_precision if not plan.has_int8 else "int8"
+    mixed = request.precision == MIXED
 
     step("model")
     model = load_model(request.model, list(request.input_shapes))
@@ -115,7 +127,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
         "status": "incomplete",
         "target": _target_summary(target),
         "backend": backend_name,
-        "precision": {"asked": plan.as_dict(), "label": plan.label},
+        "precision": {"asked": MIXED if mixed else plan.as_dict(), "label": plan.label},
         "model": {"name": model.name, "spec": model.spec, "kind": model.kind, "sha256": model.sha256,
                   "inputs": [str(s) for s in model.inputs], "totals": graph.totals(layers),
                   "export_check": check.__dict__},
@@ -144,6 +156,14 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
         planned = calibration.planned
         plan = PrecisionPlan(default=plan.default, layers=planned)
         build_from = calibration.qdq_path
+        if mixed:
+            step("sensitivity")
+            analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration,
+                                           threads=request.settings.threads, backend_name=backend_name,
+                                           settings=request.settings, calibration=calibration)
+            report["artifacts"]["sensitivity"] = sensitivity.FILE
+            plan, build_from = _mixed_plan(analysis, calibration, onnx_path, run_dir, report, layers, target)
+            planned = dict(plan.layers)
     report["precision"].update({"label": plan.label, "planned": planned})
 
     step("build")
@@ -165,6 +185,17 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
         raise MissingRuntime(f"target {target.name}: {availability.reason}; produced {run_dir / 'model.onnx'} "
                              f"and {run_dir / 'report.json'} (latency predicted)")
     artifact = backend.build(onnx_path=build_from, plan=plan, target=target, out_dir=run_dir)
+    threads = request.settings.threads or target.cores
+    feed = splits.test.sample(0) if splits else model.example
+    side_by_side = None
+    choice = report["precision"].get("mixed", {})
+    if choice.get("chosen") == MIXED and choice["kind"] == "measured" and target.local and availability.run:
+        step("compare")
+        plan, artifact, side_by_side = _never_slower(backend, artifact, plan, onnx_path, run_dir, target, threads, feed,
+                                                     request.settings, choice)
+        planned = dict(plan.layers)
+        report["precision"].update({"label": plan.label, "planned": planned})
+        _predict(report, layers, target, plan)
     report["artifacts"]["engine"] = artifact.path.name
     report["artifacts"]["engine_files"] = [f.name for f in artifact.files]
     report["status"] = (f"built; latency predicted ({availability.reason or 'the device is not this machine'})" if request.measure
@@ -172,18 +203,19 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
 
     if target.local and availability.run and request.measure:
         step("profile")
-        threads = request.settings.threads or target.cores
         reference = functools.partial(graph.reference_outputs, model)
-        feed = splits.test.sample(0) if splits else model.example
+        source = f"measured on {target.name} ({target.device}) with {backend_name}"
         try:
             measured: Profile = profile_engine(
                 lambda: backend.load(artifact, target=target, threads=threads), feed, request.settings,
-                threads=threads, source=f"measured on {target.name} ({target.device}) with {backend_name}",
-                test=splits.test if splits else None, reference=reference)
+                threads=threads, source=source + (", side by side with fp32" if side_by_side else ""),
+                test=splits.test if splits else None, reference=reference, times=side_by_side)
         except EdgekitError:
             _finish(run_dir, report)
             raise
         _add_profile(report, measured)
+        if choice and choice["fp32_p50_ms"] is None:  # every layer stayed float: this engine is the fp32 one
+            choice["fp32_p50_ms"] = measured.latency.p50
         report["precision"].update(verify_precision(backend, artifact, target, threads, feed, planned))
         report["status"] = "complete"
     _add_budget(report)
@@ -191,6 +223,111 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None)
     _finish(run_dir, report)
     report["run_dir"] = str(run_dir)
     return report
+
+
+def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = lambda _: None) -> tuple[dict, Path]:
+    """`edgekit inspect --sensitivity`: export, calibrate every layer int8 on the calibration split,
+    analyse each layer (`edgekit.calibrate.sensitivity`); sensitivity.json's content and its path."""
+    step("target")
+    target = load_target(request.target, list(request.targets_dir))
+    sensitivity.check_target(target)
+    if request.data is None and request.model not in (None, DEMO_SPEC):
+        raise BadInput(f"--sensitivity needs data for {request.model}: pass --data (a few hundred real inputs; the "
+                       "calibration split sets the scales, the validation split measures each layer's accuracy)")
+    step("model")
+    model = load_model(request.model, list(request.input_shapes))
+    splits = split(_data(request, model))
+    run_dir = Path(request.out) if request.out else default_run_dir(model, target)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    step("export")
+    onnx_path = graph.export_onnx(model, run_dir / "model.onnx")
+    graph.check_export(model, onnx_path, [splits.calibration.sample(i) for i in range(min(EXPORT_CHECK_SAMPLES, len(splits.calibration)))])
+    step("calibrate")
+    calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), run_dir, request.calibration)
+    step("sensitivity")
+    result = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration, threads=request.settings.threads,
+                                 backend_name=request.backend, settings=request.settings, calibration=calibration)
+    return result, run_dir / sensitivity.FILE
+
+
+def _mixed_plan(analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path, report: dict,
+                layers: list[graph.Layer], target: Target) -> tuple[PrecisionPlan, Path]:
+    """The plan the sensitivity analysis makes, its Q/DQ model (model.int8.onnx rewritten from the same
+    calibration) and report.json's `precision.mixed`. On a target not measured here the choice against
+    fp32 is the cost model's; on one measured here `_never_slower` makes it after the build."""
+    plan = sensitivity.mixed_plan(analysis)
+    float_p = analysis["float_precision"]
+    int8 = [layer for layer, p in plan.layers.items() if p == "int8"]
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in analysis["summary"].items() if n)
+    kind = analysis["latency"]["kind"]
+    choice = {"chosen": MIXED, "kind": kind, "int8_layers": len(int8), "verdicts": analysis["summary"],
+              "mixed_p50_ms": None, "fp32_p50_ms": None, "reason": ""}
+    report["precision"]["mixed"] = choice
+    if not int8:
+        choice.update(chosen=float_p, reason=f"every layer stays {float_p} ({counts}): int8 harms accuracy or is slower "
+                                             f"on {target.name} wherever it applies")
+        return _predict(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
+    choice["reason"] = f"{len(int8)} of {len(plan.layers)} layers int8 ({counts})"
+    if kind == "predicted":
+        ours, theirs = sensitivity.predicted_latency(layers, target, plan), cost.predict_latency(layers, target, float_p)
+        choice.update(mixed_p50_ms=ours.p50, fp32_p50_ms=theirs.p50)
+        side = f"{ours.p50:.4f} ms vs {float_p} {theirs.p50:.4f} ms, {analysis['latency']['source']}"
+        if not ours.p50 < theirs.p50:
+            choice.update(chosen=float_p, reason=f"mixed is predicted no faster than {float_p} ({side})")
+            return _predict(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
+        choice["reason"] += f"; predicted {side}"
+    summary = calibration.rewrite(int8, calibration.qdq_path)
+    _record_plan(run_dir, calibration, plan.layers, summary)
+    return _predict(report, layers, target, plan), calibration.qdq_path
+
+
+def _predict(report: dict, layers: list[graph.Layer], target: Target, plan: PrecisionPlan) -> PrecisionPlan:
+    """The roofline of the plan shipped, per layer (until a measurement replaces it)."""
+    predicted = sensitivity.predicted_latency(layers, target, plan).as_dict()
+    if report["latency_ms"]["kind"] == "predicted":
+        report["latency_ms"] = predicted
+    report["predicted_latency_ms"] = predicted
+    return plan
+
+
+def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[str, str], summary) -> None:
+    """scales.json and TensorRT's layer precisions follow the mixed plan, not the all-int8 calibration."""
+    scales_path = run_dir / calibration.files.get("scales", "scales.json")
+    if scales_path.is_file():
+        scales = json.loads(scales_path.read_text())
+        scales["planned"] = planned
+        for name, entry in scales.get("tensors", {}).items():
+            entry["quantized"] = name in summary.activations
+        write_json(scales_path, scales)
+    flags_file = calibration.files.get("tensorrt_layer_precisions")
+    if flags_file:
+        old = (run_dir / flags_file).read_text().strip()
+        new = trt_cache.layer_precisions(planned)
+        (run_dir / flags_file).write_text(new + "\n")
+        build = run_dir / calibration.files.get("tensorrt_build", "tensorrt/trtexec.sh")
+        if build.is_file():
+            build.write_text(build.read_text().replace(old, new))
+
+
+def _never_slower(backend: Backend, artifact: Artifact, plan: PrecisionPlan, onnx_path: Path, run_dir: Path, target: Target,
+                  threads: int, feed: dict, settings: ProfileSettings, choice: dict) -> tuple[PrecisionPlan, Artifact, list[float]]:
+    """Time the mixed engine and an fp32 engine of the same model side by side (interleaved, same
+    settings); ship fp32 unless mixed is faster. Returns the plan and engine shipped, and its times."""
+    float_p = plan.float_precision
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=f".{float_p}-") as tmp:
+        reference = backend.build(onnx_path=onnx_path, plan=PrecisionPlan(float_p), target=target, out_dir=Path(tmp))
+        engines = {MIXED: backend.load(artifact, target=target, threads=threads),
+                   float_p: backend.load(reference, target=target, threads=threads)}
+        times = time_interleaved(engines, feed, settings)
+    p50 = {name: Latency.from_samples(t, "side by side").p50 for name, t in times.items()}
+    choice.update(mixed_p50_ms=p50[MIXED], fp32_p50_ms=p50[float_p])
+    side = f"p50 {p50[MIXED]:.4f} ms vs {float_p} {p50[float_p]:.4f} ms, measured side by side on {target.name}"
+    if p50[MIXED] < p50[float_p]:
+        choice["reason"] += f"; {side}"
+        return plan, artifact, times[MIXED]
+    choice.update(chosen=float_p, reason=f"mixed is not faster than {float_p} ({side})")
+    fallback = PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})
+    return fallback, backend.build(onnx_path=onnx_path, plan=fallback, target=target, out_dir=run_dir), times[float_p]
 
 
 def quantizable_layers(onnx_path: Path) -> list[str]:
@@ -223,7 +360,7 @@ def load_plan(path: Path, default: str | None = None) -> PrecisionPlan:
 
 
 def calibration_summary(result: CalibrationResult) -> dict:
-    return {"method": next(iter(result.params.values())).method if result.params else None,
+    return {"method": result.method, "selection": result.selection,
             "samples": result.samples, "seconds": round(result.seconds, 2),
             "int8_layers": len(result.int8_layers), "demoted": result.demoted, "warnings": result.warnings,
             "bias_corrected": len(result.summary.bias_corrected)}

@@ -154,6 +154,8 @@ def detect_host_figures() -> dict:
         "peak_gops": peaks["peak_gops"],
         # Without VNNI/AMX int8 has no dedicated dot-product instruction: measure before choosing it.
         "precisions": {"supported": ["fp32", "int8"], "fast": ["fp32", "int8"] if vnni else ["fp32"]},
+        # x86 without VNNI: vpmaddubsw saturates int16 pair sums of u8 x s8 products; 7-bit weights cannot.
+        "quantization": {"weight_bits": 8 if vnni or not any(f in isa for f in ("AVX2", "AVX-512")) else 7},
         # Bandwidth is not measured yet; a DDR4 dual-channel figure is the conservative assumption.
         "memory_bandwidth_gbs": 20.0,
         "sources": {
@@ -165,5 +167,6 @@ def detect_host_figures() -> dict:
             "cores": "detected at run time (CPU affinity of this process)",
             "alignment": "AVX2 register width: 8 fp32 lanes, 32 int8 lanes (16 with VNNI-less u8s8 paths)",
             "isa": "detected at run time (/proc/cpuinfo flags)",
+            "quantization.weight_bits": "derived from the ISA: 7 on x86 without VNNI (int16 saturation of vpmaddubsw), else 8",
         },
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -92,6 +92,25 @@ def time_engine(engine: Engine, feed: dict[str, np.ndarray], settings: ProfileSe
     return times
 
 
+def time_interleaved(engines: dict[str, Engine], feed: dict[str, np.ndarray], settings: ProfileSettings,
+                     rounds: int = 6) -> dict[str, list[float]]:
+    """Per-inference wall times of several engines measured side by side: each is warmed up, then
+    they take turns in `rounds` slices (the order reversed every round), each slice 1/rounds of the
+    settings' repeats and duration. Clock boost, thermal drift and other load then hit every engine
+    alike, so their percentiles can be compared with each other."""
+    for engine in engines.values():
+        time_engine(engine, feed, replace(settings, repeats=1, min_time_s=0.0))
+    part = replace(settings, warmup=0, warmup_s=0.0, repeats=max(1, -(-settings.repeats // rounds)),
+                   min_time_s=settings.min_time_s / rounds)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    order = list(engines)
+    for _ in range(rounds):
+        for name in order:
+            times[name] += time_engine(engines[name], feed, part)
+        order.reverse()
+    return times
+
+
 def _top1(out: np.ndarray) -> int | None:
     flat = out.reshape(out.shape[0], -1) if out.ndim > 1 else out[None]
     return int(flat[0].argmax()) if flat.shape[-1] > 1 else None
@@ -137,13 +156,16 @@ def accuracy(engine: Engine, samples: Samples, reference: Callable[[dict], list[
 
 def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], settings: ProfileSettings, *,
                    threads: int, source: str, test: Samples | None = None,
-                   reference: Callable[[dict], list[np.ndarray]] | None = None) -> Profile:
-    """Load an engine and measure it: latency, per-layer times, memory, and accuracy if data is given."""
+                   reference: Callable[[dict], list[np.ndarray]] | None = None,
+                   times: list[float] | None = None) -> Profile:
+    """Load an engine and measure it: latency, per-layer times, memory, and accuracy if data is given.
+    `times`: inference times already measured side by side with another engine (`time_interleaved`):
+    the latency is then those, the very numbers a choice between the two was made on."""
     rss_before = _rss_mb()
     engine = load()
     engine.run(feed)
     rss_loaded = _rss_mb()
-    times = time_engine(engine, feed, settings)
+    times = times if times is not None else time_engine(engine, feed, settings)
     latency = Latency.from_samples(times, source)
     layers = engine.layer_times(feed, settings.layer_runs) if settings.layer_runs else []
     acc = accuracy(engine, test, reference) if test is not None and reference is not None else None

@@ -64,6 +64,8 @@ def render_html(report: dict) -> str:
         ("backend", report.get("backend")),
         ("status", report.get("status")),
         ("precision", report.get("precision", {}).get("label")),
+        *([("precision (mixed)", f"shipped {report['precision']['mixed']['chosen']}: {report['precision']['mixed']['reason']}")]
+          if "mixed" in report.get("precision", {}) else []),
         ("precision mismatches", ", ".join(f"{k}: planned {v['planned']}, runs {v['executed']}"
                                            for k, v in (report.get("precision", {}).get("mismatches") or {}).items()) or "none"),
     ]

@@ -58,6 +58,10 @@ class Quantization(Frozen):
     activations: Literal["symmetric", "asymmetric"] = "asymmetric"
     weights: Literal["per_channel_symmetric"] = "per_channel_symmetric"
     activation_matmul: bool = Field(False, description="int8 MatMul of two activations (attention) runs in int8")
+    weight_bits: Literal[7, 8] = Field(8, description=(
+        "7 on x86 CPUs without VNNI: their u8 x s8 dot product (vpmaddubsw) adds pairs of products into a "
+        "saturating int16, which 8-bit weights overflow (255 x 127 x 2 > 32767); ±63 weights never do "
+        "(NNCF's overflow fix does the same)"))
 
 
 class Reach(Frozen):

@@ -186,3 +186,19 @@ def collect(model, samples: Samples, tensors: Iterable[str] | None = None) -> di
             _second_pass(stats[name], np.asarray(outputs[index[name]], dtype=np.float32) if name in index
                          else np.asarray(feed[name], np.float32))
     return stats
+
+
+def channel_maxima(model, samples: Samples, tensors: list[str]) -> dict[str, np.ndarray]:
+    """Per-channel maximum (axis 1) of each of `tensors` over `samples` (cross-layer equalization's clip rule)."""
+    if not tensors:
+        return {}
+    session = _session_exposing(model, tensors)
+    index = {o.name: i for i, o in enumerate(session.get_outputs())}
+    maxima: dict[str, np.ndarray] = {}
+    for i in range(len(samples)):
+        outputs = session.run(None, samples.sample(i))
+        for name in tensors:
+            x = np.asarray(outputs[index[name]], np.float32)
+            m = x.swapaxes(0, 1).reshape(x.shape[1], -1).max(axis=1)
+            maxima[name] = m if name not in maxima else np.maximum(maxima[name], m)
+    return maxima

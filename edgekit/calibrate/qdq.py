@@ -13,15 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.calibrate.scales import QParams, quantize_weight, weight_scales
+from edgekit.calibrate.scales import QParams, quantize_weight, weight_qmax, weight_scales
 from edgekit.errors import BadInput
 
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")
+FUSED_ACTIVATIONS = ("Relu", "Clip")  # what a runtime fuses into the layer before it
+JOINS = ("Add",)  # residual joins: int8 when every branch is, so the runtime keeps the chain in int8
+POOLS = ("GlobalAveragePool", "ReduceMean", "MaxPool", "AveragePool")  # int8 in, int8 out
 
 
 @dataclass
 class QdqSummary:
     layers: list[str] = field(default_factory=list)  # the layers written as int8
+    links: list[str] = field(default_factory=list)  # joins and pools written with int8 inputs
     activations: dict[str, dict] = field(default_factory=dict)  # tensor → QParams as dict
     weights: dict[str, dict] = field(default_factory=dict)  # layer → {tensor, axis, scale range}
     bias_corrected: dict[str, float] = field(default_factory=dict)  # layer → max |bias shift|
@@ -61,6 +65,36 @@ def weight_input(node, initializers: dict) -> tuple[str, int | None] | None:
     return None
 
 
+def int8_links(model, int8_layers: list[str], initializers: dict, exclude: set[str] = frozenset()) -> dict[str, list[str]]:
+    """The ops between int8 layers that should read int8 too: residual joins (an Add of two activations)
+    whose every input comes out of an int8 layer (through its fused activation) or goes into one, and
+    pools fed by an int8 layer. Quantizing their inputs lets OpenVINO and TensorRT fuse the join into the
+    convolution and keep tensors int8 between layers, as NNCF and ONNX Runtime's quantizer do.
+    Returns {node: its inputs to quantize}; a tensor in `exclude` (sentinels) disqualifies its node."""
+    int8 = set(int8_layers)  # grows with the links found, in graph order: a pool after an int8 join is int8 too
+    producer = {t: n for n in model.graph.node for t in n.output}
+    nodes = {n.name: n for n in model.graph.node}
+    int8_inputs = {t for name in int8 for t in activation_inputs(nodes[name], initializers)}
+
+    def from_int8(tensor: str) -> bool:
+        node = producer.get(tensor)
+        while node is not None and node.op_type in FUSED_ACTIVATIONS:
+            node = producer.get(node.input[0])
+        return node is not None and node.name in int8
+
+    links = {}
+    for node in model.graph.node:
+        inputs = [t for t in node.input if t]
+        if node.op_type in JOINS and len(inputs) == 2 and not any(t in initializers or t not in producer for t in inputs):
+            if all((from_int8(t) or t in int8_inputs) and t not in exclude for t in inputs):
+                links[node.name] = inputs
+        elif node.op_type in POOLS and inputs and from_int8(inputs[0]) and inputs[0] not in exclude:
+            links[node.name] = inputs[:1]
+        if node.name in links:
+            int8.add(node.name)
+    return links
+
+
 def _bias_shift(node, weight: np.ndarray, dequantized: np.ndarray, mean: np.ndarray | None) -> np.ndarray | None:
     """(W_q - W) · E[x] per output channel, or None when the input mean is unknown."""
     if mean is None:
@@ -93,8 +127,11 @@ def _bias_of(node, initializers: dict, consumers: dict) -> tuple[str | None, str
 
 
 def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], out_path: Path, *,
-              channel_means: dict[str, np.ndarray] | None = None, bias_correction: bool = True) -> QdqSummary:
-    """Write `model` (an fp32 onnx.ModelProto, left unchanged) with `int8_layers` quantized."""
+              channel_means: dict[str, np.ndarray] | None = None, bias_correction: bool = True,
+              links: dict[str, list[str]] | None = None, weight_bits: int = 8) -> QdqSummary:
+    """Write `model` (an fp32 onnx.ModelProto, left unchanged) with `int8_layers` quantized, and the
+    inputs of `links` (see int8_links). Each quantized tensor gets one Q/DQ pair, right after the
+    node that makes it, shared by all the consumers that read it in int8."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -113,16 +150,18 @@ def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], ou
     summary = QdqSummary()
     new_inits: list = []
     replaced_inits: dict[str, np.ndarray] = {}
-    before: dict[int, list] = {}  # node index → Q/DQ nodes to emit before it
+    before: dict[int, list] = {}  # node index → weight/bias DQ nodes to emit before it
+    after: dict[int, list] = {}  # node index (-1: the graph inputs) → activation Q/DQ nodes to emit after it
     dq_of: dict[str, str] = {}  # activation tensor → its dequantized name
     means = channel_means or {}
     position = {id(n): i for i, n in enumerate(graph.node)}
+    made_at = {t: i for i, n in enumerate(graph.node) for t in n.output}
 
     def const(name: str, array: np.ndarray) -> str:
         new_inits.append(numpy_helper.from_array(array, name))
         return name
 
-    def qdq_activation(tensor: str, at: int) -> str:
+    def qdq_activation(tensor: str) -> str:
         if tensor in dq_of:
             return dq_of[tensor]
         p = activations[tensor]
@@ -130,7 +169,7 @@ def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], ou
         scale = const(f"{tensor}_scale", np.array(p.scale, np.float32))
         zp = const(f"{tensor}_zero_point", np.array(p.zero_point, zp_type))
         q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
-        before.setdefault(at, []).extend([
+        after.setdefault(made_at.get(tensor, -1), []).extend([
             helper.make_node("QuantizeLinear", [tensor, scale, zp], [q], name=f"{tensor}_QuantizeLinear"),
             helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{tensor}_DequantizeLinear")])
         dq_of[tensor] = dq
@@ -146,13 +185,14 @@ def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], ou
             raise BadInput(f"layer {name}: no calibrated scale for its input {missing[0]}")
         new_inputs = list(node.input)
         for t in act_inputs:
-            new_inputs[list(node.input).index(t)] = qdq_activation(t, at)
+            new_inputs[list(node.input).index(t)] = qdq_activation(t)
         weight_info = weight_input(node, initializers)
         if weight_info:
             w_name, axis = weight_info
             w = initializers[w_name]
-            scales = weight_scales(w, axis) if axis is not None else weight_scales(w.reshape(1, -1), 0)[:1].reshape(())
-            q = quantize_weight(w, scales, axis) if axis is not None else np.clip(np.round(w / scales), -127, 127).astype(np.int8)
+            qmax = weight_qmax(weight_bits)
+            scales = weight_scales(w, axis, qmax) if axis is not None else weight_scales(w.reshape(1, -1), 0, qmax)[:1].reshape(())
+            q = quantize_weight(w, scales, axis, qmax) if axis is not None else np.clip(np.round(w / scales), -qmax, qmax).astype(np.int8)
             shape = [1] * w.ndim
             if axis is not None:
                 shape[axis] = -1
@@ -194,6 +234,16 @@ def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], ou
         node.input.extend(new_inputs)
         summary.layers.append(name)
 
+    for name, tensors in (links or {}).items():
+        node = next(n for n in graph.node if n.name == name)
+        missing = [t for t in tensors if t not in activations]
+        if missing:
+            raise BadInput(f"{node.op_type} {name}: no calibrated scale for its input {missing[0]}")
+        new_inputs = [qdq_activation(t) if t in tensors else t for t in node.input]
+        del node.input[:]
+        node.input.extend(new_inputs)
+        summary.links.append(name)
+
     kept = [i for i in graph.initializer if i.name not in replaced_inits]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -201,9 +251,11 @@ def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], ou
     graph.initializer.extend(new_inits)
     nodes = list(graph.node)
     del graph.node[:]
+    graph.node.extend(after.get(-1, []))
     for i, node in enumerate(nodes):
         graph.node.extend(before.get(i, []))
         graph.node.append(node)
+        graph.node.extend(after.get(i, []))
     used = {t for n in graph.node for t in n.input}
     unused = [i for i in graph.initializer if i.name not in used]  # the float weights now stored as int8
     for init in unused:

@@ -5,13 +5,15 @@ layer precisions for TensorRT targets), plus scales.json with every scale and wh
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.calibrate import observers, qdq, scales, trt_cache
+from edgekit.calibrate import equalize, observers, qdq, scales, select, trt_cache
 from edgekit.calibrate.observers import TensorStats
 from edgekit.calibrate.scales import QParams
 from edgekit.data import Samples
@@ -25,18 +27,56 @@ FEW_SAMPLES = 16  # below this, scales are noisy: warn
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    method: str = "mse"
+    method: str = "auto"  # auto: every method of scales.METHODS tried, the one closest to fp32 kept
     percentile: float = 99.99
     samples: int | None = None  # at most this many calibration samples (default: the whole split)
     bias_correction: bool = True
+    equalization: str = "auto"  # cross-layer equalization: auto (kept where it measures better), on, off
 
     def __post_init__(self) -> None:
-        if self.method not in scales.METHODS:
-            raise BadInput(f"unknown calibration method '{self.method}' (known: {', '.join(scales.METHODS)})")
+        if self.equalization not in ("auto", "on", "off"):
+            raise BadInput(f"--equalization must be auto, on or off, got '{self.equalization}'")
+        if self.method not in ("auto", *scales.METHODS):
+            raise BadInput(f"unknown calibration method '{self.method}' (known: auto, {', '.join(scales.METHODS)})")
         if not 50 < self.percentile <= 100:
             raise BadInput(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.samples is not None and self.samples < 1:
             raise BadInput(f"--calibration-samples must be at least 1, got {self.samples}")
+
+
+@dataclass(eq=False)  # hashed by identity (params are cached per variant)
+class _Variant:
+    """The fp32 model calibration may quantize (as exported, or equalized) and its statistics."""
+
+    name: str
+    model: object
+    stats: dict[str, TensorStats]
+    spread: dict[str, dict] = field(default_factory=dict)  # equalized: per pair, channel-range spread before/after
+
+
+@dataclass
+class QdqWriter:
+    """Everything calibration learnt, kept to write Q/DQ models for any subset of the layers."""
+
+    model: object  # the fp32 onnx.ModelProto
+    params: dict[str, QParams]
+    channel_means: dict[str, np.ndarray]
+    sentinels: set[str]
+    bias_correction: bool
+    weight_bits: int = 8
+
+    def write(self, int8_layers: list[str], out_path: Path) -> qdq.QdqSummary:
+        import onnx
+
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in self.model.graph.initializer}
+        nodes = qdq.quantizable_layers(self.model)
+        links = {name: inputs for name, inputs in qdq.int8_links(self.model, int8_layers, inits, self.sentinels).items()
+                 if all(t in self.params for t in inputs)}
+        needed = {t for name in int8_layers for t in qdq.activation_inputs(nodes[name], inits)}
+        needed |= {t for inputs in links.values() for t in inputs}
+        return qdq.write_qdq(self.model, int8_layers, {t: self.params[t] for t in needed if t in self.params}, out_path,
+                             channel_means=self.channel_means, bias_correction=self.bias_correction, links=links,
+                             weight_bits=self.weight_bits)
 
 
 @dataclass
@@ -50,6 +90,18 @@ class CalibrationResult:
     files: dict[str, str] = field(default_factory=dict)  # what was written, relative to out_dir
     samples: int = 0
     seconds: float = 0.0
+    writer: QdqWriter | None = None
+    method: str = ""  # the range method used (the one auto chose)
+    selection: dict[str, float] = field(default_factory=dict)  # "variant/method" → output error vs fp32
+    equalization: dict = field(default_factory=dict)  # {asked, used, pairs}
+
+    def rewrite(self, int8_layers: list[str], out_path: Path) -> qdq.QdqSummary:
+        """Another Q/DQ model from the same calibration with only `int8_layers` in int8 (sensitivity
+        analysis and mixed plans: no new observation)."""
+        unknown = [name for name in int8_layers if name not in self.planned]
+        if unknown:
+            raise BadInput(f"cannot make {', '.join(unknown)} int8: not a quantizable layer of the model")
+        return self.writer.write(int8_layers, Path(out_path))
 
     @property
     def int8_layers(self) -> list[str]:
@@ -110,15 +162,30 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
     layers = qdq.quantizable_layers(model)
     init_arrays = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     # Observe what int8 layers read; TensorRT's cache wants every tensor.
+    wanted = [name for name, p in planned.items() if p == "int8"]
     observed = None if target.backend.name == "tensorrt" else sorted(
-        {t for name, p in planned.items() if p == "int8" for t in qdq.activation_inputs(layers[name], init_arrays)}
+        ({t for name in wanted for t in qdq.activation_inputs(layers[name], init_arrays)}
+         | {t for inputs in qdq.int8_links(model, wanted, init_arrays).values() for t in inputs})
         & set(observers.float_tensors(model)))
-    stats = observers.collect(model, samples, observed)
+    variants = {"plain": _Variant("plain", model, observers.collect(model, samples, observed))}
+    stats = variants["plain"].stats
     _check_stats(stats, warnings)
+    if options.equalization != "off":
+        pairs = equalize.find_pairs(model, init_arrays)
+        if pairs:
+            maxima = observers.channel_maxima(model, samples, equalize.clipped_outputs(model, pairs))
+            eq_model, spread = equalize.equalize(model, pairs, maxima)
+            variants["equalized"] = _Variant("equalized", eq_model, observers.collect(eq_model, samples, observed), spread)
+        elif options.equalization == "on":
+            warnings.append("--equalization on: no conv → (ReLU | clip) → conv chain to equalize in this model")
     symmetric = symmetric_activations(target)
-    params = {name: scales.qparams(*scales.activation_range(s, options.method, symmetric=symmetric, percentile=options.percentile),
-                                   symmetric=symmetric, method=options.method)
-              for name, s in stats.items()}
+
+    @functools.cache
+    def params_by(variant: _Variant, method: str) -> dict[str, QParams]:
+        return {name: scales.qparams(*scales.activation_range(s, method, symmetric=symmetric, percentile=options.percentile),
+                                     symmetric=symmetric, method=method)
+                for name, s in variant.stats.items()}
+
     demoted: dict[str, str] = {}
     if not target.quantization.activation_matmul:
         for name, precision in planned.items():
@@ -143,18 +210,49 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
     out_dir.mkdir(parents=True, exist_ok=True)
     qdq_path = out_dir / "model.int8.onnx"
     int8 = [name for name, p in planned.items() if p == "int8"]
-    needed = {t for name in int8 for t in qdq.activation_inputs(layers[name], init_arrays)}
-    summary = qdq.write_qdq(model, int8, {t: params[t] for t in needed}, qdq_path,
-                            channel_means={n: s.channel_mean for n, s in stats.items() if s.channel_mean is not None},
-                            bias_correction=options.bias_correction)
-    result = CalibrationResult(qdq_path, planned, demoted, params, summary, warnings, {"qdq_onnx": qdq_path.name},
-                               len(samples), 0.0)
+
+    def writer_for(variant: _Variant, method: str) -> QdqWriter:
+        return QdqWriter(variant.model, params_by(variant, method),
+                         {n: s.channel_mean for n, s in variant.stats.items() if s.channel_mean is not None},
+                         {n for n, s in variant.stats.items() if s.sentinel}, options.bias_correction,
+                         target.quantization.weight_bits)
+
+    candidates = {(v, m) for v in variants if options.equalization != "on" or v == "equalized" or len(variants) == 1
+                  for m in (scales.METHODS if options.method == "auto" else (options.method,))}
+    selection = _select({f"{v}/{m}": writer_for(variants[v], m) for v, m in sorted(candidates)}, model, int8, samples) \
+        if len(candidates) > 1 else {}
+    variant_name, method = min(selection, key=selection.get).split("/") if selection else next(iter(candidates))
+    variant = variants[variant_name]
+    writer = writer_for(variant, method)
+    summary = writer.write(int8, qdq_path)
+    result = CalibrationResult(qdq_path, planned, demoted, writer.params, summary, warnings, {"qdq_onnx": qdq_path.name},
+                               len(samples), 0.0, writer, method, selection,
+                               {"asked": options.equalization, "used": variant_name == "equalized",
+                                "pairs": variants["equalized"].spread if "equalized" in variants else {}})
+    stats = variant.stats
+    if variant_name == "equalized":
+        onnx.save(variant.model, str(out_dir / "model.equalized.onnx"))
+        result.files["equalized_onnx"] = "model.equalized.onnx"
     _write_scales(out_dir / "scales.json", result, stats, options, symmetric, samples)
     result.files["scales"] = "scales.json"
     if target.backend.name == "tensorrt":
         result.files.update(_write_tensorrt(out_dir, result, stats, options, target))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _select(writers: dict[str, QdqWriter], model, int8: list[str], samples: Samples) -> dict[str, float]:
+    """Each candidate written and run (see edgekit.calibrate.select): its int8 model's output error
+    against the original fp32 model's, on the calibration split; the smallest wins."""
+    feeds = select.feeds_of(samples)
+    reference = select.outputs(model, feeds)
+    errors = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, writer) in enumerate(writers.items()):
+            path = Path(tmp) / f"candidate{i}.onnx"
+            writer.write(int8, path)
+            errors[name] = select.output_error(reference, path, feeds)
+    return errors
 
 
 def _write_scales(path: Path, result: CalibrationResult, stats: dict[str, TensorStats], options: CalibrationOptions,
@@ -167,10 +265,15 @@ def _write_scales(path: Path, result: CalibrationResult, stats: dict[str, Tensor
             entry["sentinel"] = {"real_bound": s.real_bound, "note": "kept in float: its consumers are not quantized"}
         tensors[name] = entry
     write_json(path, {
-        "method": options.method, "percentile": options.percentile if options.method == "percentile" else None,
+        "method": result.method, "asked": options.method,
+        "selection": {"output_error_vs_fp32": result.selection, "samples": min(len(samples), select.MAX_SAMPLES),
+                      "split": "calibration"} if result.selection else None,
+        "percentile": options.percentile if result.method == "percentile" else None,
         "activations": "symmetric int8" if symmetric else "asymmetric uint8",
-        "weights": "per-channel symmetric int8, narrow range [-127, 127]",
+        "weights": f"per-channel symmetric int8, narrow range ±{scales.weight_qmax(result.writer.weight_bits)}"
+                   + (" (7-bit: the target's int8 dot product saturates 8-bit weights)" if result.writer.weight_bits == 7 else ""),
         "bias_correction": options.bias_correction,
+        "equalization": result.equalization,
         "calibration": {"source": samples.source, "samples": len(samples), "sha256": samples.sha256()},
         "planned": result.planned, "demoted": result.demoted, "warnings": result.warnings,
         "tensors": tensors, "weight_scales": result.summary.weights, "bias_shift": result.summary.bias_corrected,
@@ -187,13 +290,14 @@ def _write_tensorrt(out_dir: Path, result: CalibrationResult, stats: dict[str, T
     for name, s in stats.items():
         if s.sentinel:
             continue  # no scale: TensorRT keeps the tensor in float
-        lo, hi = scales.activation_range(s, options.method, symmetric=True, percentile=options.percentile)
-        cache[name] = scales.qparams(lo, hi, symmetric=True, method=options.method).scale
+        lo, hi = scales.activation_range(s, result.method, symmetric=True, percentile=options.percentile)
+        cache[name] = scales.qparams(lo, hi, symmetric=True, method=result.method).scale
     version = str(target.backend.options.get("tensorrt_version", "10.3.0"))
-    trt_cache.write_cache(folder / "calibration.cache", cache, version=version, algorithm=trt_cache.ALGORITHMS[options.method])
+    trt_cache.write_cache(folder / "calibration.cache", cache, version=version, algorithm=trt_cache.ALGORITHMS[result.method])
     flags = trt_cache.layer_precisions(result.planned)
     (folder / "layer_precisions.txt").write_text(flags + "\n")
-    command = ("trtexec --onnx=model.onnx --int8 --fp16 --calib=tensorrt/calibration.cache "
+    fp32_model = result.files.get("equalized_onnx", "model.onnx")  # the scales are those of this model
+    command = (f"trtexec --onnx={fp32_model} --int8 --fp16 --calib=tensorrt/calibration.cache "
                f"--precisionConstraints=obey --layerPrecisions={flags} --saveEngine=model.engine")
     (folder / "trtexec.sh").write_text("#!/bin/sh\n# Build on the device (TensorRT is not on this machine). Run from the run directory.\n"
                                        "# Or build the explicit-quantization engine from the Q/DQ model:\n"

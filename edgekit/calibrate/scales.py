@@ -65,23 +65,24 @@ def entropy_amax(abs_hist: np.ndarray, abs_edges: np.ndarray, target_bins: int =
     n = len(abs_hist)
     if abs_hist.sum() == 0:
         return float(abs_edges[-1])
-    best, best_kl = n, np.inf
     hist = abs_hist.astype(np.float64)
     hist[0] = hist[1]
-    for i in range(target_bins, n + 1):
+
+    def kl_at(i: int) -> float:
         reference = hist[:i].copy()
         reference[-1] += hist[i:].sum()
         if reference.sum() == 0:
-            continue
+            return np.inf
         # Merge the first i bins into target_bins buckets, spread each bucket back over its non-empty bins.
         starts = (np.arange(target_bins) * i) // target_bins
         sums = np.add.reduceat(hist[:i], starts)
         nonzero = np.add.reduceat((hist[:i] > 0).astype(np.float64), starts)
         bucket = np.repeat(np.arange(target_bins), np.diff(np.append(starts, i)))
         expanded = np.where(hist[:i] > 0, (sums / np.maximum(nonzero, 1))[bucket], 0.0)
-        kl = _kl(reference, expanded)
-        if kl < best_kl:
-            best, best_kl = i, kl
+        return _kl(reference, expanded)
+
+    tried = {i: kl_at(i) for i in range(target_bins, n + 1)}  # every threshold, as TensorRT
+    best = min(tried, key=tried.get) if np.isfinite(min(tried.values())) else n
     return float(abs_edges[best])
 
 
@@ -166,14 +167,19 @@ def qparams(lo: float, hi: float, *, symmetric: bool, method: str) -> QParams:
     return QParams(scale, zero_point, "uint8", lo, hi, method)
 
 
-def weight_scales(weight: np.ndarray, axis: int) -> np.ndarray:
-    """Per-channel symmetric scales (narrow range ±127) of a weight along its output-channel axis."""
+def weight_qmax(bits: int) -> int:
+    """The largest stored weight: 127 for 8 bits (narrow range), 63 for 7 (see Quantization.weight_bits)."""
+    return 2 ** (bits - 1) - 1
+
+
+def weight_scales(weight: np.ndarray, axis: int, qmax: int = QMAX) -> np.ndarray:
+    """Per-channel symmetric scales (narrow range ±qmax) of a weight along its output-channel axis."""
     reduce = tuple(a for a in range(weight.ndim) if a != axis)
     amax = np.abs(weight).max(axis=reduce) if reduce else np.abs(weight)
-    return (np.maximum(amax, MIN_RANGE) / QMAX).astype(np.float32)
+    return (np.maximum(amax, MIN_RANGE) / qmax).astype(np.float32)
 
 
-def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
+def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int, qmax: int = QMAX) -> np.ndarray:
     shape = [1] * weight.ndim
     shape[axis] = -1
-    return np.clip(np.round(weight / scales.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    return np.clip(np.round(weight / scales.reshape(shape)), -qmax, qmax).astype(np.int8)

@@ -1,0 +1,390 @@
+"""Per-layer int8 sensitivity: what making each layer int8 costs in accuracy and gains in latency on
+the target, saved as `sensitivity.json` for `--precision mixed` and the precision search.
+
+Accuracy, one layer at a time: that layer int8, every other layer fp32 (all written from one
+calibration, `CalibrationResult.rewrite`: no new observation), on the validation split; the scales
+come from the calibration split and the test split is never seen. The models run in ONNX Runtime with
+graph optimizations off, so QuantizeLinear/DequantizeLinear execute as written: the number is the
+layer's own quantization error, the same on any machine, and known for targets that are not here.
+Top-1 on a few hundred samples moves in steps of one sample, so a continuous measure goes with it:
+the normalised squared error of the first output against fp32's.
+
+Latency, on the target with its own runtime: a layer's time in the fp32 engine minus its time in the
+all-int8 engine, medians of the runtime profiler, joined through the runtime layer each ONNX layer
+became (`Engine.executed`). The all-int8 engine is what a mixed plan mostly is; an engine with one
+int8 layer would charge that layer the quantize/dequantize at both its ends, which int8 neighbours
+share. Fusions move time between layers (a requantization fused into the convolution before it): the
+runtime names are recorded, and time no quantizable layer claims is `unattributed_ms`. A target that
+cannot run here gets its gains from the cost model, every latency labelled `predicted`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import cost, graph
+from edgekit.calibrate import qdq, select
+from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
+from edgekit.data import Splits
+from edgekit.errors import BadInput, MissingRuntime, require
+from edgekit.latency import Latency
+from edgekit.plan import PrecisionPlan
+from edgekit.profile import ProfileSettings, time_interleaved
+from edgekit.targets import Target
+from edgekit.util import sha256_file, write_json
+
+FILE = "sensitivity.json"
+VERSION = 1
+VERDICTS = ("int8", "harmful", "slower", "float")
+# harmful: top-1 loss (or, without labels, disagreement with fp32) above 0.5 pt and above one sample
+# (a single flip is the sample's noise, not the layer's); or an output error above 1e-2 (SQNR under
+# 20 dB); or an outlier: 10x the median layer's error and above 1e-3 (30 dB: below, int8 is benign).
+TOP1_LOSS_PT = 0.5
+ERROR_CEILING = 1e-2
+ERROR_OUTLIER = 10.0
+ERROR_FLOOR = 1e-3
+# slower: int8 slower than fp32 by more than the spread between profiling rounds (the middle three of
+# five: one round can collide with other load), 5 % of the layer's fp32 time, and the profiler's
+# microsecond resolution.
+NOISE_FRACTION = 0.05
+NOISE_FLOOR_MS = 0.001
+LAYER_ROUNDS = 5
+
+
+def float_precision(target: Target) -> str:
+    """The precision the layers that stay out of int8 run in (fp32 where the target has it)."""
+    for precision in ("fp32", "fp16"):
+        if precision in target.precisions.supported:
+            return precision
+    raise BadInput(f"target {target.name} runs no float precision ({', '.join(target.precisions.supported)}): "
+                   "a mixed plan has nothing to keep int8-sensitive layers in; use --precision int8")
+
+
+def check_target(target: Target) -> str:
+    """The target can run a mixed plan: it has int8 and a float precision (returned)."""
+    if "int8" not in target.precisions.supported:
+        raise BadInput(f"target {target.name} does not run int8 (it runs: {', '.join(target.precisions.supported)}): "
+                       "int8 sensitivity and --precision mixed need it")
+    return float_precision(target)
+
+
+# ---- accuracy: one layer int8 at a time, ONNX Runtime, validation split -------------------------
+
+def _outputs(path: Path, feeds: list[dict]) -> np.ndarray:
+    """The first output on each feed, [N, ...] float64, with Q/DQ run as written (no fusions)."""
+    return np.stack(select.outputs(Path(path), feeds))
+
+
+def _compare(reference: np.ndarray, got: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Output error (sum of squared differences over the sum of squared fp32 values), top-1
+    agreement with fp32 and top-1 accuracy (classifiers: more than one output value per sample)."""
+    n = len(reference)
+    ref, ours = reference.reshape(n, -1), got.reshape(n, -1)
+    result = {"output_error": float(((ours - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30)),
+              "agreement": None, "top1": None}
+    if ref.shape[1] > 1:
+        result["agreement"] = float((ours.argmax(1) == ref.argmax(1)).mean())
+        if labels is not None:
+            result["top1"] = float((ours.argmax(1) == labels).mean())
+    return result
+
+
+def _labels(splits: Splits) -> np.ndarray | None:
+    labels = splits.validation.labels
+    return None if labels is None else np.asarray(labels).reshape(len(splits.validation), -1)[:, 0].astype(np.int64)
+
+
+# ---- latency: per-layer times on the target, fp32 engine vs all-int8 engine -------------------
+
+# How runtimes rename what they fuse: ONNX Runtime's layout transformer names a Conv it fused with its
+# activation after the activation's output + _nchwc, and appends _token_N to nodes it rewrites.
+RENAMED = re.compile(r"(_nchwc|_token_\d+)$")
+FUSED_AFTER = ("Add", "Relu", "Clip", "BatchNormalization", "Mul", "Sigmoid", "Gelu")  # ops runtimes fuse into the layer before
+
+
+def _aliases(model, nodes: dict) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """Each layer's ONNX node, then the ops fused into it (its output's single consumer, while that is a
+    bias Add or an activation), with their outputs: runtimes name a fused layer after any of them
+    (OpenVINO names MatMul + bias Add after the Add, a model's last layer after its output)."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    chains = {}
+    for name, node in nodes.items():
+        chain = [(name, tuple(node.output))]
+        for _ in range(2):
+            users = consumers.get(node.output[0], [])
+            if len(users) != 1 or users[0].op_type not in FUSED_AFTER:
+                break
+            node = users[0]
+            chain.append((node.name, tuple(node.output)))
+        chains[name] = chain
+    return chains
+
+
+def _join(times: list, executed: dict, aliases: dict, macs: dict[str, int]) -> tuple[dict[str, tuple[float, list[str]]], float]:
+    """Each ONNX layer's time in one engine, and the time no layer claims. A layer's runtime layer is
+    the one `executed` names for it or for the first of its aliases that has one, else a profiled
+    layer named ALIAS, ALIAS/... or after the alias's output (less a runtime's renaming suffix). A runtime layer several ONNX layers fused
+    into has its time split between them by MACs."""
+    by_name = {t.name: t.time_ms for t in times}
+    names: dict[str, list[str]] = {}
+    for layer, chain in aliases.items():
+        names[layer] = []
+        for alias, outputs in chain:
+            known = executed.get(alias)
+            found = [known.runtime_layer] if known is not None and known.runtime_layer in by_name else \
+                [n for n in by_name if n.startswith(alias + "/") or RENAMED.sub("", n) in (alias, *outputs)]
+            if found:
+                names[layer] = found
+                break
+    claims: dict[str, list[str]] = {}
+    for layer, found in names.items():
+        for name in found:
+            claims.setdefault(name, []).append(layer)
+    weight = {layer: max(macs.get(layer, 0), 1) for layer in aliases}
+    joined = {layer: (sum(by_name[n] * weight[layer] / sum(weight[o] for o in claims[n]) for n in found), found)
+              for layer, found in names.items() if found}
+    return joined, sum(t for n, t in by_name.items() if n not in claims)
+
+
+def _measure(backend, target: Target, threads: int, settings: ProfileSettings, fp32_path: Path, int8_path: Path,
+             float_p: str, candidates: list[str], aliases: dict, macs: dict[str, int], feed: dict, folder: Path) -> dict:
+    """Build and load an fp32 and an all-int8 engine; time both whole (side by side), then take each
+    layer's profiled time in both, LAYER_ROUNDS rounds in turn: medians, and their spread as the noise."""
+    plans = {"fp32": (fp32_path, PrecisionPlan(float_p)),
+             "int8": (int8_path, PrecisionPlan(float_p, {name: "int8" for name in candidates}))}
+    engines = {}
+    for kind, (path, plan) in plans.items():
+        (folder / kind).mkdir()
+        artifact = backend.build(onnx_path=path, plan=plan, target=target, out_dir=folder / kind)
+        engines[kind] = backend.load(artifact, target=target, threads=threads)
+    times = time_interleaved(engines, feed, settings)
+    source = f"measured on {target.name} ({target.device}) with {backend.name}, {threads} threads, side by side"
+    whole = {kind: Latency.from_samples(t, source) for kind, t in times.items()}
+    per_round: dict[str, dict[str, list[float]]] = {"fp32": {}, "int8": {}}
+    runtime: dict[str, dict[str, list[str]]] = {"fp32": {}, "int8": {}}
+    every_alias = list(dict.fromkeys(alias for chain in aliases.values() for alias, _ in chain))
+    executed = {kind: engine.executed(feed, every_alias) for kind, engine in engines.items()}
+    unattributed: dict[str, list[float]] = {"fp32": [], "int8": []}
+    for _ in range(LAYER_ROUNDS):
+        for kind, engine in engines.items():
+            joined, rest = _join(engine.layer_times(feed, settings.layer_runs or 20), executed[kind], aliases, macs)
+            unattributed[kind].append(rest)
+            for layer, (ms, found) in joined.items():
+                per_round[kind].setdefault(layer, []).append(ms)
+                runtime[kind][layer] = found
+    layers = {}
+    for layer in aliases:
+        f, i = per_round["fp32"].get(layer), per_round["int8"].get(layer)
+        record = {"kind": "measured", "fp32_ms": _median(f), "int8_ms": _median(i) if layer in candidates else None,
+                  "fp32_runtime": runtime["fp32"].get(layer, []), "int8_runtime": runtime["int8"].get(layer, []),
+                  "int8_kernel": executed["int8"][layer].exec_type if layer in executed["int8"] else None}
+        if f and i and layer in candidates:
+            record["gain_ms"] = record["fp32_ms"] - record["int8_ms"]
+            record["noise_ms"] = max(_spread(f), _spread(i))
+        layers[layer] = record
+    return {"kind": "measured", "source": source, "threads": threads,
+            "fp32": whole["fp32"].as_dict(), "int8": whole["int8"].as_dict(),
+            "unattributed_ms": {kind: _median(v) for kind, v in unattributed.items()},
+            "layers": layers, "engines": engines}
+
+
+def _median(values: list[float] | None) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def _spread(values: list[float]) -> float:
+    middle = sorted(values)[1:-1] if len(values) >= 5 else values
+    return max(middle) - min(middle)
+
+
+def _predict(onnx_path: Path, target: Target, float_p: str, candidates: list[str], nodes: dict, reason: str) -> dict:
+    """The cost model's per-layer times at the float and the int8 rate, for a target not measurable here."""
+    table = graph.layer_table(onnx_path)
+    fp = {c.name: c.ms for c in cost.layer_costs(table, target, float_p)}
+    i8 = {c.name: c.ms for c in cost.layer_costs(table, target, "int8")}
+    source = f"roofline of {target.name} (cannot measure here: {reason})"
+    layers = {layer: {"kind": "predicted", "fp32_ms": fp.get(layer), "int8_ms": i8.get(layer) if layer in candidates else None}
+              for layer in nodes}
+    for layer in candidates:
+        if layers[layer]["fp32_ms"] is not None and layers[layer]["int8_ms"] is not None:
+            layers[layer]["gain_ms"] = layers[layer]["fp32_ms"] - layers[layer]["int8_ms"]
+    return {"kind": "predicted", "source": source,
+            "fp32": Latency.predicted(sum(fp.values()), source).as_dict(),
+            "int8": predicted_latency(table, target, PrecisionPlan(float_p, {n: "int8" for n in candidates})).as_dict(),
+            "layers": layers}
+
+
+def predicted_latency(table: list[graph.Layer], target: Target, plan: PrecisionPlan) -> Latency:
+    """The roofline of a per-layer plan: int8 layers at the int8 rate, the rest at the float one."""
+    fp = {c.name: c.ms for c in cost.layer_costs(table, target, plan.float_precision)}
+    i8 = {c.name: c.ms for c in cost.layer_costs(table, target, "int8")}
+    int8 = {layer.name for layer in table if plan.precision_of(layer.name) == "int8"}
+    total = sum(i8[layer.name] if layer.name in int8 else fp[layer.name] for layer in table)
+    return Latency.predicted(total, f"roofline of {target.name}, per layer ({len(int8)} int8, the rest {plan.float_precision})")
+
+
+# ---- verdicts -------------------------------------------------------------------------------
+
+def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float) -> tuple[str, str]:
+    """harmful, slower or int8, and why (the thresholds above; accuracy first: a fast wrong layer is no gain)."""
+    one_sample = 100.0 / samples
+    harmful = []
+    if accuracy["top1_loss_pt"] is not None and accuracy["top1_loss_pt"] > max(TOP1_LOSS_PT, one_sample):
+        harmful.append(f"top-1 {accuracy['top1_loss_pt']:.2f} pt below fp32")
+    elif accuracy["top1_loss_pt"] is None and accuracy["agreement"] is not None and \
+            (1 - accuracy["agreement"]) * 100 > max(TOP1_LOSS_PT, one_sample):
+        harmful.append(f"top-1 agrees with fp32 on {accuracy['agreement']:.1%} only")
+    error = accuracy["output_error"]
+    if error > ERROR_CEILING:
+        harmful.append(f"output error {error:.2g} > {ERROR_CEILING:g}")
+    elif error > ERROR_FLOOR and error > ERROR_OUTLIER * median_error:
+        harmful.append(f"output error {error:.2g}, over {ERROR_OUTLIER:g}x the median layer's ({median_error:.2g})")
+    if harmful:
+        return "harmful", "; ".join(harmful)
+    gain = latency.get("gain_ms")
+    if gain is None:
+        return "int8", "accuracy holds; no time of its own in both engines (fused into another runtime layer)"
+    if latency["kind"] == "predicted":
+        return ("slower", f"int8 predicted {-gain * 1e3:.1f} µs slower") if gain < 0 else \
+            ("int8", f"accuracy holds; int8 predicted {gain * 1e3:.1f} µs faster")
+    noise = max(latency["noise_ms"], NOISE_FRACTION * latency["fp32_ms"], NOISE_FLOOR_MS)
+    if gain < -noise:
+        return "slower", f"int8 measured {-gain * 1e3:.1f} µs slower (noise {noise * 1e3:.1f} µs)"
+    return "int8", f"accuracy holds; int8 {'saves' if gain >= 0 else 'costs'} {abs(gain) * 1e3:.1f} µs (noise {noise * 1e3:.1f} µs)"
+
+
+# ---- the analysis ---------------------------------------------------------------------------
+
+def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
+            options: CalibrationOptions = CalibrationOptions(), threads: int | None = None,
+            backend_name: str | None = None, settings: ProfileSettings = ProfileSettings(),
+            calibration: CalibrationResult | None = None) -> dict:
+    """Measure every quantizable layer's int8 sensitivity and write `out_dir/sensitivity.json`.
+    `calibration`: an all-int8 calibration already made (deploy's), else one is made here
+    (PrecisionPlan("int8") on the calibration split, files in out_dir)."""
+    import onnx
+
+    from edgekit.backends.base import get_backend
+
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    float_p = check_target(target)
+    if calibration is None:
+        calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), out_dir, options)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes = qdq.quantizable_layers(model)
+    table = {layer.name: layer for layer in graph.layer_table(onnx_path)}
+    macs = {name: table[name].macs if name in table else 0 for name in nodes}
+    candidates = [name for name in nodes if calibration.planned.get(name) == "int8"]
+    feeds = [splits.validation.sample(i) for i in range(len(splits.validation))]
+    labels = _labels(splits)
+    backend_name = backend_name or target.backend.name
+    with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
+        folder = Path(tmp)
+        reference = _outputs(onnx_path, feeds)
+        fp32 = _compare(reference, reference, labels)
+        accuracy = {}
+        for name in candidates:
+            calibration.rewrite([name], folder / f"{len(accuracy)}.onnx")
+            accuracy[name] = _compare(reference, _outputs(folder / f"{len(accuracy)}.onnx", feeds), labels)
+        all_int8 = folder / "all.int8.onnx"
+        calibration.rewrite(candidates, all_int8)
+        whole = _compare(reference, _outputs(all_int8, feeds), labels)
+
+        versions, why_not = {}, ""
+        try:
+            backend = get_backend(backend_name)
+        except MissingRuntime as err:
+            backend, why_not = None, str(err)
+        if backend is not None:
+            availability = backend.available(target)
+            versions = availability.versions
+            why_not = "" if (target.local and availability.build and availability.run) else \
+                (availability.reason or "the device is not this machine")
+        if not why_not and candidates:
+            latency = _measure(backend, target, threads or target.cores, settings, onnx_path, all_int8, float_p,
+                               candidates, _aliases(model, nodes), macs, feeds[0], folder)
+            engine = latency.pop("engines")["int8"]
+            on_target = np.stack([np.asarray(engine.run(feed)[0], np.float64) for feed in feeds])
+            whole["on_target"] = _compare(reference, on_target, labels)
+        else:
+            latency = _predict(onnx_path, target, float_p, candidates, nodes, why_not or "no layer can be int8")
+
+    errors = [accuracy[name]["output_error"] for name in candidates]
+    median_error = float(np.median(errors)) if errors else 0.0
+    layers = {}
+    for name, node in nodes.items():
+        record = {"op": node.op_type, "macs": macs[name], "latency": latency["layers"][name]}
+        if name in accuracy:
+            acc = accuracy[name]
+            acc["top1_loss_pt"] = None if acc["top1"] is None else round((fp32["top1"] - acc["top1"]) * 100, 4)
+            record["accuracy"] = acc
+            record["verdict"], record["reason"] = _verdict(acc, record["latency"], len(feeds), median_error)
+        else:
+            record["accuracy"] = None
+            record["verdict"] = "float"
+            record["reason"] = calibration.demoted.get(name, "kept float by the calibration plan")
+        layers[name] = record
+    latency.pop("layers")
+    method = getattr(calibration, "method", "") or next((p.method for p in calibration.params.values()), None)
+    result = {
+        "version": VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "device": target.device},
+        "backend": backend_name,
+        "versions": versions,
+        "model": {"file": onnx_path.name, "sha256": sha256_file(onnx_path)},
+        "calibration": {"method": method, "samples": calibration.samples, "bias_correction": options.bias_correction,
+                        "demoted": calibration.demoted},
+        "splits": {k: len(getattr(splits, k)) for k in ("calibration", "validation", "test")},
+        "float_precision": float_p,
+        "accuracy": {
+            "evaluated_with": f"onnxruntime {require('onnxruntime', 'onnxruntime').__version__} (CPU, Q/DQ ONNX run "
+                              "as written, graph optimizations off), one layer int8 at a time",
+            "split": "validation", "samples": len(feeds), "labels": labels is not None,
+            "output_error": "sum of squared differences of the first output from fp32's over the sum of its squares",
+            "fp32_top1": fp32["top1"], "all_int8": whole},
+        "latency": {**latency, "per_layer": "runtime profiler medians over rounds: fp32 engine minus all-int8 engine"
+                    if latency["kind"] == "measured" else "roofline per layer: fp32 rate minus int8 rate"},
+        "thresholds": {"top1_loss_pt": TOP1_LOSS_PT, "error_ceiling": ERROR_CEILING, "error_outlier": ERROR_OUTLIER,
+                       "error_floor": ERROR_FLOOR, "noise_fraction": NOISE_FRACTION, "noise_floor_ms": NOISE_FLOOR_MS},
+        "layers": layers,
+        "summary": {v: sum(r["verdict"] == v for r in layers.values()) for v in VERDICTS},
+    }
+    write_json(out_dir / FILE, result)
+    return result
+
+
+def mixed_plan(sensitivity: dict) -> PrecisionPlan:
+    """int8 for the layers whose verdict is `int8`, the float precision for every other."""
+    float_p = sensitivity.get("float_precision", "fp32")
+    return PrecisionPlan(float_p, {name: "int8" if r["verdict"] == "int8" else float_p
+                                   for name, r in sensitivity["layers"].items()})
+
+
+def load_sensitivity(path: Path, onnx_path: Path | None = None) -> dict:
+    """Read a sensitivity.json back; with `onnx_path`, check it was measured on that very model."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise BadInput(f"cannot read {path}: {err.strerror}") from err
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from err
+    if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("layers"), dict):
+        raise BadInput(f"{path} is not an edgekit sensitivity file (version {VERSION})")
+    bad = [name for name, r in data["layers"].items() if r.get("verdict") not in VERDICTS]
+    if bad:
+        raise BadInput(f"{path}: layer {bad[0]} has no valid verdict ({', '.join(VERDICTS)})")
+    if onnx_path is not None and sha256_file(Path(onnx_path)) != data["model"]["sha256"]:
+        raise BadInput(f"{path} was measured on another model than {Path(onnx_path).name} (sha256 differs)")
+    return data
