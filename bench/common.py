@@ -41,3 +41,52 @@ def machine() -> dict:
     host = load_target("host")
     return {"cpu": cpu_name(), "isa": isa, "cores": host.cores, "peak_gops": host.peak_gops,
             "date": dt.date.today().isoformat(), "versions": versions()}
+
+
+def timing_args(parser) -> None:
+    """The options every benchmark shares: interleaved rounds, block size, threads, model filter, output."""
+    from pathlib import Path
+
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--block", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="Run only the models whose label contains this.")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+
+
+def run_models(name: str, models: dict, bench_model, to_markdown, args) -> dict:
+    """Bench every model (each in its own temporary folder), then write NAME.json and NAME.md."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    results = []
+    for label, spec in models.items():
+        if args.only not in label:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(bench_model(label, spec, args, Path(tmp)))
+    report = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "block": args.block, "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (args.out / f"{name}.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    return report
+
+
+def interleaved(engines: dict, feed, rounds: int, block_size: int) -> tuple[dict, dict]:
+    """Every engine warmed up, then timed in turn (fp32, A, B, … per round, so drift on a shared machine
+    hits all alike): all times per engine, and each engine's per-round p50 ratio to the "fp32" engine."""
+    for engine in engines.values():
+        warm_up(engine, feed)
+    times = {name: [] for name in engines}
+    ratios = {name: [] for name in engines if name != "fp32"}
+    for _ in range(rounds):
+        medians = {}
+        for name, engine in engines.items():
+            t = block(engine, feed, block_size)
+            times[name] += t
+            medians[name] = float(np.median(t))
+        for name in ratios:
+            ratios[name].append(medians[name] / medians["fp32"])
+    return times, ratios

@@ -14,13 +14,11 @@ Writes bench/results/ptq.json and bench/results/ptq.md.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import block, machine, percentiles, warm_up
+from common import interleaved, percentiles, run_models, timing_args
 
 from edgekit import cost, graph
 from edgekit.backends.base import Artifact, get_backend
@@ -123,18 +121,7 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
     labels = np.asarray(test.labels)
     reference = _top1(engines["fp32"], test)
     feed = test.sample(0)
-    for engine in engines.values():
-        warm_up(engine, feed)
-    times = {name: [] for name in engines}
-    ratios = {name: [] for name in engines if name != "fp32"}
-    for _ in range(args.rounds):  # fp32, A, B, ... interleaved: drift on a shared machine hits all alike
-        medians = {}
-        for name, engine in engines.items():
-            t = block(engine, feed, args.block)
-            times[name] += t
-            medians[name] = float(np.median(t))
-        for name in ratios:
-            ratios[name].append(medians[name] / medians["fp32"])
+    times, ratios = interleaved(engines, feed, args.rounds, args.block)
     floor = {p: cost.predict_latency(layers, host, p).p50 for p in ("fp32", "int8")}
     rows = {}
     for name, engine in engines.items():
@@ -176,23 +163,8 @@ def to_markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--block", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default="", help="Run only the models whose label contains this.")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    results = []
-    for label, spec in MODELS.items():
-        if args.only not in label:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            results.append(bench_model(label, spec, args, Path(tmp)))
-    report = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "block": args.block, "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ptq.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (args.out / "ptq.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    timing_args(parser)
+    run_models("ptq", MODELS, bench_model, to_markdown, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ Writes bench/results/runtimes.json and bench/results/runtimes.md.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from common import block as _block
-from common import machine, warm_up
+from common import run_models, timing_args, warm_up
 
 from edgekit import cost, graph
 from edgekit.backends.base import get_backend
@@ -94,18 +92,9 @@ def to_markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--block", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = [bench_model(label, spec, data, args, Path(tmp)) for label, (spec, data) in MODELS.items()]
-    report = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "block": args.block, "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "runtimes.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (args.out / "runtimes.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    timing_args(parser)
+    run_models("runtimes", MODELS, lambda label, pair, args, work: bench_model(label, *pair, args, work), to_markdown,
+               parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -96,6 +96,66 @@ def deploy(
 
 
 @app.command()
+def search(
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or YAML file.")],
+    latency_budget_ms: Annotated[float, typer.Option(help="p50 latency the model must meet on the target, in ms.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="PyTorch model: pkg.module:factory, .pt/.ts or .pt2 (default: the digits demo).")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data: split into calibration, validation and test.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-search-TIME).")] = None,
+    memory_budget_mb: Annotated[float | None, typer.Option(help="Weights + peak activations must fit in this many MB.")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Largest validation accuracy loss allowed, in points.")] = 1.0,
+    strategy: Annotated[str, typer.Option(help="greedy (NetAdapt-style, default) or nsga (Optuna NSGA-II).")] = "greedy",
+    trials: Annotated[int, typer.Option(help="Evaluate at most this many candidates.")] = 200,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="Stop walking after this many seconds.")] = 600.0,
+    resume: Annotated[Path | None, typer.Option(help="Continue the search in this run directory.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite in the run directory).")] = None,
+    finetune: Annotated[float, typer.Option("--finetune", help="Seconds of distillation for the chosen candidate.")] = 60.0,
+    backend: Annotated[str | None, typer.Option(help="Build with this backend instead of the target's.")] = None,
+    method: Method = "auto",
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
+    targets_dir: TargetsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """The most accurate pruned and quantized model that meets the budget, measured on the device."""
+    from edgekit.calibrate.run import CalibrationOptions
+    from edgekit.profile import ProfileSettings
+    from edgekit.search.loop import SearchRequest
+    from edgekit.search.loop import search as run_search
+
+    request = SearchRequest(target=target, latency_budget_ms=latency_budget_ms, model=model, data=data, out=out_dir,
+                            memory_budget_mb=memory_budget_mb, max_accuracy_drop=max_accuracy_drop, strategy=strategy,
+                            trials=trials, time_limit_s=time_limit, resume=resume, storage=storage, backend=backend,
+                            final_finetune_s=finetune, calibration=CalibrationOptions(method),
+                            settings=ProfileSettings(threads=threads), targets_dir=tuple(targets_dir or ()))
+    with err.status("starting") as status:
+        result = run_search(request, progress=lambda line: (status.update(f"[bold]{line}[/]…"), err.print(f"  {line}")))
+    if as_json:
+        _print_json(result)
+        return
+    _print_search(result)
+
+
+def _print_search(result: dict) -> None:
+    b, lat, acc = result["budget"], result["latency_ms"], result["accuracy"]
+    table = Table(title=f"edgekit search → {result['target']} ({result['backend']})", box=box.SQUARE, show_header=False)
+    table.add_row("budget", f"{b['latency_ms']} ms: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
+    table.add_row("latency", f"{lat['predicted']:.3f} ms predicted" +
+                  (f" · {lat['measured']:.3f} ms measured" if lat["measured"] is not None else " (not measured: the device is not here)"))
+    if acc["test"] is not None:
+        table.add_row("accuracy (test)", f"{acc['test']:.4f}  (original {acc['test_original']:.4f}, drop {acc['test_drop_pt']:+.2f} pt)")
+    table.add_row("channels kept", ", ".join(f"{g} {k}" for g, k in result["chosen"]["keep"].items()))
+    planned = result["chosen"]["precision"] or {}
+    table.add_row("precision", f"{sum(p == 'int8' for p in planned.values())} of {len(planned)} layers int8")
+    for r in result["rounds"]:
+        measured = f"{r['measured_ms']:.3f} ms measured" if r["measured_ms"] is not None else "not measured"
+        error = f", cost model {r['cost_model_error']:+.1%}" if r["cost_model_error"] is not None else ""
+        table.add_row("round", f"walked to {r['walk_budget_ms']:.3f} ms ({r['stopped']}): {r['predicted_ms']:.3f} ms predicted, {measured}{error}")
+    table.add_row("trials", f"{result['trials']} in {result['seconds']} s")
+    table.add_row("run directory", result["chosen"]["run_dir"])
+    out.print(table)
+
+
+@app.command()
 def calibrate(
     target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or YAML file.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model spec (default: the digits demo).")] = None,

@@ -1,19 +1,46 @@
-"""Latency and memory predicted from the layer table and the target's figures (a roofline).
+"""Latency and memory of a candidate (a layer table and a precision per layer) on a target.
 
-Each layer takes the longer of its compute time at the target's peak rate for its precision and its
-memory time at the target's bandwidth. Predictions are labelled `predicted`; measurements correct
-them in later versions (lookup tables of device measurements).
+Three levels, each correcting the one before:
+
+1. **Roofline** (`layer_costs`, `predict_latency`): each layer takes the longer of its compute time
+   at the target's peak rate for its precision and its memory time at the target's bandwidth. What a
+   target that cannot run here gets.
+2. **Lookup table** (`edgekit.latency_table.LatencyTable`): each execution unit (a layer and what
+   the runtime fuses into it, `edgekit.fusion`) timed alone on the device with the target's runtime,
+   once per distinct configuration, plus the runtime's measured per-inference and per-layer overheads.
+3. **Calibration** (`CostModel.observe`): whole-model measurements fit
+   measured ≈ a·Σ unit times + b·units + e·tensors crossing int8↔float + d·their elements + c
+   (non-negative least squares on relative errors, held near the measured overheads by a weak prior),
+   which absorbs what timing units alone cannot see: scheduling between kernels, cache effects,
+   reorders where precisions change, and on a shared machine the load the table was filled under.
+
+`CostModel.error` and `CostModel.errors` report the model's error on every candidate measured.
+Memory (`estimate_memory`): weights in each layer's precision plus the peak of live activations.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
+from edgekit import fusion
 from edgekit.graph import Layer
 from edgekit.latency import Latency
 from edgekit.targets import Target
 
 BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
+MIN_OBSERVATIONS = 3  # below this the calibration is the measured overheads alone
+MAX_OBSERVATIONS = 300  # the latest observations the calibration is fitted on
+FEATURES = ("sum_ms", "units", "transitions", "transitions_m", "one")
+# The prior (a=1, b=per-layer overhead, d=0, c=per-inference overhead): a coefficient PRIOR_SCALE
+# away from it costs as much as PRIOR_WEIGHT observations missed by 100 %. Weak: it only settles what
+# the observations leave open (e.g. b and c when every candidate has as many units).
+PRIOR_SCALE = {"sum_ms": 1.0, "units": 0.05, "transitions": 0.05, "transitions_m": 0.5, "one": 0.5}
+PRIOR_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,12 +67,235 @@ def predict_latency(layers: list[Layer], target: Target, precision: str = "fp32"
     return Latency.predicted(total, f"roofline of {target.name} ({precision}, peak and bandwidth from its profile)")
 
 
-def predict_memory_mb(layers: list[Layer], precision: str = "fp32") -> dict[str, float]:
-    """Weights plus the largest activation pair live at once: what must fit in the target's RAM."""
-    scale = BYTES_PER_VALUE.get(precision, 4)
-    weights = sum(layer.params for layer in layers) * scale
-    activations = max((sum(_numel(s) for s in layer.input_shapes) + _numel(layer.output_shape) for layer in layers), default=0)
-    return {"weights_mb": weights / 2**20, "peak_activations_mb": activations * scale / 2**20}
+# ---- the calibrated cost model ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitCost:
+    """One execution unit of a candidate: its layers, precision and table time."""
+
+    name: str
+    op: str
+    layers: tuple[str, ...]
+    precision: str
+    ms: float
+
+
+def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """min |a·x - y|² with x ≥ 0, exactly, by trying every support (a handful of columns)."""
+    best, best_x = np.inf, np.zeros(a.shape[1])
+    for size in range(a.shape[1] + 1):
+        for support in itertools.combinations(range(a.shape[1]), size):
+            x = np.zeros(a.shape[1])
+            if support:
+                x[list(support)] = np.linalg.lstsq(a[:, support], y, rcond=None)[0]
+            if np.all(x >= 0):
+                residual = float(np.sum((a @ x - y) ** 2))
+                if residual < best - 1e-15:
+                    best, best_x = residual, x
+    return best_x
+
+
+def fit_calibration(observations: list[dict], prior: np.ndarray) -> np.ndarray:
+    """Coefficients of FEATURES from whole-model observations ({"features", "measured_ms"}):
+    non-negative least squares on relative errors (a 10 % miss weighs the same on a small and a large
+    model), each coefficient held near the prior by PRIOR_WEIGHT observations' worth per PRIOR_SCALE.
+    Fewer than MIN_OBSERVATIONS: the prior itself. Only the latest MAX_OBSERVATIONS count: the table
+    outlives a search, the runtime's behaviour between kernels may drift."""
+    rows = [o for o in observations if o.get("measured_ms", 0) > 0 and all(f in o.get("features", {}) for f in FEATURES)]
+    rows = rows[-MAX_OBSERVATIONS:]
+    if len(rows) < MIN_OBSERVATIONS:
+        return np.asarray(prior, dtype=float)
+    x = np.array([[o["features"][f] for f in FEATURES] for o in rows])
+    y = np.array([o["measured_ms"] for o in rows])
+    scale = np.array([PRIOR_SCALE[f] for f in FEATURES]) / np.sqrt(PRIOR_WEIGHT)
+    a = np.vstack([x / y[:, None], np.diag(1 / scale)])
+    target = np.concatenate([np.ones(len(y)), np.asarray(prior) / scale])
+    return _nnls(a, target)
+
+
+class CostModel:
+    """Predicted latency of candidates on a target: table + calibration (or the roofline).
+
+        model = CostModel(load_target("host"))                # openvino on the host: measures
+        model.predict(layers, {"node_Conv_3": "int8"})          # Latency(kind="predicted", ...)
+        model.observe(layers, plan, measured_ms, candidate="c7")  # returns its error, refits
+        model.errors()                                          # every observed candidate's error
+    """
+
+    def __init__(self, target: Target, backend_name: str | None = None, *, table=None, runs: int = 100) -> None:
+        from edgekit.latency_table import LatencyTable
+
+        self.target = target
+        self.table = table or LatencyTable(target, backend_name, runs=runs)
+        self._errors: list[dict] = []
+        self.coefficients = self._fit()
+
+    # ---- features of a candidate
+
+    def breakdown(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
+                  default: str = "fp32") -> list[UnitCost]:
+        """Each unit's table time in its precision and its context in the model (the table measures
+        what it has not seen yet)."""
+        found = fusion.units(layers)
+        precision_of = fusion.unit_precisions(found, precisions, default)
+        context = fusion.contexts(found, precision_of)
+        costs = []
+        for unit in found:
+            siblings, quantized_output, fed = context[unit.name]
+            ms = self.table.unit_ms(unit, precision_of[unit.name], siblings, quantized_output=quantized_output, fed=fed)
+            costs.append(UnitCost(unit.name, unit.head.op, tuple(layer.name for layer in unit.layers),
+                                  precision_of[unit.name], ms))
+        return costs
+
+    def features(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
+                 default: str = "fp32") -> dict[str, float]:
+        costs = self.breakdown(layers, precisions, default)
+        found = fusion.units(layers)
+        precision_of = fusion.unit_precisions(found, precisions, default)
+        crossings, elements = fusion.transitions(found, precision_of)
+        return {"sum_ms": sum(c.ms for c in costs), "units": float(sum(1 for c in costs if c.ms > 0)),
+                "transitions": float(crossings), "transitions_m": elements / 1e6, "one": 1.0}
+
+    # ---- calibration
+
+    def prior(self) -> np.ndarray:
+        """The calibration before any observation: a=1, the measured overheads, no transition cost."""
+        overhead = self.table.overhead
+        return np.array([1.0, overhead["layer_ms"], 0.0, 0.0, overhead["inference_ms"]])
+
+    def _fit(self) -> np.ndarray:
+        return fit_calibration(self.table.observations, self.prior())
+
+    @property
+    def calibration(self) -> dict:
+        n = min(len([o for o in self.table.observations if "features" in o]), MAX_OBSERVATIONS)
+        return {"coefficients": dict(zip(FEATURES, (round(float(c), 6) for c in self.coefficients), strict=True)),
+                "observations": n, "fitted": n >= MIN_OBSERVATIONS}
+
+    # ---- what callers use
+
+    def predict_ms(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
+                   default: str = "fp32") -> float:
+        f = self.features(layers, precisions, default)
+        return float(np.dot(self.coefficients, [f[k] for k in FEATURES]))
+
+    def predict(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
+                default: str = "fp32") -> Latency:
+        return Latency.predicted(self.predict_ms(layers, precisions, default), self.source)
+
+    @property
+    def source(self) -> str:
+        if not self.table.measured:
+            return self.table.source
+        n = self.calibration["observations"]
+        how = (f"calibration on {n} whole-model measurements" if n >= MIN_OBSERVATIONS
+               else "measured runtime overheads (no whole-model calibration yet)")
+        return f"{self.table.source} + {how}"
+
+    def error(self, layers: list[Layer], precisions: Mapping[str, str] | None, measured_ms: float, *,
+              default: str = "fp32", candidate: str | None = None) -> float:
+        """The prediction's relative error on a measured candidate (predicted / measured - 1), recorded."""
+        predicted = self.predict_ms(layers, precisions, default)
+        record = {"candidate": candidate, "predicted_ms": round(predicted, 5), "measured_ms": round(measured_ms, 5),
+                  "error": round(predicted / measured_ms - 1, 5)}
+        self._errors.append(record)
+        return record["error"]
+
+    def observe(self, layers: list[Layer], precisions: Mapping[str, str] | None, measured_ms: float, *,
+                default: str = "fp32", candidate: str | None = None) -> float:
+        """Record a whole-model measurement (kept with the table) and refit the calibration. Returns
+        the error of the prediction made before this measurement was known (recorded in errors())."""
+        err = self.error(layers, precisions, measured_ms, default=default, candidate=candidate)
+        self.table.add_observation({
+            "candidate": candidate, "measured_ms": measured_ms, "predicted_ms": self._errors[-1]["predicted_ms"],
+            "features": self.features(layers, precisions, default), "when": dt.datetime.now().isoformat(timespec="seconds")})
+        self.coefficients = self._fit()
+        return err
+
+    def errors(self) -> list[dict]:
+        """Every candidate this model was asked about: predicted, measured, relative error."""
+        return list(self._errors)
+
+    def mean_abs_error(self) -> float | None:
+        return float(np.mean([abs(e["error"]) for e in self._errors])) if self._errors else None
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_mb: float
+    peak_activations_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        return self.weights_mb + self.peak_activations_mb
+
+    def fits(self, target: Target) -> bool:
+        """Weights and peak activations within the target's RAM."""
+        return self.total_mb <= target.ram_mb
+
+    def as_dict(self) -> dict[str, float]:
+        return {"weights_mb": self.weights_mb, "peak_activations_mb": self.peak_activations_mb, "total_mb": self.total_mb}
+
+
+def estimate_memory(layers: list[Layer], precisions: Mapping[str, str] | None = None,
+                    default: str = "fp32") -> MemoryEstimate:
+    """Weights in each layer's precision (int8: int8 weights, int32 biases) plus the peak of the
+    activations alive at once, walking the layers in order (a tensor lives from the layer that makes it
+    to its last reader; a tensor every reader of which is int8 is stored in int8)."""
+    found = fusion.units(layers)
+    by_unit = fusion.unit_precisions(found, precisions, default)
+    precision_of = {layer.name: by_unit[u.name] for u in found for layer in u.layers}
+    floating = default if default != "int8" else "fp32"
+    weights = 0.0
+    for layer in layers:
+        p = precision_of.get(layer.name, floating)
+        if p == "int8" and layer.constants:
+            for c in layer.constants:
+                size = _numel(c.shape) if c.dtype else 0
+                weights += size * (1 if c.index == 1 else 4)
+        else:
+            weights += layer.params * BYTES_PER_VALUE.get(p if p != "int8" else floating, 4)
+    if not any(layer.outputs for layer in layers):  # a table without wiring: the largest single layer
+        scale = BYTES_PER_VALUE.get(default, 4)
+        peak = max((sum(_numel(s) for s in layer.input_shapes) + _numel(layer.output_shape) for layer in layers), default=0)
+        return MemoryEstimate(weights / 2**20, peak * scale / 2**20)
+    return MemoryEstimate(weights / 2**20, _peak_activations(layers, precision_of, floating) / 2**20)
+
+
+def _peak_activations(layers: list[Layer], precision_of: dict[str, str], floating: str) -> float:
+    size: dict[str, int] = {}
+    readers: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        for t, s in zip(layer.inputs, layer.input_shapes, strict=False):
+            size.setdefault(t, _numel(s))
+            readers.setdefault(t, []).append(i)
+        for t, s in zip(layer.outputs, layer.output_shapes or (layer.output_shape,), strict=False):
+            size[t] = _numel(s)
+
+    def nbytes(t: str) -> float:
+        users = readers.get(t, [])
+        int8 = users and all(precision_of.get(layers[i].name) == "int8" for i in users)
+        return size[t] * (1 if int8 else BYTES_PER_VALUE.get(floating, 4))
+
+    last = {t: max(users) for t, users in readers.items()}
+    made = {t for layer in layers for t in layer.outputs}
+    live = {t for t in readers if t not in made}  # the graph's inputs
+    peak = sum(nbytes(t) for t in live)
+    for i, layer in enumerate(layers):
+        live |= set(layer.outputs)
+        peak = max(peak, sum(nbytes(t) for t in live))
+        live = {t for t in live if last.get(t, len(layers)) > i}  # outputs nobody reads stay: graph outputs
+    return peak
+
+
+def predict_memory_mb(layers: list[Layer], precision: str = "fp32", *,
+                      precisions: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Weights plus the activations live at once: what must fit in the target's RAM."""
+    return estimate_memory(layers, precisions, default=precision).as_dict()
 
 
 def _numel(shape: tuple[int, ...]) -> int:

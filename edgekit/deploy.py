@@ -94,18 +94,20 @@ def _target_summary(target: Target) -> dict:
     return {"name": target.name, "device": target.device, "vendor": target.vendor, "file": Path(target.file).name}
 
 
-def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None) -> dict:
-    """Run the whole pipeline and return report.json's content; the run directory holds the rest."""
+def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None, *,
+           model: LoadedModel | None = None, samples: Samples | None = None, plan: PrecisionPlan | None = None) -> dict:
+    """Run the whole pipeline and return report.json's content; the run directory holds the rest.
+    The search passes its candidate directly: a loaded (pruned) model, its data and its plan."""
     step("target")
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
-    plan = choose_plan(request, target)
+    plan = plan or choose_plan(request, target)
     precision = plan.float_precision if not plan.has_int8 else "int8"
     mixed = request.precision == MIXED
 
     step("model")
-    model = load_model(request.model, list(request.input_shapes))
-    samples = _data(request, model)
+    model = model or load_model(request.model, list(request.input_shapes))
+    samples = samples if samples is not None else _data(request, model)
     splits: Splits | None = split(samples) if samples is not None else None
 
     run_dir = Path(request.out) if request.out else default_run_dir(model, target)

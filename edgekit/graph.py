@@ -23,6 +23,7 @@ OPSET = 18
 # fp32 export check: |onnx - torch| <= ATOL + RTOL * |torch|, elementwise.
 RTOL, ATOL = 1e-3, 1e-4
 DTYPE_BYTES = {1: 4, 10: 2, 11: 8, 6: 4, 7: 8, 9: 1, 2: 1, 3: 1, 16: 2}
+DTYPE_NAMES = {1: "f32", 10: "f16", 11: "f64", 6: "i32", 7: "i64", 9: "bool", 2: "u8", 3: "i8", 16: "bf16"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,25 @@ class ExportCheck:
     max_abs_diff: float
     rtol: float = RTOL
     atol: float = ATOL
+
+
+SMALL_CONST = 64  # integer constants up to this many values are kept (shapes, axes), and scalars (clip bounds)
+INT_DTYPES = (6, 7, 2, 3, 9)
+# Attribute defaults that change nothing, filled in so that written and implied attributes key alike.
+SPATIAL_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
+
+
+@dataclass(frozen=True)
+class Const:
+    """A constant input of a layer (a weight, a bias, a shape, clip bounds): its position among the
+    node's inputs, shape and ONNX element type, and its values when small, so that the layer can be
+    rebuilt alone (edgekit.microbench) with random weights of the right shapes. dtype 0: an omitted
+    optional input."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: int
+    values: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,46 @@ class Layer:
     macs: int
     params: int
     bytes_moved: int
+    # What latency depends on beyond the shapes, and the graph's wiring (tensor names), so that the
+    # cost model can key a layer's configuration, rebuild it alone and see which layers fuse.
+    inputs: tuple[str, ...] = ()  # activation inputs, as input_shapes
+    outputs: tuple[str, ...] = ()
+    input_dtypes: tuple[int, ...] = ()  # ONNX element types of `inputs`
+    output_shapes: tuple[tuple[int, ...], ...] = ()  # every output (output_shape is the first)
+    constants: tuple[Const, ...] = ()
+    attrs: tuple[tuple[str, object], ...] = ()  # ONNX attributes, defaults of spatial ops filled in
+    opset: int = OPSET  # the model's ONNX opset (an op's inputs and attributes depend on it)
+
+    def attr(self, name: str, default=None):
+        return next((v for k, v in self.attrs if k == name), default)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...] | None:
+        """The weight's shape for Conv/ConvTranspose/Gemm/MatMul with a constant second input."""
+        return next((c.shape for c in self.constants if c.index == 1), None)
+
+    def key(self, precision: str = "fp32") -> str:
+        """The layer's configuration as a stable string: op, shapes, constants (values when small),
+        attributes and precision. Two layers with the same key run the same kernel at the same cost."""
+        def dims(shape) -> str:
+            return "x".join(map(str, shape)) or "scalar"
+
+        parts = [self.op, "in=" + ",".join(dims(s) for s in self.input_shapes),
+                 "out=" + ",".join(dims(s) for s in (self.output_shapes or (self.output_shape,)))]
+        for c in self.constants:
+            if c.dtype == 0:
+                parts.append(f"c{c.index}=none")
+            else:
+                # integer values (shapes, axes) change the work; float scalars (clip bounds) do not
+                shown = c.values is not None and c.dtype in INT_DTYPES
+                values = "=" + ",".join(f"{v:g}" for v in c.values) if shown else ""
+                parts.append(f"c{c.index}={dims(c.shape)}:{DTYPE_NAMES.get(c.dtype, c.dtype)}{values}")
+        for name, value in self.attrs:
+            text = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+            parts.append(f"{name}={text}")
+        if self.input_dtypes and any(d != 1 for d in self.input_dtypes):
+            parts.append("dtypes=" + ",".join(DTYPE_NAMES.get(d, str(d)) for d in self.input_dtypes))
+        return " ".join(parts) + f" @{precision}"
 
 
 def reference_outputs(model: LoadedModel, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -136,6 +196,7 @@ def layer_table(onnx_path: Path) -> list[Layer]:
     except Exception as err:
         raise BadInput(f"{onnx_path}: ONNX shape inference failed ({runtime_message(err)})") from err
     graph = proto.graph
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     shapes, dtypes = {}, {}
     for value in [*graph.input, *graph.value_info, *graph.output]:
         shapes[value.name] = _shape(value)
@@ -149,24 +210,82 @@ def layer_table(onnx_path: Path) -> list[Layer]:
     def nbytes(name: str) -> int:
         return int(np.prod(shapes.get(name, ()), dtype=np.int64)) * DTYPE_BYTES.get(dtypes.get(name, 1), 4)
 
+    values = {i.name: i for i in graph.initializer}
+    values |= {n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+               for n in graph.node if n.op_type == "Constant"}
+
     layers = []
     for node in graph.node:
         if node.op_type == "Constant":
             continue
         ins = [n for n in node.input if n]
+        acts = [n for n in ins if n not in weights]
         out = shapes.get(node.output[0], ()) if node.output else ()
         params = sum(int(np.prod(shapes.get(n, ()), dtype=np.int64)) for n in ins if n in weights)
         moved = sum(nbytes(n) for n in ins) + sum(nbytes(n) for n in node.output if n)
         layers.append(Layer(
             name=node.name or node.output[0],
             op=node.op_type,
-            input_shapes=tuple(shapes.get(n, ()) for n in ins if n not in weights),
+            input_shapes=tuple(shapes.get(n, ()) for n in acts),
             output_shape=out,
             macs=_macs(node, [shapes.get(n, ()) for n in ins], out),
             params=params,
             bytes_moved=moved,
+            inputs=tuple(acts),
+            outputs=tuple(n for n in node.output if n),
+            input_dtypes=tuple(dtypes.get(n, 1) for n in acts),
+            output_shapes=tuple(shapes.get(n, ()) for n in node.output if n),
+            constants=_constants(node, weights, shapes, dtypes, values),
+            attrs=_attributes(node, shapes),
+            opset=opset,
         ))
     return layers
+
+
+def _constants(node, weights: set[str], shapes: dict, dtypes: dict, values: dict) -> tuple[Const, ...]:
+    from onnx import numpy_helper
+
+    found = []
+    for i, name in enumerate(node.input):
+        if not name:
+            found.append(Const(i, (), 0))
+        elif name in weights:
+            shape = shapes.get(name, ())
+            small = None
+            tensor, size = values.get(name), int(np.prod(shape, dtype=np.int64))
+            if tensor is not None and (size <= 1 or (dtypes.get(name, 1) in INT_DTYPES and size <= SMALL_CONST)):
+                small = tuple(float(v) for v in np.asarray(numpy_helper.to_array(tensor)).ravel())
+            found.append(Const(i, tuple(shape), dtypes.get(name, 1), small))
+    while found and found[-1].dtype == 0:  # trailing omitted inputs are no inputs at all
+        found.pop()
+    return tuple(found)
+
+
+def _attributes(node, shapes: dict) -> tuple[tuple[str, object], ...]:
+    """Plain attributes (numbers, strings, lists of them), with the spatial ops' defaults filled in."""
+    from onnx import AttributeProto, helper
+
+    plain = (AttributeProto.INT, AttributeProto.FLOAT, AttributeProto.STRING, AttributeProto.INTS,
+             AttributeProto.FLOATS, AttributeProto.STRINGS)
+    attrs: dict[str, object] = {}
+    for a in node.attribute:
+        if a.type in plain:
+            value = helper.get_attribute_value(a)
+            value = value.decode() if isinstance(value, bytes) else value
+            attrs[a.name] = tuple(v.decode() if isinstance(v, bytes) else v for v in value) if isinstance(value, list) else value
+    if node.op_type in SPATIAL_OPS:
+        if "kernel_shape" not in attrs and len(node.input) > 1:
+            attrs["kernel_shape"] = tuple(shapes.get(node.input[1], (0, 0, 0, 0))[2:])
+        rank = len(attrs.get("kernel_shape", ()))
+        attrs.setdefault("strides", (1,) * rank)
+        if node.op_type in ("Conv", "ConvTranspose", "MaxPool"):
+            attrs.setdefault("dilations", (1,) * rank)
+        if attrs.get("auto_pad", "NOTSET") == "NOTSET":
+            attrs.pop("auto_pad", None)
+            attrs.setdefault("pads", (0,) * 2 * rank)
+        if node.op_type.startswith("Conv"):
+            attrs.setdefault("group", 1)
+    return tuple(sorted(attrs.items()))
 
 
 def _macs(node, in_shapes: list[tuple[int, ...]], out: tuple[int, ...]) -> int:

@@ -1,0 +1,162 @@
+"""Budget-driven search on the host: edgekit vs NNCF int8 vs uniform pruning + int8 vs fp32, side by side
+(../shared/BENCH.md).
+
+Per model, the fp32 engine's p50 L is measured first; the budgets are five latencies from 0.8·L down
+to L/5. For each budget, `edgekit search` (greedy, its defaults) and uniform pruning (every group the
+same keep ratio, the largest whose predicted latency meets the budget, distilled for the same time,
+then int8 with edgekit's calibration). NNCF `nncf.quantize` (defaults) and fp32 are one point each.
+At the end every engine is timed interleaved in one loop (40 rounds × 50 inferences): per-round
+ratios to fp32, median, min and max. Accuracy on the test split, which the search never sees.
+
+    .venv/bin/python bench/search.py [--only resnet] [--budgets 0.8,0.6,0.45,0.3,0.2] [--time-limit 600]
+
+Writes bench/results/search.json and bench/results/search.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from common import block, interleaved, percentiles, run_models, timing_args, warm_up
+from ptq import DATA, MODELS, _load, _top1, nncf_int8
+
+from edgekit import cost, graph
+from edgekit.backends.base import get_backend
+from edgekit.calibrate.run import calibrate
+from edgekit.compress.distill import distill
+from edgekit.compress.prune import prune
+from edgekit.data import load_data, split
+from edgekit.models import load_model
+from edgekit.plan import PrecisionPlan
+from edgekit.search import evaluate
+from edgekit.search.loop import SearchRequest, search
+from edgekit.search.space import build_space, example_tensors
+from edgekit.targets import load_target
+
+
+def uniform(loaded, splits, onnx_path: Path, budget_ms: float, model_cost, finetune_s: float, work: Path) -> tuple[Path, dict]:
+    """Every group the same ratio: the largest whose predicted int8 latency meets the budget."""
+    import dataclasses
+
+    host = load_target("host")
+    space = build_space(loaded, onnx_path, host)
+    example = example_tensors(loaded)
+    chosen = None
+    for ratio in np.arange(1.0, 0.2, -0.05):
+        candidate = space.uniform(float(ratio))
+        module = prune(loaded.module, example, dict(candidate.keep))
+        layers = evaluate.fast_layer_table(module, loaded)
+        precisions = {layer.name: "int8" for layer in evaluate.quantizable(layers)}
+        predicted = model_cost.predict(layers, precisions).p50
+        chosen = (float(ratio), candidate, module, predicted)
+        if predicted <= budget_ms:
+            break
+    ratio, candidate, module, predicted = chosen
+    distill(module, loaded.module, splits.calibration.inputs, seconds=finetune_s, seed=0)
+    pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#uniform{ratio:.2f}")
+    pruned_onnx = graph.export_onnx(pruned, work / "model.onnx")
+    result = calibrate(pruned_onnx, splits.calibration, host, PrecisionPlan("int8"), work)
+    artifact = get_backend("openvino").build(onnx_path=result.qdq_path, plan=PrecisionPlan("int8", result.planned),
+                                             target=host, out_dir=work)
+    return artifact.path, {"ratio": ratio, "predicted_ms": predicted, "keep": dict(candidate.keep)}
+
+
+def bench_model(label: str, spec: str, args, work: Path) -> dict:
+    host = load_target("host")
+    loaded = load_model(spec)
+    samples = load_data(DATA, loaded.inputs)
+    splits = split(samples)
+    onnx_path = graph.export_onnx(loaded, work / "model.onnx")
+    fp32_dir = work / "fp32"
+    fp32_dir.mkdir()
+    fp32_xml = get_backend("openvino").build(onnx_path=onnx_path, plan=PrecisionPlan(), target=host, out_dir=fp32_dir).path
+    engines = {"fp32": _load(fp32_xml, args.threads)}
+    feed = splits.test.sample(0)
+    warm_up(engines["fp32"], feed)
+    fp32_p50 = float(np.median(block(engines["fp32"], feed, 500)))
+    (work / "nncf").mkdir()
+    engines["NNCF int8 (defaults)"] = _load(nncf_int8(onnx_path, splits.calibration, work / "nncf", best=False), args.threads)
+    model_cost = cost.CostModel(host)
+    rows: dict[str, dict] = {"fp32": {}, "NNCF int8 (defaults)": {}}
+    for fraction in args.budgets:
+        budget = fraction * fp32_p50
+        name = f"edgekit, budget {budget:.3f} ms ({fraction:.2f}·fp32)"
+        started = time.monotonic()
+        result = search(SearchRequest(target="host", latency_budget_ms=budget, model=spec, data=DATA,
+                                      out=work / f"search-{fraction}", time_limit_s=args.time_limit,
+                                      final_finetune_s=args.finetune))
+        wall = time.monotonic() - started
+        xml = Path(result["chosen"]["run_dir"]) / "model.xml"
+        engines[name] = _load(xml, args.threads)
+        rows[name] = {"budget_ms": budget, "search_s": wall, "trials": result["trials"],
+                      "predicted_ms": result["latency_ms"]["predicted"], "search_measured_ms": result["latency_ms"]["measured"],
+                      "cost_model_errors": [r["cost_model_error"] for r in result["rounds"]],
+                      "keep": result["chosen"]["keep"], "int8_layers": sum(p == "int8" for p in (result["chosen"]["precision"] or {}).values())}
+        uname = f"uniform + int8, budget {budget:.3f} ms"
+        udir = work / f"uniform-{fraction}"
+        udir.mkdir()
+        uxml, info = uniform(loaded, splits, onnx_path, budget, model_cost, args.finetune, udir)
+        engines[uname] = _load(uxml, args.threads)
+        rows[uname] = {"budget_ms": budget, **info}
+    test = splits.test
+    labels = np.asarray(test.labels)
+    reference = _top1(engines["fp32"], test)
+    times, ratios = interleaved(engines, feed, args.rounds, args.block)
+    for name, engine in engines.items():
+        top1 = reference if name == "fp32" else _top1(engine, test)
+        row = rows[name]
+        row.update(accuracy=float(np.mean(top1 == labels)), agreement=float(np.mean(top1 == reference)),
+                   latency_ms=percentiles(times[name]))
+        if name in ratios:
+            r = ratios[name]
+            row["ratio_over_fp32"] = {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r))}
+        if "budget_ms" in row:
+            row["met"] = row["latency_ms"]["p50"] <= row["budget_ms"]
+    base = rows["fp32"]["accuracy"]
+    for row in rows.values():
+        row["accuracy_drop_pt"] = 100 * (base - row["accuracy"])
+    return {"model": label, "spec": spec, "fp32_p50_ms": fp32_p50, "test_samples": len(test), "rows": rows}
+
+
+def to_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# Budget-driven search on the host: edgekit vs NNCF int8 vs uniform pruning + int8, {m['date']}", "",
+             f"Machine: {m['cpu']}, ISA {', '.join(m['isa'])}, {m['cores']} cores, threads {report['threads']}; "
+             f"OpenVINO {m['versions'].get('openvino')}, NNCF {m['versions'].get('nncf')}. Latency: every engine timed "
+             f"interleaved, {report['rounds']} rounds × {report['block']} inferences, batch 1, all measured on this machine; "
+             "ratio = engine p50 / fp32 p50 per round (median, min–max). Accuracy on the test split, never seen by the search.", ""]
+    for r in report["results"]:
+        lines += [f"## {r['model']} (fp32 p50 {r['fp32_p50_ms']:.3f} ms; {r['test_samples']} test samples)", "",
+                  "| engine | budget (ms) | p50 / p90 / p99 (ms) | met | ratio to fp32 | speed-up | test acc. | drop (pt) | search (s) | cost-model error |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, row in r["rows"].items():
+            lat, ratio = row["latency_ms"], row.get("ratio_over_fp32")
+            errors = ", ".join(f"{e:+.0%}" for e in row.get("cost_model_errors", []) if e is not None)
+            lines.append(
+                f"| {name} | {row.get('budget_ms', float('nan')):.3f} | {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | "
+                f"{'yes' if row.get('met') else ('no' if 'met' in row else '–')} | "
+                + (f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1") + " | "
+                + (f"{1 / ratio['median']:.2f}×" if ratio else "1×")
+                + f" | {100 * row['accuracy']:.2f} % | {row['accuracy_drop_pt']:+.2f} | "
+                + (f"{row['search_s']:.0f}" if "search_s" in row else "–") + f" | {errors or '–'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    timing_args(parser)
+    parser.set_defaults(only="resnet")
+    parser.add_argument("--budgets", default="0.8,0.6,0.45,0.3,0.2", help="Budgets as fractions of the fp32 p50.")
+    parser.add_argument("--time-limit", type=float, default=600.0, help="Each search's time limit (s).")
+    parser.add_argument("--finetune", type=float, default=60.0, help="Distillation of each chosen model (s).")
+    args = parser.parse_args()
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    run_models("search", MODELS, bench_model, to_markdown, args)
+
+
+if __name__ == "__main__":
+    main()

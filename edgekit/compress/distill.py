@@ -1,0 +1,165 @@
+"""Recovery after pruning: knowledge distillation from the original model, bounded in time.
+
+The teacher is the unpruned model, so no labels are needed: the calibration split (unlabelled arrays)
+is enough. Classifiers match the teacher's softened class probabilities (KL at a temperature, scaled
+by T^2 as Hinton et al. do so gradients keep their size); other outputs match by mean squared error.
+A couple of hundred samples overfit quickly, so image-like inputs get augmentation applied to teacher
+and student alike: random shifts of up to 2 pixels with zero padding, a little gaussian noise, and
+mixup of half the batch with other samples (the teacher labels any input, so blends are new samples
+for free: the usual remedy when distilling from little data). The learning rate decays on a cosine
+over whichever ends first, the planned steps or the time budget (a run cut short by time still ends
+at a low rate instead of mid-schedule); the budget is checked after every step, so a search can
+afford one short fine-tune per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from edgekit.errors import BadInput
+
+SHIFT = 2  # pixels
+NOISE = 0.02  # gaussian noise, as a fraction of the batch's standard deviation
+MIXUP = 0.5  # share of each batch blended with another sample (weight uniform in [0, 1))
+
+
+@dataclass(frozen=True)
+class DistillReport:
+    epochs: int  # full passes over the inputs completed
+    steps: int
+    planned_steps: int
+    seconds: float
+    first_loss: float  # mean over the first epoch's steps (or fewer, if stopped sooner)
+    last_loss: float  # mean over the last epoch's worth of steps
+    stopped_by: Literal["epochs", "time"]
+    loss: Literal["kl", "mse"]  # of the first output
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(inputs: dict[str, np.ndarray], seconds: float, epochs: int, lr: float, temperature: float, batch: int) -> int:
+    if not inputs:
+        raise BadInput("distill: no inputs to train on")
+    sizes = {name: len(a) for name, a in inputs.items()}
+    if len(set(sizes.values())) != 1:
+        raise BadInput(f"distill: inputs have different sample counts {sizes}")
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise BadInput("distill: the inputs hold no samples")
+    for name, value in {"seconds": seconds, "epochs": epochs, "lr": lr, "temperature": temperature, "batch": batch}.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise BadInput(f"distill: {name} must be positive, not {value!r}")
+    for name, value in {"epochs": epochs, "batch": batch}.items():
+        if not isinstance(value, int):
+            raise BadInput(f"distill: {name} must be a whole number, not {value!r}")
+    return n
+
+
+def _augment(x, generator):
+    """Random shifts of up to SHIFT pixels (zero padded), a little noise and, for half the samples, a
+    mixup with another sample of the batch, for N,C,H,W floats."""
+    import torch
+
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (SHIFT, SHIFT, SHIFT, SHIFT))
+    offsets = torch.randint(0, 2 * SHIFT + 1, (n, 2), generator=generator).tolist()
+    shifted = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    mix = torch.rand(n, generator=generator) * (torch.rand(n, generator=generator) < MIXUP).float()
+    partner = shifted[torch.randperm(n, generator=generator)]
+    mixed = (1 - mix.view(-1, 1, 1, 1)) * shifted + mix.view(-1, 1, 1, 1) * partner
+    return mixed + NOISE * x.std() * torch.randn(shifted.shape, generator=generator)
+
+
+def _batches(order, batch: int) -> list:
+    """Index batches of one epoch; a last batch of one sample joins the one before (BatchNorm in
+    training mode cannot normalise a single sample)."""
+    import torch
+
+    chunks = list(order.split(batch))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+def _flat(out) -> list:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _is_classifier(out) -> bool:
+    return out.dim() == 2 and out.shape[1] > 1 and out.is_floating_point()
+
+
+def _loss(student_out, teacher_out, temperature: float):
+    import torch.nn.functional as F
+
+    total = 0.0
+    for s, t in zip(_flat(student_out), _flat(teacher_out), strict=True):
+        if _is_classifier(t):
+            log_p = F.log_softmax(s / temperature, dim=1)
+            q = F.softmax(t / temperature, dim=1)
+            total = total + F.kl_div(log_p, q, reduction="batchmean") * temperature**2
+        else:
+            total = total + F.mse_loss(s, t)
+    return total
+
+
+def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float = 60, epochs: int = 30,
+            lr: float = 1e-3, temperature: float = 2.0, batch: int = 32, seed: int = 0) -> DistillReport:
+    """Train `student` in place to match `teacher` on `inputs` ([N, ...] arrays in the model's input
+    order); returns when `epochs` are done or `seconds` are spent, whichever comes first (at least one
+    step runs). The student comes back in eval mode; the teacher is put in eval mode and only read.
+    The same seed and thread count give the same weights."""
+    import torch
+
+    n = _check(inputs, seconds, epochs, lr, temperature, batch)
+    if student is teacher:
+        raise BadInput("distill: the student must be a copy, not the teacher itself")
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.values()]
+    per_epoch = len(_batches(torch.arange(n), batch))
+    planned = epochs * per_epoch
+    teacher.eval()
+    losses: list[float] = []
+    stopped_by = "epochs"
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # seeded here without moving the caller's global RNG
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
+        student.train()
+        for _ in range(epochs):
+            for idx in _batches(torch.randperm(n, generator=generator), batch):
+                args = [t[idx] for t in tensors]
+                args = [_augment(a, generator) if a.dim() == 4 and a.is_floating_point() else a for a in args]
+                with torch.no_grad():
+                    target = teacher(*args)
+                loss = _loss(student(*args), target, temperature)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                done = max(len(losses) / planned, (time.perf_counter() - start) / seconds)
+                for group in optimizer.param_groups:  # cosine over steps or time, whichever ends first
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                if time.perf_counter() - start >= seconds and len(losses) < planned:
+                    stopped_by = "time"
+                    break
+            if stopped_by == "time":
+                break
+    student.eval()
+    probe = _flat(target)[0]
+    return DistillReport(
+        epochs=len(losses) // per_epoch,
+        steps=len(losses),
+        planned_steps=planned,
+        seconds=round(time.perf_counter() - start, 3),
+        first_loss=float(np.mean(losses[:per_epoch])),
+        last_loss=float(np.mean(losses[-per_epoch:])),
+        stopped_by=stopped_by,
+        loss="kl" if _is_classifier(probe) else "mse",
+    )

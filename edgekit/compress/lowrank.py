@@ -1,0 +1,70 @@
+"""Low-rank factorization: a Linear or 1x1 convolution W (out x in) becomes two of rank r via truncated
+SVD, W ~ (U_r sqrt(S_r)) (sqrt(S_r) V_r^T), which costs r*(in+out) MACs per position instead of
+in*out. It only pays when r < in*out / (in+out), and only in ranks the target's kernels like."""
+
+from __future__ import annotations
+
+import copy
+
+from edgekit.errors import BadInput
+
+
+def _shape(layer) -> tuple[int, int]:
+    """(in, out) of a factorizable layer, or BadInput."""
+    import torch.nn as nn
+
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1) and layer.groups == 1:
+        return layer.in_channels, layer.out_channels
+    raise BadInput(f"low-rank: a {type(layer).__name__} cannot be factorized (only Linear and 1x1 Conv2d with groups=1)")
+
+
+def rank_choices(layer, alignment: int) -> tuple[int, ...]:
+    """Ranks that save MACs (r*(in+out) < in*out), multiples of `alignment`, ascending; maybe empty."""
+    if alignment < 1:
+        raise BadInput(f"low-rank: alignment must be positive, not {alignment}")
+    n_in, n_out = _shape(layer)
+    return tuple(r for r in range(alignment, min(n_in, n_out) + 1, alignment) if r * (n_in + n_out) < n_in * n_out)
+
+
+def _split(layer, rank: int):
+    import torch
+    import torch.nn as nn
+
+    n_in, n_out = _shape(layer)
+    if not isinstance(rank, int) or not 1 <= rank <= min(n_in, n_out):
+        raise BadInput(f"low-rank: rank {rank!r} is not in 1..{min(n_in, n_out)} for a {n_in}->{n_out} layer")
+    weight = layer.weight.detach().reshape(n_out, n_in).double()
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    root = s[:rank].sqrt()
+    first_w = (root[:, None] * vh[:rank]).to(layer.weight.dtype)
+    second_w = (u[:, :rank] * root[None, :]).to(layer.weight.dtype)
+    bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        first, second = nn.Linear(n_in, rank, bias=False), nn.Linear(rank, n_out, bias=bias)
+    else:  # the first keeps stride and padding; padded zeros stay zero through it, as in the original
+        first = nn.Conv2d(n_in, rank, 1, layer.stride, layer.padding, bias=False, padding_mode=layer.padding_mode)
+        second = nn.Conv2d(rank, n_out, 1, bias=bias)
+    with torch.no_grad():
+        first.weight.copy_(first_w.reshape(first.weight.shape))
+        second.weight.copy_(second_w.reshape(second.weight.shape))
+        if bias:
+            second.bias.copy_(layer.bias.detach())
+    return nn.Sequential(first, second).train(layer.training)
+
+
+def factorize(module, names: dict[str, int]):
+    """A deep copy where each named layer becomes Sequential(rank-r layer, output layer); the original
+    module is not touched."""
+    model = copy.deepcopy(module)
+    for name, rank in names.items():
+        if not name:
+            raise BadInput("low-rank: name a layer inside the model, not the model itself")
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError as err:
+            raise BadInput(f"low-rank: '{name}' is not a module of the model") from err
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, _split(layer, rank))
+    return model

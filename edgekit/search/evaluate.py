@@ -1,0 +1,82 @@
+"""How the search scores a candidate, cheaply: latency from the cost model, accuracy of the PyTorch
+module on the validation split (the test split is never seen; calibration keeps its own split).
+
+The layer table a latency prediction needs comes from a fast TorchScript export to memory (about
+0.1 s for the benchmark models, against seconds for the checked torch.export one that builds the
+engine): the table is the same (BatchNorm folded, same convolutions and shapes), only the node names
+differ, so per-layer precisions, keyed by the original export's names, are matched by graph order.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import graph
+from edgekit.calibrate.qdq import QUANTIZABLE
+from edgekit.data import Samples
+from edgekit.errors import Failure, runtime_message
+from edgekit.models import LoadedModel
+
+BATCH = 64
+
+
+def fast_layer_table(module, loaded: LoadedModel) -> list[graph.Layer]:
+    """The layer table of a (pruned) module via an in-memory TorchScript export."""
+    import torch
+
+    args = tuple(torch.from_numpy(loaded.example[s.name]) for s in loaded.inputs)
+    buffer = io.BytesIO()
+    try:
+        with graph._quiet():
+            torch.onnx.export(module, args, buffer, input_names=[s.name for s in loaded.inputs],
+                              opset_version=17, dynamo=False)
+    except Exception as err:
+        raise Failure(f"cannot export the candidate for its layer table: {runtime_message(err)}") from err
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        path.write_bytes(buffer.getvalue())
+        return graph.layer_table(path)
+
+
+def quantizable(layers: list[graph.Layer]) -> list[graph.Layer]:
+    return [layer for layer in layers if layer.op in QUANTIZABLE]
+
+
+def rename_by_order(reference: list[graph.Layer], layers: list[graph.Layer]) -> dict[str, str]:
+    """Map each quantizable layer of `layers` to the reference table's name at the same place in the
+    graph: the structure must be the same (pruning changes channels, never topology)."""
+    ours, theirs = quantizable(layers), quantizable(reference)
+    if [layer.op for layer in ours] != [layer.op for layer in theirs]:
+        raise Failure("the candidate's layers do not line up with the model's (different structure): "
+                      f"{len(ours)} vs {len(theirs)} quantizable layers")
+    return {a.name: b.name for a, b in zip(ours, theirs, strict=True)}
+
+
+def outputs(module, samples: Samples, loaded: LoadedModel) -> np.ndarray:
+    """The module's first output on every sample, [N, ...], in batches."""
+    import torch
+
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(samples), BATCH):
+            args = [torch.from_numpy(np.ascontiguousarray(samples.inputs[s.name][start:start + BATCH])) for s in loaded.inputs]
+            out = module(*args)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            chunks.append(out.detach().numpy())
+    return np.concatenate(chunks)
+
+
+def score(out: np.ndarray, samples: Samples, reference: np.ndarray) -> float:
+    """Top-1 accuracy against the labels when there are labels, else top-1 agreement with the
+    original model; cosine similarity for outputs that are not class scores."""
+    flat, ref = out.reshape(len(out), -1), reference.reshape(len(reference), -1)
+    if flat.shape[1] == 1:
+        a, b = flat.ravel(), ref.ravel()
+        return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    if samples.labels is not None:
+        return float(np.mean(flat.argmax(1) == np.asarray(samples.labels).reshape(len(flat), -1)[:, 0]))
+    return float(np.mean(flat.argmax(1) == ref.argmax(1)))

@@ -1,0 +1,131 @@
+"""The default strategy, after NetAdapt (Yang et al., 2018): shrink the model one latency slice at a time.
+
+Each step proposes, for every prunable group, the largest kept channel count (from the group's
+aligned choices) that saves at least one slice of predicted latency; each proposal is pruned from
+the current model, fine-tuned briefly by distillation from the original, and scored on the validation
+split. The step keeps the proposal that loses the least accuracy per millisecond saved. Steps go on
+until the candidate's predicted latency (and memory) meet the budget.
+
+Every proposal is a trial in Optuna storage (edgekit.search.study). The walk is deterministic given
+its evaluations (seeded pruning and fine-tuning), so a resumed search replays the steps from storage,
+redoing only the pruning and short fine-tune of each accepted proposal, not the evaluations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgekit.search.study import Evaluation, Trials
+
+STEPS = 8  # the latency gap to the budget is closed in about this many slices
+MIN_SLICE = 0.02  # … but a slice is at least this fraction of the current latency
+
+
+@dataclass
+class State:
+    """Where the walk stands: the candidate, its (fine-tuned) module, predicted latency and memory,
+    validation accuracy."""
+
+    candidate: object  # edgekit.search.space.Candidate
+    module: object
+    latency_ms: float
+    memory_mb: float
+    accuracy: float
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    latency_ms: float
+    memory_mb: float | None = None
+
+    def met(self, latency_ms: float, memory_mb: float) -> bool:
+        return latency_ms <= self.latency_ms and (self.memory_mb is None or memory_mb <= self.memory_mb)
+
+
+class Walk:
+    """The moves the strategy needs, given by the search loop (so this module stays about the walk)."""
+
+    def __init__(self, *, groups: list, choices: dict[str, tuple[int, ...]],
+                 with_keep: Callable, prune: Callable, predict: Callable, finetune: Callable, accuracy: Callable) -> None:
+        self.groups, self.choices = groups, choices
+        self.with_keep = with_keep  # (candidate, group name, keep) → candidate
+        self.prune = prune  # (module, {group: keep}) → pruned copy
+        self.predict = predict  # (candidate, module) → (latency ms, memory MB), predicted
+        self.finetune = finetune  # (module) → None, in place, bounded in time
+        self.accuracy = accuracy  # (module) → validation accuracy
+
+
+def kept(candidate, group) -> int:
+    """The channels `group` keeps in `candidate` (all of them unless pruned)."""
+    return candidate.keep.get(group.name, group.channels)
+
+
+def _proposal(walk: Walk, state: State, group, slice_ms: float):
+    """The largest aligned keep of `group` below its current one saving ≥ slice_ms (else the smallest)."""
+    current = kept(state.candidate, group)
+    smaller = sorted((k for k in walk.choices[group.name] if k < current), reverse=True)
+    for keep in smaller:
+        candidate = walk.with_keep(state.candidate, group.name, keep)
+        module = walk.prune(state.module, {group.name: keep})
+        latency, memory = walk.predict(candidate, module)
+        if state.latency_ms - latency >= slice_ms or keep == smaller[-1]:
+            return candidate, module, latency, memory
+    return None
+
+
+def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: float, max_trials: int,
+        floor_accuracy: float, progress: Callable[[str], None] = lambda _: None) -> tuple[State, str]:
+    """Walk from `start` until the budget is met; returns the last accepted state and why it stopped
+    ("met", "time", "trials", "accuracy": the next step would fall below floor_accuracy, "exhausted")."""
+    state = start
+    gap = max(state.latency_ms - budget.latency_ms, 0.0)
+    slice_ms = max(gap / STEPS, MIN_SLICE * state.latency_ms)
+    while not budget.met(state.latency_ms, state.memory_mb):
+        if time.monotonic() > deadline:
+            return state, "time"
+        proposals = []
+        for group in walk.groups:
+            made = _proposal(walk, state, group, slice_ms)
+            if made is None:
+                continue
+            candidate, module, latency, memory = made
+            evaluation = trials.get(candidate.key())
+            if evaluation is None:
+                if len(trials) >= max_trials:
+                    return state, "trials"
+                walk.finetune(module)
+                evaluation = trials.record(Evaluation(candidate.key(), candidate.as_dict(), latency, "predicted",
+                                                      walk.accuracy(module),
+                                                      {"step": state.step + 1, "group": group.name,
+                                                       "keep": kept(candidate, group), "memory_mb": memory}))
+                progress(f"step {state.step + 1}: {group.name} → {kept(candidate, group)} channels: "
+                         f"{latency:.3f} ms predicted, accuracy {evaluation.accuracy:.4f}")
+            else:
+                module = None  # replayed from storage: rebuilt only if chosen
+            saved = state.latency_ms - evaluation.latency_ms if state.latency_ms > budget.latency_ms else state.memory_mb - memory
+            if saved > 0:
+                proposals.append((max(state.accuracy - evaluation.accuracy, 0.0) / saved, -evaluation.accuracy,
+                                  group.name, group, candidate, module, evaluation, memory))
+        if not proposals:
+            return state, "exhausted"
+        allowed = [p for p in proposals if p[6].accuracy >= floor_accuracy]
+        if not allowed:  # every move left would cost more accuracy than allowed
+            return state, "accuracy"
+        *_, group, candidate, module, evaluation, memory = min(allowed, key=lambda p: p[:3])
+        if module is None:  # replay: the same seeded pruning and fine-tune give the same weights
+            module = walk.prune(state.module, {group.name: kept(candidate, group)})
+            walk.finetune(module)
+        state = State(candidate, module, evaluation.latency_ms, memory, evaluation.accuracy, state.step + 1)
+    return state, "met"
+
+
+def smallest_latency(walk: Walk, start: State) -> float:
+    """The predicted latency of the smallest model the space allows (is the budget within reach?)."""
+    smallest = start.candidate
+    for group in walk.groups:
+        smallest = walk.with_keep(smallest, group.name, min(walk.choices[group.name]))
+    module = walk.prune(start.module, {g.name: kept(smallest, g) for g in walk.groups})
+    return walk.predict(smallest, module)[0]

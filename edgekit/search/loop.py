@@ -1,0 +1,339 @@
+"""`edgekit search`: the budget-driven search with the device in the loop.
+
+1. Export the model, calibrate it and measure each layer's int8 sensitivity on the target: the
+   precision plan (int8 where it is harmless and faster, `--precision mixed`'s rule).
+2. The strategy walks the pruning space (Torch-Pruning groups, kept channels aligned to the target)
+   scoring candidates with the cost model (latency, memory) and validation accuracy after a short
+   distillation; every candidate is an Optuna trial in the run directory.
+3. Closed loop: the chosen candidate is distilled longer, exported, calibrated, built with the real
+   backend and measured on the device. If the measurement misses the budget, the cost model learns
+   from it, the walk's budget tightens by the miss, and the walk goes on.
+A target that cannot be measured here is searched on the cost model alone; its latencies say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit import cost, graph
+from edgekit.calibrate.run import CalibrationOptions
+from edgekit.data import load_data, split
+from edgekit.errors import BadInput
+from edgekit.models import load_model
+from edgekit.plan import PrecisionPlan
+from edgekit.profile import ProfileSettings
+from edgekit.search import evaluate, greedy, nsga
+from edgekit.search.study import Evaluation, Trials
+from edgekit.targets import load_target
+from edgekit.util import write_json
+
+STRATEGIES = ("greedy", "nsga")
+MAX_ROUNDS = 4  # closed-loop rounds: build, measure, tighten
+STEP_FINETUNE_S = 8.0  # distillation of each proposal
+# A proposal's accuracy after its short distillation understates what the chosen candidate's longer one
+# recovers (measured on the ResNet-like: 0.979 after 10 s, 0.988 after 30 s, 0.992 unpruned), so the
+# walk may go this far below the allowed drop; the final accuracy is measured and reported as it is.
+WALK_SLACK_PT = 3.0
+FINAL_FINETUNE_S = 60.0  # distillation of the chosen candidate before it is built
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    target: str
+    latency_budget_ms: float
+    model: str | None = None
+    data: str | None = None
+    out: Path | None = None
+    memory_budget_mb: float | None = None
+    max_accuracy_drop: float = 1.0  # points of validation accuracy below the original model
+    strategy: str = "greedy"
+    trials: int = 200
+    time_limit_s: float = 600.0
+    resume: Path | None = None
+    storage: str | None = None
+    backend: str | None = None
+    step_finetune_s: float = STEP_FINETUNE_S
+    final_finetune_s: float = FINAL_FINETUNE_S
+    calibration: CalibrationOptions = CalibrationOptions()
+    settings: ProfileSettings = ProfileSettings()
+    targets_dir: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.latency_budget_ms > 0:
+            raise BadInput(f"--latency-budget-ms must be positive, got {self.latency_budget_ms}")
+        if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
+            raise BadInput(f"--memory-budget-mb must be positive, got {self.memory_budget_mb}")
+        if self.strategy not in STRATEGIES:
+            raise BadInput(f"unknown strategy '{self.strategy}' (known: {', '.join(STRATEGIES)})")
+        if self.trials < 1 or self.time_limit_s <= 0:
+            raise BadInput("--trials and --time-limit must be positive")
+        if not 0 <= self.max_accuracy_drop <= 100:
+            raise BadInput(f"--max-accuracy-drop is in points, 0 to 100; got {self.max_accuracy_drop}")
+
+
+@dataclass
+class Round:
+    """One closed-loop round: the candidate built and what the device said."""
+
+    walk_budget_ms: float
+    stopped: str
+    candidate: dict
+    predicted_ms: float
+    measured_ms: float | None
+    accuracy_validation: float
+    report: dict = field(default_factory=dict)
+
+
+def _run_dir(request: SearchRequest, name: str, target: str) -> Path:
+    if request.resume is not None:
+        if not Path(request.resume).is_dir():
+            raise BadInput(f"--resume {request.resume}: no such run directory")
+        return Path(request.resume)
+    import datetime as dt
+
+    return Path(request.out) if request.out else Path("runs") / f"{name}-{target}-search-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Run the search and the closed loop; returns search.json's content (also written to the run directory)."""
+    import torch
+
+    from edgekit.compress.distill import distill
+    from edgekit.compress.prune import prune
+    from edgekit.deploy import DEMO_SPEC, DeployRequest, demo_data, deploy
+    from edgekit.search import space as spaces
+
+    started = time.monotonic()
+    deadline = started + request.time_limit_s
+    target = load_target(request.target, list(request.targets_dir))
+    backend_name = request.backend or target.backend.name
+    loaded = load_model(request.model)
+    if loaded.kind != "torch":
+        raise BadInput(f"{loaded.spec}: the search prunes PyTorch models (a factory, TorchScript or ExportedProgram); "
+                       "for an ONNX model use edgekit deploy --precision mixed")
+    if request.data is None and loaded.spec != DEMO_SPEC:
+        raise BadInput(f"the search needs data for {loaded.spec}: pass --data (calibration, validation and test splits are made from it)")
+    samples = load_data(request.data, loaded.inputs) if request.data else demo_data(loaded.inputs)
+    splits = split(samples)
+    run_dir = _run_dir(request, loaded.name, target.name)
+    strategy = nsga if request.strategy == "nsga" else greedy
+    trials = Trials(run_dir, request.storage, resume=request.resume is not None,
+                    sampler=nsga.sampler() if strategy is nsga else None)
+    if trials.interrupted:
+        progress(f"resumed: {trials.interrupted} interrupted trial(s) marked failed, {len(trials)} kept")
+
+    progress("exporting and calibrating the original model")
+    onnx_path = run_dir / "model.onnx"
+    if not onnx_path.exists():
+        graph.export_onnx(loaded, onnx_path)
+    reference = graph.layer_table(onnx_path)
+    plan = _precision_plan(loaded, onnx_path, splits, target, backend_name, run_dir, request, progress)
+    space = spaces.build_space(loaded, onnx_path, target)
+    write_json(run_dir / "space.json", space.as_dict())
+
+    teacher = loaded.module.eval()
+    example = tuple(torch.from_numpy(loaded.example[s.name]) for s in loaded.inputs)
+    validation_ref = evaluate.outputs(teacher, splits.validation, loaded)
+    base_accuracy = evaluate.score(validation_ref, splits.validation, validation_ref)
+    model_cost = cost.CostModel(target, backend_name)
+    fast_reference = evaluate.fast_layer_table(teacher, loaded)
+    evaluate.rename_by_order(reference, fast_reference)  # the fast export lines up with the real one
+
+    def precisions_of(candidate, layers) -> dict[str, str]:
+        names = evaluate.rename_by_order(reference, layers)
+        return {ours: candidate.precision.get(theirs, candidate.default_precision) for ours, theirs in names.items()}
+
+    def predict(candidate, module) -> tuple[float, float]:
+        layers = evaluate.fast_layer_table(module, loaded)
+        precisions = precisions_of(candidate, layers)
+        memory = cost.estimate_memory(layers, precisions, candidate.default_precision).total_mb
+        return model_cost.predict(layers, precisions, candidate.default_precision).p50, memory
+
+    def finetune(module) -> None:
+        distill(module, teacher, splits.calibration.inputs, seconds=request.step_finetune_s, seed=0)
+
+    def accuracy(module) -> float:
+        return evaluate.score(evaluate.outputs(module, splits.validation, loaded), splits.validation, validation_ref)
+
+    if target.local and model_cost.table.measured and not trials.evaluations():
+        _calibrate_cost(model_cost, run_dir, loaded, teacher, samples, space, plan, reference, request, progress,
+                        precisions_of, deploy, DeployRequest)
+
+    walk = greedy.Walk(
+        groups=list(space.groups), choices=dict(space.choices),
+        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+        prune=lambda m, keep: prune(m, example, keep), predict=predict, finetune=finetune, accuracy=accuracy)
+    start_candidate = spaces.Candidate(keep={}, precision=dict(plan.layers), default_precision=plan.default)
+    latency, memory = predict(start_candidate, teacher)
+    state = start = greedy.State(start_candidate, teacher, latency, memory, base_accuracy)
+    budget = greedy.Budget(request.latency_budget_ms, request.memory_budget_mb)
+    floor_ms = greedy.smallest_latency(walk, state)
+    if floor_ms > budget.latency_ms:
+        progress(f"warning: the smallest model the space allows is predicted at {floor_ms:.3f} ms, above the budget: "
+                 "the device measurement will tell (the cost model learns from it)")
+    floor = base_accuracy - (request.max_accuracy_drop + WALK_SLACK_PT) / 100
+    rounds: list[Round] = []
+    walk_budget = budget
+    for number in range(MAX_ROUNDS):
+        progress(f"round {number + 1}: walking to {walk_budget.latency_ms:.3f} ms (predicted)")
+        state, stopped = strategy.run(walk, state if strategy is greedy else start, walk_budget, trials, deadline=deadline,
+                                      max_trials=request.trials, floor_accuracy=floor, progress=progress)
+        built = _build_and_measure(state, loaded, teacher, samples, splits, request, target, run_dir / f"round-{number + 1}",
+                                   reference, progress, distill, deploy, DeployRequest, accuracy)
+        measured = built.report.get("latency_ms", {})
+        kind = measured.get("kind")
+        round_ = Round(walk_budget.latency_ms, stopped, state.candidate.as_dict(), state.latency_ms,
+                       measured.get("p50") if kind == "measured" else None, built.validation, built.report)
+        rounds.append(round_)
+        if round_.measured_ms is not None:
+            layers = graph.layer_table(built.onnx_path)
+            model_cost.observe(layers, built.precisions, round_.measured_ms, default=state.candidate.default_precision,
+                               candidate=state.candidate.key())
+            trials.record(Evaluation("measured:" + state.candidate.key(), state.candidate.as_dict(), round_.measured_ms,
+                                     "measured", state.accuracy, {"round": number + 1, "predicted_ms": state.latency_ms}))
+        if round_.measured_ms is None or round_.measured_ms <= request.latency_budget_ms or not (stopped == "met" or strategy is nsga) \
+                or time.monotonic() > deadline:
+            break
+        # Missed on the device: tighten the walk's budget by the miss and go on from here.
+        walk_budget = dataclasses.replace(walk_budget, latency_ms=walk_budget.latency_ms * request.latency_budget_ms / round_.measured_ms)
+    result = _result(request, target, backend_name, loaded, splits, teacher, base_accuracy, rounds, trials, model_cost,
+                     started, run_dir, space)
+    write_json(run_dir / "search.json", result)
+    return result
+
+
+def _calibrate_cost(model_cost, run_dir: Path, loaded, teacher, samples, space, plan: PrecisionPlan, reference,
+                    request: SearchRequest, progress, precisions_of, deploy, DeployRequest) -> None:
+    """Teach the cost model this model on this device before the walk relies on it: the whole-model fp32
+    and all-int8 latencies the sensitivity analysis measured side by side, and one build of the model
+    pruned to half, measured (three whole-model points fit the calibration; the closed loop adds more)."""
+    import json
+
+    from edgekit.calibrate import sensitivity
+
+    saved = run_dir / "sensitivity" / sensitivity.FILE
+    layers = evaluate.fast_layer_table(teacher, loaded)
+    if saved.exists():
+        measured = json.loads(saved.read_text()).get("latency", {})
+        if measured.get("kind") == "measured":
+            quantizable = [layer.name for layer in evaluate.quantizable(layers)]
+            for precision in ("fp32", "int8"):
+                if measured.get(precision, {}).get("p50"):
+                    model_cost.observe(layers, {name: precision for name in quantizable}, measured[precision]["p50"],
+                                       candidate=f"original-{precision}")
+    half = space.uniform(0.5, plan.default)
+    if not half.keep:
+        return
+    progress("measuring the model pruned to half, to calibrate the cost model on this device")
+    from edgekit.compress.prune import prune
+    from edgekit.search.space import example_tensors
+
+    module = prune(teacher, example_tensors(loaded), dict(half.keep))
+    candidate = dataclasses.replace(half, precision=dict(plan.layers))
+    pruned = dataclasses.replace(loaded, module=module, spec=f"{loaded.spec}#{candidate.key()}")
+    folder = run_dir / "cost-probe"
+    folder.mkdir(exist_ok=True)
+    onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
+    names = evaluate.rename_by_order(reference, graph.layer_table(onnx_path))
+    probe_plan = PrecisionPlan(plan.default, {ours: plan.precision_of(theirs) for ours, theirs in names.items()})
+    report = deploy(DeployRequest(target=request.target, out=folder, backend=request.backend, targets_dir=request.targets_dir,
+                                  calibration=CalibrationOptions(method="mse", equalization="off"), settings=request.settings),
+                    model=pruned, samples=samples, plan=probe_plan)
+    latency = report.get("latency_ms", {})
+    if latency.get("kind") == "measured":
+        fast = evaluate.fast_layer_table(module, loaded)
+        model_cost.observe(fast, precisions_of(candidate, fast), latency["p50"], default=plan.default,
+                           candidate=candidate.key())
+
+
+def _precision_plan(loaded, onnx_path: Path, splits, target, backend_name: str, run_dir: Path, request: SearchRequest,
+                    progress: Callable[[str], None]) -> PrecisionPlan:
+    """int8 for the layers the sensitivity analysis finds harmless and faster on the target (saved in
+    sensitivity/, reused on resume); the target's float precision elsewhere."""
+    from edgekit.calibrate import sensitivity
+    from edgekit.calibrate.run import calibrate
+
+    if "int8" not in target.precisions.supported:
+        return PrecisionPlan(sensitivity.float_precision(target))
+    folder = run_dir / "sensitivity"
+    saved = folder / sensitivity.FILE
+    if saved.exists():
+        return sensitivity.mixed_plan(sensitivity.load_sensitivity(saved, onnx_path))
+    progress("measuring each layer's int8 sensitivity on the target")
+    calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), folder, request.calibration)
+    analysis = sensitivity.analyse(onnx_path, splits, target, folder, options=request.calibration,
+                                   threads=request.settings.threads, backend_name=backend_name,
+                                   settings=request.settings, calibration=calibration)
+    return sensitivity.mixed_plan(analysis)
+
+
+@dataclass
+class _Built:
+    report: dict
+    onnx_path: Path
+    precisions: dict[str, str]  # by the built ONNX's layer names
+    validation: float  # accuracy of the distilled model on the validation split (fp32 weights)
+
+
+def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchRequest, target, folder: Path, reference,
+                       progress, distill, deploy, DeployRequest, accuracy) -> _Built:
+    """Distil the chosen candidate longer, then deploy it like any model: export, calibrate its plan,
+    build with the real backend, measure on the device (or predict where the device is not here)."""
+    import copy
+
+    candidate = state.candidate
+    module = copy.deepcopy(state.module)
+    if candidate.keep:  # nothing pruned: the original weights are the best there are
+        progress(f"distilling the chosen candidate ({request.final_finetune_s:.0f} s at most)")
+        distill(module, teacher, splits.calibration.inputs, seconds=request.final_finetune_s, seed=0)
+    pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#{candidate.key()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
+    names = evaluate.rename_by_order(reference, graph.layer_table(onnx_path))
+    precisions = {ours: candidate.precision.get(theirs, candidate.default_precision) for ours, theirs in names.items()}
+    plan = PrecisionPlan(candidate.default_precision, precisions)
+    progress("building and measuring the candidate on the device" if target.local else "building the candidate")
+    deploy_request = DeployRequest(target=request.target, out=folder, backend=request.backend,
+                                   latency_budget_ms=request.latency_budget_ms, measure=target.local,
+                                   calibration=request.calibration, settings=request.settings,
+                                   targets_dir=request.targets_dir)
+    report = deploy(deploy_request, model=pruned, samples=samples, plan=plan)  # deploy splits it the same way
+    return _Built(report, onnx_path, precisions, accuracy(module))
+
+
+def _result(request: SearchRequest, target, backend_name: str, loaded, splits, teacher, base_accuracy: float,
+            rounds: list[Round], trials: Trials, model_cost, started: float, run_dir: Path, space) -> dict:
+    last = rounds[-1]
+    test_ref = evaluate.outputs(teacher, splits.test, loaded)
+    original_test = evaluate.score(test_ref, splits.test, test_ref)
+    accuracy = last.report.get("accuracy") or {}
+    test = accuracy.get("test") if accuracy.get("test") is not None else accuracy.get("agreement")
+    latency = last.report.get("latency_ms", {})
+    judged = last.measured_ms if last.measured_ms is not None else latency.get("p50")
+    groups = {g.name: g.channels for g in space.groups}
+    return {
+        "target": target.name, "backend": backend_name, "model": loaded.spec, "strategy": request.strategy,
+        "budget": {"latency_ms": request.latency_budget_ms, "memory_mb": request.memory_budget_mb,
+                   "max_accuracy_drop_pt": request.max_accuracy_drop,
+                   "met": judged is not None and judged <= request.latency_budget_ms,
+                   "judged_on": "measured" if last.measured_ms is not None else "predicted"},
+        "latency_ms": {"predicted": last.predicted_ms, "measured": last.measured_ms, "report": latency},
+        "accuracy": {"validation": last.accuracy_validation, "validation_original": base_accuracy,
+                     "within_max_drop": last.accuracy_validation >= base_accuracy - request.max_accuracy_drop / 100 - 1e-9,
+                     "test": test, "test_original": original_test,
+                     "test_drop_pt": None if test is None else round(100 * (original_test - test), 3)},
+        "chosen": {"keep": {g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
+                   "precision": last.report.get("precision", {}).get("planned"),
+                   "candidate": last.candidate, "run_dir": str(run_dir / f"round-{len(rounds)}")},
+        "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"} |
+                   {"cost_model_error": None if r.measured_ms is None else round(r.predicted_ms / r.measured_ms - 1, 4)}
+                   for r in rounds],
+        "cost_model": {"source": model_cost.source, "calibration": model_cost.calibration, "errors": model_cost.errors(),
+                       "mean_abs_error": model_cost.mean_abs_error()},
+        "trials": len(trials), "pareto": [dataclasses.asdict(e) for e in trials.pareto()],
+        "seconds": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
+    }

@@ -1,0 +1,237 @@
+"""The search space: what a candidate may change, and how a candidate becomes a model.
+
+Per prunable channel group (Torch-Pruning's couplings: residual joins and depthwise convolutions stay
+consistent) a kept channel count, only in multiples of the target's channel alignment: on this CPU,
+MobileNetV2 pruned to 12 or 8 channels gained little from int8, because kernels pad channels up to
+their vector width anyway. Per quantizable ONNX layer a precision from the target's list. Optionally,
+per Linear / 1x1 convolution, a low-rank factorization rank.
+
+Pruning changes channel counts, never the graph, so the pruned model's ONNX export has the same
+quantizable layers in the same order: per-layer precisions keyed by the original export's names carry
+over through `layer_names_map`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from edgekit.compress.prune import PruneGroup, prune, prune_groups
+from edgekit.errors import BadInput
+from edgekit.models import LoadedModel
+from edgekit.targets import Target
+
+
+class FrozenMap(Mapping):
+    """A read-only, hashable mapping (sorted items), so candidates can be set members and dict keys."""
+
+    __slots__ = ("_dict", "_items")
+
+    def __init__(self, items: Mapping | None = None) -> None:
+        self._items = tuple(sorted(dict(items or {}).items()))
+        self._dict = dict(self._items)
+
+    def __getitem__(self, key):
+        return self._dict[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._dict)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return repr(dict(self._items))
+
+
+def align(channels: int, alignment: int, total: int) -> int:
+    """The allowed kept count nearest `channels`: a multiple of `alignment` (never below it) or `total`
+    itself (always allowed); never above `total`. Ties keep more."""
+    if alignment < 1 or total < 1:
+        raise BadInput(f"align: alignment ({alignment}) and total ({total}) must be positive")
+    allowed = [*range(alignment, total, alignment), total]
+    return min(allowed, key=lambda c: (abs(c - channels), -c))
+
+
+def keep_choices(group: PruneGroup, alignment: int, min_keep: float = 0.25) -> tuple[int, ...]:
+    """Allowed kept counts for a group, ascending: multiples of `alignment` from about
+    min_keep * channels, and the whole group."""
+    if not 0 < min_keep <= 1:
+        raise BadInput(f"min_keep must be in (0, 1], not {min_keep}")
+    if alignment < 1:
+        raise BadInput(f"alignment must be positive, not {alignment}")
+    start = max(alignment, math.ceil(min_keep * group.channels / alignment) * alignment)
+    return (*range(start, group.channels, alignment), group.channels)
+
+
+def alignment_for(target: Target, precisions) -> int:
+    """The channel multiple for layers that may run in any of `precisions`: the largest of theirs."""
+    precisions = tuple(precisions) or tuple(target.precisions.supported)
+    missing = [p for p in precisions if p not in target.alignment]
+    if missing:
+        raise BadInput(f"target {target.name} has no channel alignment for {', '.join(missing)}")
+    return max(target.alignment[p] for p in precisions)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: kept channels per group (omitted: all) and a precision per ONNX layer
+    (omitted: `default_precision`). Hashable; `key()` names it stably for caches and Optuna."""
+
+    keep: Mapping[str, int] = field(default_factory=FrozenMap)
+    precision: Mapping[str, str] = field(default_factory=FrozenMap)
+    default_precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", FrozenMap(self.keep))
+        object.__setattr__(self, "precision", FrozenMap(self.precision))
+
+    def as_dict(self) -> dict:
+        return {"keep": dict(self.keep), "precision": dict(self.precision), "default_precision": self.default_precision}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Candidate:
+        try:
+            keep = {str(k): int(v) for k, v in dict(data.get("keep") or {}).items()}
+            precision = {str(k): str(v) for k, v in dict(data.get("precision") or {}).items()}
+            return cls(keep, precision, str(data.get("default_precision", "fp32")))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise BadInput(f"not a candidate: {err}") from err
+
+    def key(self) -> str:
+        """12 hex characters of the candidate's canonical JSON: the same candidate, the same key."""
+        text = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Space:
+    groups: tuple[PruneGroup, ...]
+    choices: Mapping[str, tuple[int, ...]]  # group name → allowed kept channel counts, ascending
+    layers: tuple[str, ...]  # the ONNX quantizable layers, in graph order
+    precisions: tuple[str, ...]  # the target's supported precisions
+    alignment: int = 1
+    lowrank: Mapping[str, tuple[int, ...]] = field(default_factory=FrozenMap)  # module → ranks that save MACs
+
+    def as_dict(self) -> dict:
+        return {"groups": [g.as_dict() for g in self.groups], "choices": {k: list(v) for k, v in self.choices.items()},
+                "layers": list(self.layers), "precisions": list(self.precisions), "alignment": self.alignment,
+                "lowrank": {k: list(v) for k, v in self.lowrank.items()}}
+
+    def candidate(self, keep: Mapping[str, int] | None = None, precision: Mapping[str, str] | None = None,
+                  default_precision: str | None = None) -> Candidate:
+        """A checked, canonical candidate: whole groups and default precisions are left out, so two
+        spellings of one model share a key."""
+        default = default_precision or ("fp32" if "fp32" in self.precisions else self.precisions[0])
+        channels = {g.name: g.channels for g in self.groups}
+        for name, count in (keep or {}).items():
+            if name not in self.choices:
+                raise BadInput(f"candidate: '{name}' is not a prunable group of the space")
+            if isinstance(count, bool) or not isinstance(count, int) or count not in self.choices[name]:
+                raise BadInput(f"candidate: group '{name}' keeps {count}; allowed: {list(self.choices[name])}")
+        for layer, p in [("default", default), *(precision or {}).items()]:
+            if layer != "default" and layer not in self.layers:
+                raise BadInput(f"candidate: '{layer}' is not a quantizable layer of the model")
+            if p not in self.precisions:
+                raise BadInput(f"candidate: precision '{p}' for {layer} is not one of {', '.join(self.precisions)}")
+        return Candidate({k: v for k, v in (keep or {}).items() if v != channels[k]},
+                         {k: v for k, v in (precision or {}).items() if v != default}, default)
+
+    def uniform(self, ratio: float, default_precision: str | None = None) -> Candidate:
+        """Every group keeps the allowed count nearest `ratio` of its channels."""
+        if not 0 < ratio <= 1:
+            raise BadInput(f"keep ratio must be in (0, 1], not {ratio}")
+        keep = {g.name: min(self.choices[g.name], key=lambda c, g=g: (abs(c - ratio * g.channels), -c))
+                for g in self.groups}
+        return self.candidate(keep, None, default_precision)
+
+
+def example_tensors(loaded: LoadedModel) -> tuple:
+    """The model's example inputs as torch tensors, in input order."""
+    import torch
+
+    return tuple(torch.from_numpy(loaded.example[s.name]) for s in loaded.inputs)
+
+
+def _prunable(loaded: LoadedModel) -> bool:
+    import torch
+
+    return loaded.kind == "torch" and isinstance(loaded.module, torch.nn.Module) \
+        and not isinstance(loaded.module, torch.jit.ScriptModule)
+
+
+def _lowrank_choices(module, alignment: int) -> FrozenMap:
+    import torch.nn as nn
+
+    from edgekit.compress.lowrank import rank_choices
+
+    out = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
+                                            and layer.groups == 1):
+            ranks = rank_choices(layer, alignment)
+            if ranks:
+                out[name] = ranks
+    return FrozenMap(out)
+
+
+def build_space(loaded_model: LoadedModel, onnx_path: Path, target: Target, *, min_keep: float = 0.25,
+                ignored: tuple[str, ...] = (), lowrank: bool = False) -> Space:
+    """The space for one model on one target. ONNX and TorchScript models cannot be pruned here: their
+    space holds precisions only."""
+    import onnx
+
+    from edgekit.calibrate.qdq import quantizable_layers
+
+    precisions = tuple(target.precisions.supported)
+    alignment = alignment_for(target, precisions)
+    try:
+        layers = tuple(quantizable_layers(onnx.load(str(onnx_path))))
+    except Exception as err:
+        raise BadInput(f"{onnx_path} is not a readable ONNX model ({type(err).__name__})") from err
+    groups: tuple[PruneGroup, ...] = ()
+    ranks = FrozenMap()
+    if _prunable(loaded_model):
+        groups = tuple(prune_groups(loaded_model.module, example_tensors(loaded_model), ignored=tuple(ignored)))
+        if lowrank:
+            ranks = _lowrank_choices(loaded_model.module, alignment)
+    choices = FrozenMap({g.name: keep_choices(g, alignment, min_keep) for g in groups})
+    return Space(groups, choices, layers, precisions, alignment, ranks)
+
+
+def _state_sha256(module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def materialize(loaded_model: LoadedModel, candidate: Candidate) -> LoadedModel:
+    """The candidate's model: a pruned copy (the original untouched), same inputs and example, spec
+    suffixed `#pruned`, sha256 of the pruned weights. A candidate that prunes nothing gives the model
+    itself, not a copy. Precisions are the build's business, not this."""
+    if not candidate.keep:
+        return loaded_model
+    if not _prunable(loaded_model):
+        raise BadInput(f"model {loaded_model.spec}: only a PyTorch nn.Module can be pruned")
+    module = prune(loaded_model.module, example_tensors(loaded_model), dict(candidate.keep))
+    return replace(loaded_model, spec=f"{loaded_model.spec}#pruned", module=module, sha256=_state_sha256(module))
+
+
+def layer_names_map(original_onnx: Path, pruned_onnx: Path) -> dict[str, str]:
+    """Original quantizable layer name → the pruned export's name for the same layer, matched by graph
+    order and op type; Failure if the two graphs' quantizable layers do not line up."""
+    from edgekit import graph
+    from edgekit.search.evaluate import rename_by_order
+
+    pruned_to_original = rename_by_order(graph.layer_table(original_onnx), graph.layer_table(pruned_onnx))
+    return {original: pruned for pruned, original in pruned_to_original.items()}

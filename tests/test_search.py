@@ -1,0 +1,166 @@
+"""The budget-driven search: a real greedy walk and NSGA-II on the demo model, the closed loop on the
+host (built and measured with OpenVINO), a target that cannot be measured here, resume after kill -9,
+and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgekit.calibrate.run import CalibrationOptions
+from edgekit.errors import BadInput
+from edgekit.profile import ProfileSettings
+from edgekit.search.loop import SearchRequest, search
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow  # real searches: about 4 minutes for the file on 2 cores
+
+FAST = dict(step_finetune_s=0.5, final_finetune_s=2.0, time_limit_s=120,
+            calibration=CalibrationOptions(method="mse", equalization="off"),
+            settings=ProfileSettings(repeats=30, min_time_s=0.2, warmup_s=0.05))
+
+
+def _completed(db) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name="edgekit-search", storage=f"sqlite:///{db}")
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.fixture(scope="module")
+def greedy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    # A budget below the fp32 model's latency: the walk has to prune, the device has to confirm it.
+    result = search(SearchRequest(target="host", latency_budget_ms=0.7 * _fp32_p50(tmp_path_factory), out=out, **FAST))
+    return out, result
+
+
+def _fp32_p50(tmp_path_factory) -> float:
+    result = run_cli("deploy", "--target", "host", "--out", str(tmp_path_factory.mktemp("fp32")), "--json",
+                     "--repeats", "50", "--duration", "0.3")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["latency_ms"]["p50"]
+
+
+def test_greedy_search_builds_measures_and_reports_against_the_budget(greedy_run):
+    out, result = greedy_run
+    assert json.loads((out / "search.json").read_text()) == json.loads(json.dumps(result, default=str))
+    assert result["budget"]["judged_on"] == "measured" and result["latency_ms"]["measured"] > 0
+    assert result["budget"]["met"] == (result["latency_ms"]["measured"] <= result["budget"]["latency_ms"])
+    assert result["latency_ms"]["report"]["kind"] == "measured"
+    for r in result["rounds"]:  # the cost model's error on every candidate measured
+        assert r["measured_ms"] > 0 and r["cost_model_error"] == pytest.approx(r["predicted_ms"] / r["measured_ms"] - 1, abs=1e-3)
+    assert result["cost_model"]["errors"] and result["cost_model"]["source"]
+    chosen = result["chosen"]
+    assert set(chosen["keep"]) and all("/" in k for k in chosen["keep"].values())
+    round_dir = out / f"round-{len(result['rounds'])}"
+    report = json.loads((round_dir / "report.json").read_text())
+    assert report["status"] == "complete" and (round_dir / "model.xml").exists()
+    assert report["precision"]["planned"] == chosen["precision"]
+    acc = result["accuracy"]
+    assert acc["test"] is not None and acc["within_max_drop"] == \
+        (acc["validation"] >= acc["validation_original"] - result["budget"]["max_accuracy_drop_pt"] / 100 - 1e-9)
+
+
+def test_every_trial_is_kept_in_optuna_storage(greedy_run):
+    import optuna
+
+    out, result = greedy_run
+    trials = _completed(out / "search.db")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == result["trials"] >= 1
+    kinds = {t.user_attrs["latency_kind"] for t in complete}
+    assert "measured" in kinds and kinds <= {"predicted", "measured"}  # the walk's candidates and the device's verdict
+    walked = [t for t in complete if t.user_attrs["latency_kind"] == "predicted"]
+    assert all(t.user_attrs["step"] >= 1 and t.values[0] > 0 for t in walked)
+    assert len({t.user_attrs["key"] for t in complete}) == len(complete)
+
+
+def test_a_target_not_here_is_searched_on_the_cost_model_alone(tmp_path):
+    result = search(SearchRequest(target="jetson-orin-nano", latency_budget_ms=0.05, out=tmp_path, trials=4, **FAST))
+    assert result["budget"]["judged_on"] == "predicted" and result["latency_ms"]["measured"] is None
+    assert all(r["measured_ms"] is None for r in result["rounds"])
+    assert result["latency_ms"]["report"]["kind"] == "predicted"
+
+
+def test_nsga_draws_a_front_and_chooses_within_the_budget(tmp_path):
+    result = search(SearchRequest(target="host", latency_budget_ms=10.0, out=tmp_path, strategy="nsga", trials=6, **FAST))
+    assert result["strategy"] == "nsga" and result["trials"] >= 6
+    assert result["pareto"] and all(p["latency_kind"] == "predicted" for p in result["pareto"])
+    assert result["budget"]["met"]
+
+
+def test_a_killed_search_resumes_and_loses_at_most_one_trial(tmp_path):
+    import optuna
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "edgekit", "search", "--target", "host", "--latency-budget-ms", "0.01",
+            "--out", str(out), "--finetune", "1", "--method", "mse", "--trials", "12"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    done = []
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        if (out / "search.db").exists():
+            try:
+                done = [t for t in _completed(out / "search.db") if t.state == optuna.trial.TrialState.COMPLETE]
+            except Exception:  # the database is being created
+                continue
+            if len(done) >= 2:
+                break
+    assert process.poll() is None, f"the search ended before it could be killed: {process.stderr.read().decode()[-500:]}"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {t.number: t.user_attrs["key"] for t in _completed(out / "search.db")
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    resumed = run_cli("search", "--target", "host", "--latency-budget-ms", "0.01", "--resume", str(out),
+                      "--finetune", "1", "--method", "mse", "--trials", "12", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _completed(out / "search.db")
+    after = {t.number: t.user_attrs["key"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(after[n] == key for n, key in before.items())  # nothing finished was lost or redone
+    assert len(set(after.values())) == len(after)
+    assert sum(t.state == optuna.trial.TrialState.FAIL for t in trials) <= 1
+    assert json.loads(resumed.stdout)["trials"] == len(after)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"latency_budget_ms": 0}, "--latency-budget-ms must be positive"),
+    ({"strategy": "random"}, "unknown strategy"),
+    ({"max_accuracy_drop": -1}, "--max-accuracy-drop"),
+])
+def test_bad_requests_are_refused(changes, message):
+    with pytest.raises(BadInput, match=message):
+        SearchRequest(**{"target": "host", "latency_budget_ms": 1.0, **changes})
+
+
+def test_bad_search_input_is_one_line(tmp_path, demo_onnx_file):
+    cases = [
+        (["--model", str(demo_onnx_file)], "prunes PyTorch models"),
+        (["--resume", str(tmp_path / "missing")], "no such run directory"),
+        (["--model", "examples.encoder:build"], "needs data"),
+    ]
+    for extra, message in cases:
+        result = run_cli("search", "--target", "host", "--latency-budget-ms", "1", "--out", str(tmp_path / "x"), *extra)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_existing_search_is_not_overwritten(greedy_run):
+    out, _ = greedy_run
+    result = run_cli("search", "--target", "host", "--latency-budget-ms", "1", "--out", str(out))
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_onnx_file(tmp_path_factory):
+    from edgekit import graph
+    from edgekit.models import load_model
+
+    return graph.export_onnx(load_model(None), tmp_path_factory.mktemp("onnx") / "demo.onnx")
