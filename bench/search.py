@@ -2,13 +2,16 @@
 (../shared/BENCH.md).
 
 Per model, the fp32 engine's p50 L is measured first; the budgets are five latencies from 0.8·L down
-to L/5. For each budget, `edgekit search` (greedy, its defaults) and uniform pruning (every group the
+to L/4 (between L and L/5). For each budget, `edgekit search` (greedy, its defaults) and uniform pruning (every group the
 same keep ratio, the largest whose predicted latency meets the budget, distilled for the same time,
 then int8 with edgekit's calibration). NNCF `nncf.quantize` (defaults) and fp32 are one point each.
 At the end every engine is timed interleaved in one loop (40 rounds × 50 inferences): per-round
 ratios to fp32, median, min and max. Accuracy on the test split, which the search never sees.
 
-    .venv/bin/python bench/search.py [--only resnet] [--budgets 0.8,0.6,0.45,0.3,0.2] [--time-limit 600]
+    .venv/bin/python bench/search.py [--only resnet] [--budgets 0.8,0.6,0.45,0.33,0.25] [--time-limit 600]
+
+The first search pays for the model's sensitivity analysis; the later ones reuse it (same model, same
+device), so their wall times are the walk, the closed loop and the final build.
 
 Writes bench/results/search.json and bench/results/search.md.
 """
@@ -16,6 +19,7 @@ Writes bench/results/search.json and bench/results/search.md.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +38,7 @@ from edgekit.plan import PrecisionPlan
 from edgekit.search import evaluate
 from edgekit.search.loop import SearchRequest, search
 from edgekit.search.space import build_space, example_tensors
+from edgekit.search_report import write_search_report
 from edgekit.targets import load_target
 
 
@@ -79,16 +84,21 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
     fp32_p50 = float(np.median(block(engines["fp32"], feed, 500)))
     (work / "nncf").mkdir()
     engines["NNCF int8 (defaults)"] = _load(nncf_int8(onnx_path, splits.calibration, work / "nncf", best=False), args.threads)
-    model_cost = cost.CostModel(host)
     rows: dict[str, dict] = {"fp32": {}, "NNCF int8 (defaults)": {}}
+    first, searches = None, {}
     for fraction in args.budgets:
         budget = fraction * fp32_p50
         name = f"edgekit, budget {budget:.3f} ms ({fraction:.2f}·fp32)"
+        out = work / f"search-{fraction}"
+        if first is not None:  # the same model on the same device: its sensitivity analysis is reused
+            shutil.copytree(first / "sensitivity", out / "sensitivity")
+            shutil.copy(first / "model.onnx", out / "model.onnx")
         started = time.monotonic()
         result = search(SearchRequest(target="host", latency_budget_ms=budget, model=spec, data=DATA,
-                                      out=work / f"search-{fraction}", time_limit_s=args.time_limit,
-                                      final_finetune_s=args.finetune))
+                                      out=out, time_limit_s=args.time_limit, final_finetune_s=args.finetune))
+        first = first or out
         wall = time.monotonic() - started
+        searches[name] = (out, result, fraction)
         xml = Path(result["chosen"]["run_dir"]) / "model.xml"
         engines[name] = _load(xml, args.threads)
         rows[name] = {"budget_ms": budget, "search_s": wall, "trials": result["trials"],
@@ -98,6 +108,7 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
         uname = f"uniform + int8, budget {budget:.3f} ms"
         udir = work / f"uniform-{fraction}"
         udir.mkdir()
+        model_cost = cost.CostModel(host)  # with what the searches taught it about this model
         uxml, info = uniform(loaded, splits, onnx_path, budget, model_cost, args.finetune, udir)
         engines[uname] = _load(uxml, args.threads)
         rows[uname] = {"budget_ms": budget, **info}
@@ -115,9 +126,19 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
             row["ratio_over_fp32"] = {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r))}
         if "budget_ms" in row:
             row["met"] = row["latency_ms"]["p50"] <= row["budget_ms"]
+        row["validation_accuracy"] = float(np.mean(_top1(engine, splits.validation) == np.asarray(splits.validation.labels)))
     base = rows["fp32"]["accuracy"]
     for row in rows.values():
         row["accuracy_drop_pt"] = 100 * (base - row["accuracy"])
+    for name, (out, result, fraction) in searches.items():  # each search's report.html, with the peers measured here
+        budget = rows[name]["budget_ms"]
+        peers = [{"name": peer if peer != f"uniform + int8, budget {budget:.3f} ms" else "uniform + int8",
+                  "latency_ms": rows[peer]["latency_ms"]["p50"], "accuracy": rows[peer]["validation_accuracy"], "kind": "measured"}
+                 for peer in ("fp32", "NNCF int8 (defaults)", f"uniform + int8, budget {budget:.3f} ms")]
+        page = write_search_report(out, result, peers)
+        if fraction == args.report_budget:
+            args.out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(page, args.out / "search-report.html")
     return {"model": label, "spec": spec, "fp32_p50_ms": fp32_p50, "test_samples": len(test), "rows": rows}
 
 
@@ -150,7 +171,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     timing_args(parser)
     parser.set_defaults(only="resnet")
-    parser.add_argument("--budgets", default="0.8,0.6,0.45,0.3,0.2", help="Budgets as fractions of the fp32 p50.")
+    parser.add_argument("--budgets", default="0.8,0.6,0.45,0.33,0.25", help="Budgets as fractions of the fp32 p50.")
+    parser.add_argument("--report-budget", type=float, default=0.33,
+                        help="Copy this budget's report.html (Pareto front, per-layer plan) to the results.")
     parser.add_argument("--time-limit", type=float, default=600.0, help="Each search's time limit (s).")
     parser.add_argument("--finetune", type=float, default=60.0, help="Distillation of each chosen model (s).")
     args = parser.parse_args()

@@ -68,7 +68,12 @@ def deploy(
     bias_correction: BiasCorrection = True,
     equalization: Equalization = "auto",
     backend: Annotated[str | None, typer.Option(help="Build with this backend instead of the target's.")] = None,
-    latency_budget_ms: Annotated[float | None, typer.Option(help="Say whether the measured p50 meets this budget.")] = None,
+    latency_budget_ms: Annotated[float | None, typer.Option(help="p50 latency to meet, in ms: a PyTorch model is searched "
+                                                                 "(pruned and quantized) to meet it first; otherwise say whether it is met.")] = None,
+    search_first: Annotated[bool, typer.Option("--search/--no-search", help="With --latency-budget-ms: run the search first (PyTorch models).")] = True,
+    max_accuracy_drop: Annotated[float, typer.Option(help="With the search: largest validation accuracy loss allowed, in points.")] = 1.0,
+    flash_budget_mb: Annotated[float | None, typer.Option(help="With the search: the shipped files, compressed, must fit in this many MB.")] = None,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="With the search: stop walking after this many seconds.")] = 600.0,
     repeats: Annotated[int, typer.Option(help="Timed inferences (at least; and at least 1 s).")] = 100,
     warmup: Annotated[int, typer.Option(help="Warm-up inferences (at least; and at least 200 ms).")] = 10,
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
@@ -77,11 +82,27 @@ def deploy(
     targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Load → export → build → profile → report, on the target's own runtime."""
+    """Load → export → build → profile → report, on the target's own runtime; with a latency budget,
+    the search (`edgekit search`) finds the model to build first."""
     from edgekit.calibrate.run import CalibrationOptions
-    from edgekit.deploy import DeployRequest
+    from edgekit.deploy import DeployRequest, searchable
     from edgekit.deploy import deploy as run_deploy
 
+    if latency_budget_ms is not None and search_first and searchable(model):
+        if precision is not None or plan is not None:
+            from edgekit.errors import BadInput
+
+            raise BadInput("with --latency-budget-ms the search chooses each layer's precision: "
+                           "drop --precision/--plan, or pass --no-search to only check the budget")
+        search(target=target, latency_budget_ms=latency_budget_ms, model=model, data=data, out_dir=out_dir,
+               max_accuracy_drop=max_accuracy_drop, flash_budget_mb=flash_budget_mb, time_limit=time_limit,
+               backend=backend, method=method,
+               threads=threads, targets_dir=targets_dir, as_json=as_json)
+        return
+    if flash_budget_mb is not None:
+        from edgekit.errors import BadInput
+
+        raise BadInput("--flash-budget-mb is met by the search: give --latency-budget-ms too, with a PyTorch model")
     request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision=precision, backend=backend,
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
                             latency_budget_ms=latency_budget_ms, plan_file=plan,
@@ -103,6 +124,8 @@ def search(
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data: split into calibration, validation and test.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-search-TIME).")] = None,
     memory_budget_mb: Annotated[float | None, typer.Option(help="Weights + peak activations must fit in this many MB.")] = None,
+    flash_budget_mb: Annotated[float | None, typer.Option(help="The shipped engine's files, compressed, must fit in this many MB "
+                                                               "(sparsity and weight sharing, measured).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="Largest validation accuracy loss allowed, in points.")] = 1.0,
     strategy: Annotated[str, typer.Option(help="greedy (NetAdapt-style, default) or nsga (Optuna NSGA-II).")] = "greedy",
     trials: Annotated[int, typer.Option(help="Evaluate at most this many candidates.")] = 200,
@@ -123,7 +146,8 @@ def search(
     from edgekit.search.loop import search as run_search
 
     request = SearchRequest(target=target, latency_budget_ms=latency_budget_ms, model=model, data=data, out=out_dir,
-                            memory_budget_mb=memory_budget_mb, max_accuracy_drop=max_accuracy_drop, strategy=strategy,
+                            memory_budget_mb=memory_budget_mb, flash_budget_mb=flash_budget_mb,
+                            max_accuracy_drop=max_accuracy_drop, strategy=strategy,
                             trials=trials, time_limit_s=time_limit, resume=resume, storage=storage, backend=backend,
                             final_finetune_s=finetune, calibration=CalibrationOptions(method),
                             settings=ProfileSettings(threads=threads), targets_dir=tuple(targets_dir or ()))
@@ -143,6 +167,11 @@ def _print_search(result: dict) -> None:
                   (f" · {lat['measured']:.3f} ms measured" if lat["measured"] is not None else " (not measured: the device is not here)"))
     if acc["test"] is not None:
         table.add_row("accuracy (test)", f"{acc['test']:.4f}  (original {acc['test_original']:.4f}, drop {acc['test_drop_pt']:+.2f} pt)")
+    if result.get("flash"):
+        f = result["flash"]
+        table.add_row("flash (measured)", f"{f['compressed_mb']:.3f} MB compressed of {f['raw_mb']:.3f} MB, budget {f['budget_mb']} MB: "
+                      f"{'met' if f['met'] else 'MISSED'}; sparsity {f['action']['sparsity']:.0%}"
+                      + (f", {f['action']['clusters']} shared values per layer" if f["action"]["clusters"] else ""))
     table.add_row("channels kept", ", ".join(f"{g} {k}" for g, k in result["chosen"]["keep"].items()))
     planned = result["chosen"]["precision"] or {}
     table.add_row("precision", f"{sum(p == 'int8' for p in planned.values())} of {len(planned)} layers int8")

@@ -41,6 +41,10 @@ FEATURES = ("sum_ms", "units", "transitions", "transitions_m", "one")
 # the observations leave open (e.g. b and c when every candidate has as many units).
 PRIOR_SCALE = {"sum_ms": 1.0, "units": 0.05, "transitions": 0.05, "transitions_m": 0.5, "one": 0.5}
 PRIOR_WEIGHT = 0.1
+# Lower bounds: a model cannot run its kernels in much less than the time they take alone, so noisy
+# observations (a loaded machine) must not fit a model in which the kernels' time counts for nothing
+# (a = 0 makes every pruned candidate look as fast as the original, and the search stops pruning).
+LOWER = {"sum_ms": 0.5, "units": 0.0, "transitions": 0.0, "transitions_m": 0.0, "one": 0.0}
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,9 @@ def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def fit_calibration(observations: list[dict], prior: np.ndarray) -> np.ndarray:
     """Coefficients of FEATURES from whole-model observations ({"features", "measured_ms"}):
-    non-negative least squares on relative errors (a 10 % miss weighs the same on a small and a large
-    model), each coefficient held near the prior by PRIOR_WEIGHT observations' worth per PRIOR_SCALE.
+    least squares on relative errors (a 10 % miss weighs the same on a small and a large model), each
+    coefficient at least its LOWER bound and held near the prior by PRIOR_WEIGHT observations' worth
+    per PRIOR_SCALE.
     Fewer than MIN_OBSERVATIONS: the prior itself. Only the latest MAX_OBSERVATIONS count: the table
     outlives a search, the runtime's behaviour between kernels may drift."""
     rows = [o for o in observations if o.get("measured_ms", 0) > 0 and all(f in o.get("features", {}) for f in FEATURES)]
@@ -109,9 +114,10 @@ def fit_calibration(observations: list[dict], prior: np.ndarray) -> np.ndarray:
     x = np.array([[o["features"][f] for f in FEATURES] for o in rows])
     y = np.array([o["measured_ms"] for o in rows])
     scale = np.array([PRIOR_SCALE[f] for f in FEATURES]) / np.sqrt(PRIOR_WEIGHT)
+    lower = np.array([LOWER[f] for f in FEATURES])
     a = np.vstack([x / y[:, None], np.diag(1 / scale)])
-    target = np.concatenate([np.ones(len(y)), np.asarray(prior) / scale])
-    return _nnls(a, target)
+    target = np.concatenate([np.ones(len(y)), np.asarray(prior) / scale]) - a @ lower
+    return lower + _nnls(a, target)  # solved for the excess over the lower bounds, which is ≥ 0
 
 
 class CostModel:

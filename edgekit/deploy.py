@@ -54,6 +54,12 @@ class DeployRequest:
             raise BadInput(f"--latency-budget-ms must be positive, got {self.latency_budget_ms}")
 
 
+def searchable(spec: str | None) -> bool:
+    """Whether `deploy --latency-budget-ms` can search this model (prune it): PyTorch models (a factory,
+    TorchScript, an ExportedProgram, the demo) can, an ONNX file cannot (its budget is only checked)."""
+    return spec is None or Path(spec).suffix.lower() != ".onnx"
+
+
 def default_run_dir(model: LoadedModel, target: Target) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{model.name}-{target.name}-{stamp}"

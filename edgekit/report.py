@@ -13,6 +13,9 @@ from pathlib import Path
 from edgekit.util import atomic_write_text, write_json
 
 RUNTIME_PACKAGES = ("edgekit", "torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy")
+CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
+th{background:#f3f3f3}"""
 
 
 def versions() -> dict[str, str]:
@@ -44,6 +47,13 @@ def _layer_chart(layers: list[dict], title: str) -> str:
     ax.set_xlabel("time per inference (µs), median over profiled runs (runtime profiler on)")
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="y", labelsize=7)
+    return png_base64(fig)
+
+
+def png_base64(fig) -> str:
+    """A matplotlib figure as base64 PNG, closed after, so reports are one self-contained file."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -51,7 +61,7 @@ def _layer_chart(layers: list[dict], title: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _rows(pairs: list[tuple[str, object]]) -> str:
+def html_rows(pairs: list[tuple[str, object]]) -> str:
     return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
 
 
@@ -90,14 +100,12 @@ def render_html(report: dict) -> str:
         f"<td>{html.escape(layer['exec_type'])}</td><td>{layer['time_ms'] * 1e3:.1f}</td></tr>"
         for layer in layers
     )
-    versions_rows = _rows(list(report.get("versions", {}).items()))
+    versions_rows = html_rows(list(report.get("versions", {}).items()))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgekit report: {html.escape(report['target']['name'])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}}
-th{{background:#f3f3f3}}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>edgekit deploy: {html.escape(report['model']['name'])} → {html.escape(report['target']['name'])}</h1>
-<table>{_rows(summary)}</table>
+<table>{html_rows(summary)}</table>
 {chart}
 {'<h2>Layers</h2><table><tr><th>layer</th><th>op</th><th>kernel</th><th>µs</th></tr>' + table + '</table>' if table else ''}
 <h2>Versions</h2><table>{versions_rows}</table>

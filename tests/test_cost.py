@@ -114,6 +114,25 @@ def test_table_measures_each_configuration_once_then_reads_the_cache(tmp_path, c
     assert reopened.layer_ms(conv1, "int8") == first and reopened.measurements == 0  # from the cache
 
 
+def test_units_timed_under_other_load_are_scaled_to_the_tables_reference(tmp_path, cache):
+    """A unit timed while the machine runs slower than when the table was begun is stored in the table's
+    units: its time divided by how much slower the reference model runs now."""
+    host = load_target("host")
+    conv1 = next(layer for layer in _residual_net(tmp_path / "m.onnx") if layer.name == "conv1")
+    table = LatencyTable(host, "openvino", runs=6)
+    plain = table.layer_ms(conv1, "fp32")
+    stored = json.loads(table.path.read_text())
+    assert stored["reference"]["ms"] > 0 and stored["entries"][table.key(fusion.Unit(conv1), "fp32")]["load"] > 0
+    # the same unit measured again in a table whose reference was timed on a machine twice as fast
+    doubled = {**stored, "entries": {}, "reference": {"ms": stored["reference"]["ms"] / 2}}
+    table.path.write_text(json.dumps(doubled))
+    again = LatencyTable(host, "openvino", runs=6)
+    scaled = again.layer_ms(conv1, "fp32")
+    entry = json.loads(again.path.read_text())["entries"][again.key(fusion.Unit(conv1), "fp32")]
+    assert entry["load"] > 1.2  # the reference now looks more than 1.2x slower than "then"
+    assert scaled < 0.8 * plain and scaled == pytest.approx(entry["ms"])
+
+
 def test_cache_is_keyed_by_target_runtime_and_version(cache):
     host = load_target("host")
     ov_table, ort_table = LatencyTable(host, "openvino"), LatencyTable(host, "onnxruntime")
@@ -197,6 +216,18 @@ def test_fit_falls_back_to_the_prior_below_three_observations():
     one = [{"features": {"sum_ms": 1.0, "units": 10, "transitions": 0, "transitions_m": 0.0, "one": 1.0}, "measured_ms": 5.0}]
     assert np.allclose(cost.fit_calibration(one * 2, prior), prior)
     assert np.all(cost.fit_calibration(one * 3, prior) >= 0)
+
+
+def test_noisy_observations_cannot_fit_away_the_kernels_time(monkeypatch):
+    """Whole-model times that do not follow the table (a loaded machine) would fit a = 0, so every pruned
+    candidate would look as fast as the original; a stays at least LOWER["sum_ms"]."""
+    prior = np.array([1.0, 0.01, 0.0, 0.0, 0.1])
+    rows = [{"features": {"sum_ms": s, "units": 10, "transitions": 0, "transitions_m": 0.0, "one": 1.0}, "measured_ms": m}
+            for s, m in ((0.4, 0.5), (0.2, 0.52), (0.1, 0.49), (0.3, 0.5), (0.25, 0.51), (0.15, 0.5))]
+    coefficients = cost.fit_calibration(rows, prior)
+    assert coefficients[0] == pytest.approx(cost.LOWER["sum_ms"]) and np.all(coefficients >= 0)
+    monkeypatch.setitem(cost.LOWER, "sum_ms", 0.0)
+    assert cost.fit_calibration(rows, prior)[0] < 0.45  # what the bound prevents
 
 
 def test_memory_model_sums_weights_and_the_activations_alive_at_once(tmp_path):

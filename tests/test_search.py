@@ -63,6 +63,8 @@ def test_greedy_search_builds_measures_and_reports_against_the_budget(greedy_run
     report = json.loads((round_dir / "report.json").read_text())
     assert report["status"] == "complete" and (round_dir / "model.xml").exists()
     assert report["precision"]["planned"] == chosen["precision"]
+    page = (out / "report.html").read_text()  # the search's own report: Pareto front and per-layer plan
+    assert page.count("data:image/png;base64,") == 2 and "latency (measured)" in page
     acc = result["accuracy"]
     assert acc["test"] is not None and acc["within_max_drop"] == \
         (acc["validation"] >= acc["validation_original"] - result["budget"]["max_accuracy_drop_pt"] / 100 - 1e-9)
@@ -156,6 +158,45 @@ def test_an_existing_search_is_not_overwritten(greedy_run):
     out, _ = greedy_run
     result = run_cli("search", "--target", "host", "--latency-budget-ms", "1", "--out", str(out))
     assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_a_flash_budget_is_met_by_sparsity_and_weight_sharing_as_measured(tmp_path):
+    """--flash-budget-mb: the shipped engine's files, compressed, measured after each rung of the ladder.
+    The demo's int8 engine is about 0.054 MB compressed; 0.03 MB needs about 70 % zeros."""
+    from edgekit.compress.shrink import stored_size
+
+    budget = 0.03
+    request = SearchRequest(target="host", latency_budget_ms=50.0, out=tmp_path, flash_budget_mb=budget,
+                            **{**FAST, "time_limit_s": 0.01, "final_finetune_s": 3.0})
+    found = search(request)
+    flash = found["flash"]
+    assert flash["ladder"][0]["sparsity"] == 0 and flash["ladder"][0]["compressed_mb"] > budget  # the dense one does not fit
+    shipped = stored_size([tmp_path / "round-1" / "model.xml", tmp_path / "round-1" / "model.bin"])
+    assert flash["kind"] == "measured" and flash["compressed_mb"] == pytest.approx(shipped.compressed_mb, rel=1e-4)
+    assert flash["met"] and flash["compressed_mb"] <= budget and found["budget"]["met"]
+    assert flash["action"]["sparsity"] > 0 and found["budget"]["flash_mb"] == budget
+    assert found["accuracy"]["test"] is not None
+
+
+def test_deploy_with_a_latency_budget_searches_first(tmp_path, demo_onnx_file):
+    """`deploy --latency-budget-ms` on a PyTorch model is the search (here stopped at once by its time
+    limit, so the original model is built and measured); on an ONNX file it only checks the budget."""
+    result = run_cli("deploy", "--target", "host", "--latency-budget-ms", "50", "--time-limit", "0.01",
+                     "--method", "mse", "--out", str(tmp_path / "searched"), "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found == json.loads((tmp_path / "searched" / "search.json").read_text())
+    assert found["budget"]["judged_on"] == "measured" and found["budget"]["met"]
+    assert (tmp_path / "searched" / "round-1" / "model.xml").exists()
+    checked = run_cli("deploy", "--target", "host", "--model", str(demo_onnx_file), "--latency-budget-ms", "50",
+                      "--out", str(tmp_path / "checked"), "--json", "--repeats", "20", "--duration", "0.2")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["budget"]["latency_ms"] == 50 and not (tmp_path / "checked" / "search.json").exists()
+    both = run_cli("deploy", "--target", "host", "--latency-budget-ms", "50", "--precision", "int8")
+    assert both.returncode == 2 and "--no-search" in both.stderr and "Traceback" not in both.stderr
+    flash_alone = run_cli("deploy", "--target", "host", "--flash-budget-mb", "1")
+    assert flash_alone.returncode == 2 and "--latency-budget-ms" in flash_alone.stderr
+    assert len(flash_alone.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from edgekit.search.study import Evaluation, Trials
 
-STEPS = 8  # the latency gap to the budget is closed in about this many slices
+STEPS = 6  # the latency gap to the budget is closed in about this many slices
 MIN_SLICE = 0.02  # … but a slice is at least this fraction of the current latency
 
 
@@ -105,20 +105,21 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
                          f"{latency:.3f} ms predicted, accuracy {evaluation.accuracy:.4f}")
             else:
                 module = None  # replayed from storage: rebuilt only if chosen
-            saved = state.latency_ms - evaluation.latency_ms if state.latency_ms > budget.latency_ms else state.memory_mb - memory
+            # the latency predicted now, not the stored one: the cost model may have learnt since (closed loop)
+            saved = state.latency_ms - latency if state.latency_ms > budget.latency_ms else state.memory_mb - memory
             if saved > 0:
                 proposals.append((max(state.accuracy - evaluation.accuracy, 0.0) / saved, -evaluation.accuracy,
-                                  group.name, group, candidate, module, evaluation, memory))
+                                  group.name, group, candidate, module, evaluation, latency, memory))
         if not proposals:
             return state, "exhausted"
         allowed = [p for p in proposals if p[6].accuracy >= floor_accuracy]
         if not allowed:  # every move left would cost more accuracy than allowed
             return state, "accuracy"
-        *_, group, candidate, module, evaluation, memory = min(allowed, key=lambda p: p[:3])
+        *_, group, candidate, module, evaluation, latency, memory = min(allowed, key=lambda p: p[:3])
         if module is None:  # replay: the same seeded pruning and fine-tune give the same weights
             module = walk.prune(state.module, {group.name: kept(candidate, group)})
             walk.finetune(module)
-        state = State(candidate, module, evaluation.latency_ms, memory, evaluation.accuracy, state.step + 1)
+        state = State(candidate, module, latency, memory, evaluation.accuracy, state.step + 1)
     return state, "met"
 
 

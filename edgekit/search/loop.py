@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgekit import cost, graph
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.data import load_data, split
@@ -28,17 +30,20 @@ from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings
 from edgekit.search import evaluate, greedy, nsga
 from edgekit.search.study import Evaluation, Trials
+from edgekit.search_report import write_search_report
 from edgekit.targets import load_target
 from edgekit.util import write_json
 
 STRATEGIES = ("greedy", "nsga")
 MAX_ROUNDS = 4  # closed-loop rounds: build, measure, tighten
-STEP_FINETUNE_S = 8.0  # distillation of each proposal
+STEP_FINETUNE_S = 5.0  # distillation of each proposal
 # A proposal's accuracy after its short distillation understates what the chosen candidate's longer one
 # recovers (measured on the ResNet-like: 0.979 after 10 s, 0.988 after 30 s, 0.992 unpruned), so the
 # walk may go this far below the allowed drop; the final accuracy is measured and reported as it is.
 WALK_SLACK_PT = 3.0
 FINAL_FINETUNE_S = 60.0  # distillation of the chosen candidate before it is built
+BUILD_RESERVE_S = 30.0  # export, calibration, build and measurement of a candidate, about
+TIGHTEN_MARGIN = (0.03, 0.15)  # after a miss, the walk aims this far below the budget at least / at most
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class SearchRequest:
     data: str | None = None
     out: Path | None = None
     memory_budget_mb: float | None = None
+    flash_budget_mb: float | None = None  # the shipped engine's files, compressed (edgekit.compress.shrink)
     max_accuracy_drop: float = 1.0  # points of validation accuracy below the original model
     strategy: str = "greedy"
     trials: int = 200
@@ -65,8 +71,9 @@ class SearchRequest:
     def __post_init__(self) -> None:
         if not self.latency_budget_ms > 0:
             raise BadInput(f"--latency-budget-ms must be positive, got {self.latency_budget_ms}")
-        if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
-            raise BadInput(f"--memory-budget-mb must be positive, got {self.memory_budget_mb}")
+        for option, value in (("--memory-budget-mb", self.memory_budget_mb), ("--flash-budget-mb", self.flash_budget_mb)):
+            if value is not None and not value > 0:
+                raise BadInput(f"{option} must be positive, got {value}")
         if self.strategy not in STRATEGIES:
             raise BadInput(f"unknown strategy '{self.strategy}' (known: {', '.join(STRATEGIES)})")
         if self.trials < 1 or self.time_limit_s <= 0:
@@ -108,7 +115,10 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     from edgekit.search import space as spaces
 
     started = time.monotonic()
+    # --time-limit bounds the whole search: the walk stops early enough for the chosen candidate's
+    # distillation, build and measurement (a round starts only if one fits)
     deadline = started + request.time_limit_s
+    walk_deadline = deadline - request.final_finetune_s - BUILD_RESERVE_S
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
     loaded = load_model(request.model)
@@ -180,7 +190,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     walk_budget = budget
     for number in range(MAX_ROUNDS):
         progress(f"round {number + 1}: walking to {walk_budget.latency_ms:.3f} ms (predicted)")
-        state, stopped = strategy.run(walk, state if strategy is greedy else start, walk_budget, trials, deadline=deadline,
+        state, stopped = strategy.run(walk, state if strategy is greedy else start, walk_budget, trials, deadline=walk_deadline,
                                       max_trials=request.trials, floor_accuracy=floor, progress=progress)
         built = _build_and_measure(state, loaded, teacher, samples, splits, request, target, run_dir / f"round-{number + 1}",
                                    reference, progress, distill, deploy, DeployRequest, accuracy)
@@ -196,14 +206,26 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
             trials.record(Evaluation("measured:" + state.candidate.key(), state.candidate.as_dict(), round_.measured_ms,
                                      "measured", state.accuracy, {"round": number + 1, "predicted_ms": state.latency_ms}))
         if round_.measured_ms is None or round_.measured_ms <= request.latency_budget_ms or not (stopped == "met" or strategy is nsga) \
-                or time.monotonic() > deadline:
+                or time.monotonic() > walk_deadline:
             break
-        # Missed on the device: tighten the walk's budget by the miss and go on from here.
-        walk_budget = dataclasses.replace(walk_budget, latency_ms=walk_budget.latency_ms * request.latency_budget_ms / round_.measured_ms)
+        # Missed on the device. The cost model has learnt from the measurement; predict the candidate again
+        # and go on from it, aiming below the budget by what the model still misses it by, or by its error.
+        state.latency_ms, state.memory_mb = predict(state.candidate, state.module)
+        walk_budget = dataclasses.replace(walk_budget, latency_ms=tightened(request.latency_budget_ms, state.latency_ms,
+                                                                            round_.measured_ms, model_cost.errors()))
     result = _result(request, target, backend_name, loaded, splits, teacher, base_accuracy, rounds, trials, model_cost,
                      started, run_dir, space)
     write_json(run_dir / "search.json", result)
+    write_search_report(run_dir, result)
     return result
+
+
+def tightened(budget_ms: float, predicted_ms: float, measured_ms: float, errors: list[dict]) -> float:
+    """The walk's next latency goal after a candidate predicted at `predicted_ms` (by the model that has
+    now seen it) measured `measured_ms` > budget: below the budget by the model's remaining miss on that
+    candidate, and at least by its typical error on this search's measured candidates (within 3-15 %)."""
+    typical = float(np.clip(np.median([abs(e["error"]) for e in errors]) if errors else TIGHTEN_MARGIN[1], *TIGHTEN_MARGIN))
+    return budget_ms * min(1.0 - typical, predicted_ms / measured_ms)
 
 
 def _calibrate_cost(model_cost, run_dir: Path, loaded, teacher, samples, space, plan: PrecisionPlan, reference,
@@ -296,13 +318,56 @@ def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchR
     names = evaluate.rename_by_order(reference, graph.layer_table(onnx_path))
     precisions = {ours: candidate.precision.get(theirs, candidate.default_precision) for ours, theirs in names.items()}
     plan = PrecisionPlan(candidate.default_precision, precisions)
+    flash = None
+    if request.flash_budget_mb is not None:
+        flash = _shrink(pruned, teacher, samples, splits, plan, request, folder, progress, deploy, DeployRequest)
+        module = flash.module
+        pruned = dataclasses.replace(pruned, module=module.eval(), spec=f"{pruned.spec}#{flash.action.as_dict()}")
+        onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
     progress("building and measuring the candidate on the device" if target.local else "building the candidate")
     deploy_request = DeployRequest(target=request.target, out=folder, backend=request.backend,
                                    latency_budget_ms=request.latency_budget_ms, measure=target.local,
                                    calibration=request.calibration, settings=request.settings,
                                    targets_dir=request.targets_dir)
     report = deploy(deploy_request, model=pruned, samples=samples, plan=plan)  # deploy splits it the same way
+    if flash is not None:
+        from edgekit.compress.shrink import stored_size
+
+        size = stored_size(_shipped_files(report, folder))
+        report["flash"] = {"budget_mb": request.flash_budget_mb, "compressed_mb": round(size.compressed_mb, 6),
+                           "raw_mb": round(size.raw_mb, 6), "met": size.compressed_mb <= request.flash_budget_mb,
+                           "kind": "measured", "how": "the shipped engine's files, each xz-compressed",
+                           "action": flash.action.as_dict(), "ladder": [
+                               {**step.action.as_dict(), "compressed_mb": round(step.compressed_mb, 6), "met": step.met}
+                               for step in flash.steps]}
     return _Built(report, onnx_path, precisions, accuracy(module))
+
+
+def _shipped_files(report: dict, folder: Path) -> list[Path]:
+    """The files a bundle ships: the engine's, or the ONNX handed to the vendor's tool where nothing was built here."""
+    files = [folder / name for name in report.get("artifacts", {}).get("engine_files", [])]
+    return files or [folder / report["artifacts"].get("qdq_onnx", "model.onnx")]
+
+
+def _shrink(pruned, teacher, samples, splits, plan: PrecisionPlan, request: SearchRequest, folder: Path, progress,
+            deploy, DeployRequest):
+    """Sparsity and weight sharing until the shipped files, built as they will ship (the candidate's
+    plan, calibrated), fit `--flash-budget-mb` compressed: each rung of the ladder built and measured."""
+    from edgekit.compress.shrink import shrink_to_flash
+
+    tries = iter(range(1, 1000))
+
+    def export(module) -> list[Path]:
+        sub = folder / "flash" / f"try-{next(tries)}"
+        model = dataclasses.replace(pruned, module=module.eval(), spec=f"{pruned.spec}#flash")
+        report = deploy(DeployRequest(target=request.target, out=sub, backend=request.backend, measure=False,
+                                      calibration=CalibrationOptions(method="mse", equalization="off"),
+                                      targets_dir=request.targets_dir), model=model, samples=samples, plan=plan)
+        return _shipped_files(report, sub)
+
+    progress(f"shrinking the stored model to {request.flash_budget_mb} MB (sparsity, then weight sharing)")
+    return shrink_to_flash(pruned.module, teacher, splits.calibration.inputs, export, request.flash_budget_mb,
+                           seconds=request.final_finetune_s)
 
 
 def _result(request: SearchRequest, target, backend_name: str, loaded, splits, teacher, base_accuracy: float,
@@ -315,12 +380,15 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
     latency = last.report.get("latency_ms", {})
     judged = last.measured_ms if last.measured_ms is not None else latency.get("p50")
     groups = {g.name: g.channels for g in space.groups}
+    flash = last.report.get("flash")
     return {
         "target": target.name, "backend": backend_name, "model": loaded.spec, "strategy": request.strategy,
         "budget": {"latency_ms": request.latency_budget_ms, "memory_mb": request.memory_budget_mb,
                    "max_accuracy_drop_pt": request.max_accuracy_drop,
-                   "met": judged is not None and judged <= request.latency_budget_ms,
+                   "flash_mb": request.flash_budget_mb,
+                   "met": judged is not None and judged <= request.latency_budget_ms and (flash is None or flash["met"]),
                    "judged_on": "measured" if last.measured_ms is not None else "predicted"},
+        "flash": flash,
         "latency_ms": {"predicted": last.predicted_ms, "measured": last.measured_ms, "report": latency},
         "accuracy": {"validation": last.accuracy_validation, "validation_original": base_accuracy,
                      "within_max_drop": last.accuracy_validation >= base_accuracy - request.max_accuracy_drop / 100 - 1e-9,
@@ -335,5 +403,7 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
         "cost_model": {"source": model_cost.source, "calibration": model_cost.calibration, "errors": model_cost.errors(),
                        "mean_abs_error": model_cost.mean_abs_error()},
         "trials": len(trials), "pareto": [dataclasses.asdict(e) for e in trials.pareto()],
+        "trials_all": [{"key": e.key, "latency_ms": e.latency_ms, "latency_kind": e.latency_kind, "accuracy": e.accuracy}
+                       for e in trials.evaluations()],
         "seconds": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
     }
