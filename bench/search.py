@@ -36,7 +36,7 @@ from edgekit.data import load_data, split
 from edgekit.models import load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.search import evaluate
-from edgekit.search.loop import SearchRequest, search
+from edgekit.search.loop import SearchRequest, final_inputs, search
 from edgekit.search.space import build_space, example_tensors
 from edgekit.search_report import write_search_report
 from edgekit.targets import load_target
@@ -60,7 +60,7 @@ def uniform(loaded, splits, onnx_path: Path, budget_ms: float, model_cost, finet
         if predicted <= budget_ms:
             break
     ratio, candidate, module, predicted = chosen
-    distill(module, loaded.module, splits.calibration.inputs, seconds=finetune_s, seed=0)
+    distill(module, loaded.module, final_inputs(splits), seconds=finetune_s, seed=0)  # as the search's final one
     pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#uniform{ratio:.2f}")
     pruned_onnx = graph.export_onnx(pruned, work / "model.onnx")
     result = calibrate(pruned_onnx, splits.calibration, host, PrecisionPlan("int8"), work)
@@ -104,6 +104,10 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
         rows[name] = {"budget_ms": budget, "search_s": wall, "trials": result["trials"],
                       "predicted_ms": result["latency_ms"]["predicted"], "search_measured_ms": result["latency_ms"]["measured"],
                       "cost_model_errors": [r["cost_model_error"] for r in result["rounds"]],
+                      "cost_model_all_errors": result["cost_model"]["errors"], "search_met": result["budget"]["met"],
+                      "load_factor": result["latency_ms"]["load_factor"],
+                      "search_measured_at_reference_ms": result["latency_ms"]["measured_at_reference_load"],
+                      "validation_accuracy_search": result["accuracy"]["validation"],
                       "keep": result["chosen"]["keep"], "int8_layers": sum(p == "int8" for p in (result["chosen"]["precision"] or {}).values())}
         uname = f"uniform + int8, budget {budget:.3f} ms"
         udir = work / f"uniform-{fraction}"
@@ -125,7 +129,12 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
             r = ratios[name]
             row["ratio_over_fp32"] = {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r))}
         if "budget_ms" in row:
-            row["met"] = row["latency_ms"]["p50"] <= row["budget_ms"]
+            # The budgets are fractions of the fp32 p50 measured first; this shared machine's speed drifts by up
+            # to 2x over the hour the searches take, so a budget is judged by the engine's per-round ratio to
+            # fp32 in the interleaved timing (the drift divides out): met when ratio x the first fp32 p50 <= budget.
+            row["at_first_speed_ms"] = row["ratio_over_fp32"]["median"] * fp32_p50
+            row["met"] = row["at_first_speed_ms"] <= row["budget_ms"]
+            row["met_absolute"] = row["latency_ms"]["p50"] <= row["budget_ms"]
         row["validation_accuracy"] = float(np.mean(_top1(engine, splits.validation) == np.asarray(splits.validation.labels)))
     base = rows["fp32"]["accuracy"]
     for row in rows.values():
@@ -148,21 +157,32 @@ def to_markdown(report: dict) -> str:
              f"Machine: {m['cpu']}, ISA {', '.join(m['isa'])}, {m['cores']} cores, threads {report['threads']}; "
              f"OpenVINO {m['versions'].get('openvino')}, NNCF {m['versions'].get('nncf')}. Latency: every engine timed "
              f"interleaved, {report['rounds']} rounds × {report['block']} inferences, batch 1, all measured on this machine; "
-             "ratio = engine p50 / fp32 p50 per round (median, min–max). Accuracy on the test split, never seen by the search.", ""]
+             "ratio = engine p50 / fp32 p50 per round (median, min–max). Budgets are fractions of the fp32 p50 measured at the "
+             "start; the machine is shared and its speed drifts over the run, so a budget counts as met when ratio × that first "
+             "fp32 p50 (the 'at first speed' column) is within it. Accuracy on the test split, never seen by the search.", ""]
     for r in report["results"]:
         lines += [f"## {r['model']} (fp32 p50 {r['fp32_p50_ms']:.3f} ms; {r['test_samples']} test samples)", "",
-                  "| engine | budget (ms) | p50 / p90 / p99 (ms) | met | ratio to fp32 | speed-up | test acc. | drop (pt) | search (s) | cost-model error |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| engine | budget (ms) | p50 / p90 / p99 (ms) | at first speed (ms) | met | ratio to fp32 | speed-up | test acc. | drop (pt) | search (s) | cost-model error |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, row in r["rows"].items():
             lat, ratio = row["latency_ms"], row.get("ratio_over_fp32")
             errors = ", ".join(f"{e:+.0%}" for e in row.get("cost_model_errors", []) if e is not None)
             lines.append(
-                f"| {name} | {row.get('budget_ms', float('nan')):.3f} | {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | "
+                f"| {name} | {row['budget_ms']:.3f} | " if "budget_ms" in row else f"| {name} | – | ")
+            lines[-1] += (f"{lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | "
+                + (f"{row['at_first_speed_ms']:.3f}" if "at_first_speed_ms" in row else "–") + " | "
                 f"{'yes' if row.get('met') else ('no' if 'met' in row else '–')} | "
                 + (f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1") + " | "
                 + (f"{1 / ratio['median']:.2f}×" if ratio else "1×")
                 + f" | {100 * row['accuracy']:.2f} % | {row['accuracy_drop_pt']:+.2f} | "
                 + (f"{row['search_s']:.0f}" if "search_s" in row else "–") + f" | {errors or '–'} |")
+        searched = [row for row in r["rows"].values() if "search_s" in row]
+        errors = [abs(e) for row in searched for e in row.get("cost_model_errors", []) if e is not None]
+        if searched:
+            lines += ["", f"Budgets met (measured here, interleaved): {sum(bool(row.get('met')) for row in searched)} of "
+                      f"{len(searched)}. Cost model |error| on the {len(errors)} candidates the searches built and measured: "
+                      f"mean {100 * np.mean(errors):.1f} %, max {100 * max(errors):.1f} %. Longest search: "
+                      f"{max(row['search_s'] for row in searched):.0f} s."]
         lines.append("")
     return "\n".join(lines)
 

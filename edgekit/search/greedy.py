@@ -3,8 +3,11 @@
 Each step proposes, for every prunable group, the largest kept channel count (from the group's
 aligned choices) that saves at least one slice of predicted latency; each proposal is pruned from
 the current model, fine-tuned briefly by distillation from the original, and scored on the validation
-split. The step keeps the proposal that loses the least accuracy per millisecond saved. Steps go on
-until the candidate's predicted latency (and memory) meet the budget.
+split. Precision moves compete in the same step: a layer the sensitivity analysis kept float because
+int8 costs it accuracy (though int8 is faster) may go int8, its accuracy estimated from its measured
+sensitivity (the weights do not change, so nothing is fine-tuned). The step keeps the proposal that
+loses the least accuracy per millisecond saved. Steps go on until the candidate's predicted latency
+(and memory) meet the budget.
 
 Every proposal is a trial in Optuna storage (edgekit.search.study). The walk is deterministic given
 its evaluations (seeded pruning and fine-tuning), so a resumed search replays the steps from storage,
@@ -49,13 +52,20 @@ class Walk:
     """The moves the strategy needs, given by the search loop (so this module stays about the walk)."""
 
     def __init__(self, *, groups: list, choices: dict[str, tuple[int, ...]],
-                 with_keep: Callable, prune: Callable, predict: Callable, finetune: Callable, accuracy: Callable) -> None:
+                 with_keep: Callable, prune: Callable, predict: Callable, finetune: Callable, accuracy: Callable,
+                 precision_moves: Callable = lambda candidate: [], penalty: Callable = lambda candidate: 0.0) -> None:
         self.groups, self.choices = groups, choices
         self.with_keep = with_keep  # (candidate, group name, keep) → candidate
         self.prune = prune  # (module, {group: keep}) → pruned copy
         self.predict = predict  # (candidate, module) → (latency ms, memory MB), predicted
         self.finetune = finetune  # (module) → None, in place, bounded in time
-        self.accuracy = accuracy  # (module) → validation accuracy
+        self.accuracy = accuracy  # (module) → validation accuracy of its float weights
+        self.precision_moves = precision_moves  # (candidate) → [(candidate with one layer's precision changed, layer)]
+        self.penalty = penalty  # (candidate) → accuracy its precisions are estimated to cost beyond the float weights'
+
+    def score(self, candidate, module) -> float:
+        """Validation accuracy of the module, less what the candidate's precision moves are estimated to cost."""
+        return self.accuracy(module) - self.penalty(candidate)
 
 
 def kept(candidate, group) -> int:
@@ -98,7 +108,7 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
                     return state, "trials"
                 walk.finetune(module)
                 evaluation = trials.record(Evaluation(candidate.key(), candidate.as_dict(), latency, "predicted",
-                                                      walk.accuracy(module),
+                                                      walk.score(candidate, module),
                                                       {"step": state.step + 1, "group": group.name,
                                                        "keep": kept(candidate, group), "memory_mb": memory}))
                 progress(f"step {state.step + 1}: {group.name} → {kept(candidate, group)} channels: "
@@ -110,17 +120,39 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
             if saved > 0:
                 proposals.append((max(state.accuracy - evaluation.accuracy, 0.0) / saved, -evaluation.accuracy,
                                   group.name, group, candidate, module, evaluation, latency, memory))
+        for candidate, layer in walk.precision_moves(state.candidate):  # same weights: nothing to fine-tune
+            latency, memory = walk.predict(candidate, state.module)
+            evaluation = trials.get(candidate.key())
+            if evaluation is None:
+                if len(trials) >= max_trials:
+                    return state, "trials"
+                evaluation = trials.record(Evaluation(
+                    candidate.key(), candidate.as_dict(), latency, "predicted", _moved(walk, state, candidate),
+                    {"step": state.step + 1, "layer": layer, "precision": candidate.precision.get(layer),
+                     "accuracy_from": "sensitivity", "memory_mb": memory}))
+                progress(f"step {state.step + 1}: {layer} → {candidate.precision.get(layer)}: {latency:.3f} ms predicted, "
+                         f"accuracy {evaluation.accuracy:.4f} (estimated from its sensitivity)")
+            saved = state.latency_ms - latency if state.latency_ms > budget.latency_ms else state.memory_mb - memory
+            if saved > 0:
+                proposals.append((max(state.accuracy - evaluation.accuracy, 0.0) / saved, -evaluation.accuracy,
+                                  layer, None, candidate, state.module, evaluation, latency, memory))
         if not proposals:
             return state, "exhausted"
         allowed = [p for p in proposals if p[6].accuracy >= floor_accuracy]
         if not allowed:  # every move left would cost more accuracy than allowed
             return state, "accuracy"
         *_, group, candidate, module, evaluation, latency, memory = min(allowed, key=lambda p: p[:3])
-        if module is None:  # replay: the same seeded pruning and fine-tune give the same weights
+        if module is None:  # replay: the same seeded pruning and fine-tune give the same weights (group is not None:
+            # a precision move carries the current module)
             module = walk.prune(state.module, {group.name: kept(candidate, group)})
             walk.finetune(module)
         state = State(candidate, module, latency, memory, evaluation.accuracy, state.step + 1)
     return state, "met"
+
+
+def _moved(walk: Walk, state: State, candidate) -> float:
+    """A precision move's accuracy: the state's, less the move's estimated cost (same weights)."""
+    return state.accuracy - (walk.penalty(candidate) - walk.penalty(state.candidate))
 
 
 def smallest_latency(walk: Walk, start: State) -> float:

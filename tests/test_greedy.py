@@ -1,0 +1,65 @@
+"""The greedy walk's choices, on a space small enough to reason about: one prunable group and one
+layer the sensitivity analysis kept float (int8 is faster there but costs accuracy). Latency and
+accuracy are given as functions, so the test is about the walk, not about models."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from edgekit.search import greedy
+from edgekit.search.space import Candidate
+from edgekit.search.study import Trials
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    name: str
+    channels: int
+
+
+def _walk(int8_cost: float, prune_cost: float) -> greedy.Walk:
+    """Latency 1.0 ms: pruning "g" to 8 channels saves 0.3 ms and costs `prune_cost` of accuracy; "conv"
+    in int8 saves 0.3 ms and is estimated (its sensitivity) to cost `int8_cost`."""
+
+    def predict(candidate, module):
+        latency = 1.0 - (0.3 if candidate.keep.get("g", 16) < 16 else 0.0) - (0.3 if candidate.precision.get("conv") == "int8" else 0.0)
+        return latency, 1.0
+
+    return greedy.Walk(
+        groups=[Group("g", 16)], choices={"g": (8, 16)},
+        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+        prune=lambda module, keep: {**module, **keep}, predict=predict, finetune=lambda module: None,
+        accuracy=lambda module: 0.95 - (prune_cost if module.get("g", 16) < 16 else 0.0),
+        precision_moves=lambda c: [(dataclasses.replace(c, precision={**c.precision, "conv": "int8"}), "conv")]
+        if c.precision.get("conv") != "int8" else [],
+        penalty=lambda c: int8_cost if c.precision.get("conv") == "int8" else 0.0)
+
+
+@pytest.mark.parametrize(("int8_cost", "prune_cost", "first"), [(0.001, 0.02, "precision"), (0.03, 0.005, "prune")])
+def test_precision_moves_compete_with_pruning_by_accuracy_per_millisecond(tmp_path, int8_cost, prune_cost, first):
+    walk = _walk(int8_cost, prune_cost)
+    start = greedy.State(Candidate(precision={"conv": "fp32"}), {}, 1.0, 1.0, 0.95)
+    trials = Trials(tmp_path)
+    state, stopped = greedy.run(walk, start, greedy.Budget(0.75), trials, deadline=time.monotonic() + 60,
+                                max_trials=10, floor_accuracy=0.5)
+    assert stopped == "met" and state.latency_ms == pytest.approx(0.7) and state.step == 1
+    if first == "precision":  # the cheaper move per millisecond saved wins
+        assert state.candidate.precision["conv"] == "int8" and not state.candidate.keep
+        assert state.accuracy == pytest.approx(0.95 - int8_cost)  # estimated from the sensitivity
+    else:
+        assert state.candidate.keep == {"g": 8} and state.candidate.precision["conv"] == "fp32"
+        assert state.accuracy == pytest.approx(0.95 - prune_cost)
+    moves = [e for e in trials.evaluations() if e.attrs.get("accuracy_from") == "sensitivity"]
+    assert len(moves) == 1 and moves[0].attrs["layer"] == "conv"  # recorded like any trial
+
+
+def test_both_moves_when_one_is_not_enough(tmp_path):
+    walk = _walk(0.001, 0.002)
+    start = greedy.State(Candidate(precision={"conv": "fp32"}), {}, 1.0, 1.0, 0.95)
+    state, stopped = greedy.run(walk, start, greedy.Budget(0.45), Trials(tmp_path), deadline=time.monotonic() + 60,
+                                max_trials=10, floor_accuracy=0.5)
+    assert stopped == "met" and state.candidate.keep == {"g": 8} and state.candidate.precision["conv"] == "int8"
+    assert state.accuracy == pytest.approx(0.95 - 0.001 - 0.002)  # the measured pruning loss and the estimated int8 one
