@@ -12,8 +12,8 @@ Three levels, each correcting the one before:
    measured ≈ a·Σ unit times + b·units + e·tensors crossing int8↔float + d·their elements + c
    (non-negative least squares on relative errors, held near the measured overheads by a weak prior),
    which absorbs what timing units alone cannot see: scheduling between kernels, cache effects,
-   reorders where precisions change. Whole-model times are first brought to the table's machine state
-   (`at_reference_load`), as the table's units are (`edgekit.latency_table`).
+   reorders where precisions change, and on a shared machine the difference between the load the
+   table's reference was timed under and the load of the whole-model measurements.
 
 `CostModel.error` and `CostModel.errors` report the model's error on every candidate measured.
 Memory (`estimate_memory`): weights in each layer's precision plus the peak of live activations.
@@ -219,16 +219,6 @@ class CostModel:
             "features": self.features(layers, precisions, default), "when": dt.datetime.now().isoformat(timespec="seconds")})
         self.coefficients = self._fit()
         return err
-
-    def at_reference_load(self, measured_ms: float) -> tuple[float, float]:
-        """A whole-model time measured just now, in the table's units: divided by how much slower the
-        machine runs now than when the table was begun (the table's reference model timed again). On a
-        dedicated device the factor stays near 1; on a shared machine it keeps other jobs' load out of the
-        calibration and the closed loop's decisions. Returns (ms at the reference load, the factor)."""
-        if not self.table.measured:
-            return measured_ms, 1.0
-        factor = self.table.load_factor()
-        return measured_ms / factor, factor
 
     def errors(self) -> list[dict]:
         """Every candidate this model was asked about: predicted, measured, relative error."""

@@ -8,29 +8,27 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import cost, graph
-from edgekit.backends.base import Artifact, Backend, get_backend
-from edgekit.calibrate import sensitivity, trt_cache
+from edgekit import mixed as mixed_step
+from edgekit.backends.base import Backend, get_backend
+from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data, split
 from edgekit.errors import BadInput, EdgekitError, MissingRuntime
-from edgekit.latency import Latency
+from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import Profile, ProfileSettings, profile_engine, time_interleaved
+from edgekit.profile import Profile, ProfileSettings, profile_engine
 from edgekit.report import versions, write_reports
 from edgekit.targets import Target, load_target
 from edgekit.util import write_json
 
 EXPORT_CHECK_SAMPLES = 8
-MIXED = "mixed"  # --precision mixed: int8 where the sensitivity analysis says it helps, float elsewhere
 
 
 @dataclass(frozen=True)
@@ -170,7 +168,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
                                            threads=request.settings.threads, backend_name=backend_name,
                                            settings=request.settings, calibration=calibration)
             report["artifacts"]["sensitivity"] = sensitivity.FILE
-            plan, build_from = _mixed_plan(analysis, calibration, onnx_path, run_dir, report, layers, target)
+            plan, build_from = mixed_step.plan_from_analysis(analysis, calibration, onnx_path, run_dir, report, layers, target)
             planned = dict(plan.layers)
     report["precision"].update({"label": plan.label, "planned": planned})
 
@@ -199,11 +197,11 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     choice = report["precision"].get("mixed", {})
     if choice.get("chosen") == MIXED and choice["kind"] == "measured" and target.local and availability.run:
         step("compare")
-        plan, artifact, side_by_side = _never_slower(backend, artifact, plan, onnx_path, run_dir, target, threads, feed,
+        plan, artifact, side_by_side = mixed_step.never_slower(backend, artifact, plan, onnx_path, run_dir, target, threads, feed,
                                                      request.settings, choice)
         planned = dict(plan.layers)
         report["precision"].update({"label": plan.label, "planned": planned})
-        _predict(report, layers, target, plan)
+        mixed_step.predict_shipped(report, layers, target, plan)
     report["artifacts"]["engine"] = artifact.path.name
     report["artifacts"]["engine_files"] = [f.name for f in artifact.files]
     report["status"] = (f"built; latency predicted ({availability.reason or 'the device is not this machine'})" if request.measure
@@ -256,86 +254,6 @@ def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = la
     result = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration, threads=request.settings.threads,
                                  backend_name=request.backend, settings=request.settings, calibration=calibration)
     return result, run_dir / sensitivity.FILE
-
-
-def _mixed_plan(analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path, report: dict,
-                layers: list[graph.Layer], target: Target) -> tuple[PrecisionPlan, Path]:
-    """The plan the sensitivity analysis makes, its Q/DQ model (model.int8.onnx rewritten from the same
-    calibration) and report.json's `precision.mixed`. On a target not measured here the choice against
-    fp32 is the cost model's; on one measured here `_never_slower` makes it after the build."""
-    plan = sensitivity.mixed_plan(analysis)
-    float_p = analysis["float_precision"]
-    int8 = [layer for layer, p in plan.layers.items() if p == "int8"]
-    counts = ", ".join(f"{n} {verdict}" for verdict, n in analysis["summary"].items() if n)
-    kind = analysis["latency"]["kind"]
-    choice = {"chosen": MIXED, "kind": kind, "int8_layers": len(int8), "verdicts": analysis["summary"],
-              "mixed_p50_ms": None, "fp32_p50_ms": None, "reason": ""}
-    report["precision"]["mixed"] = choice
-    if not int8:
-        choice.update(chosen=float_p, reason=f"every layer stays {float_p} ({counts}): int8 harms accuracy or is slower "
-                                             f"on {target.name} wherever it applies")
-        return _predict(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
-    choice["reason"] = f"{len(int8)} of {len(plan.layers)} layers int8 ({counts})"
-    if kind == "predicted":
-        ours, theirs = sensitivity.predicted_latency(layers, target, plan), cost.predict_latency(layers, target, float_p)
-        choice.update(mixed_p50_ms=ours.p50, fp32_p50_ms=theirs.p50)
-        side = f"{ours.p50:.4f} ms vs {float_p} {theirs.p50:.4f} ms, {analysis['latency']['source']}"
-        if not ours.p50 < theirs.p50:
-            choice.update(chosen=float_p, reason=f"mixed is predicted no faster than {float_p} ({side})")
-            return _predict(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
-        choice["reason"] += f"; predicted {side}"
-    summary = calibration.rewrite(int8, calibration.qdq_path)
-    _record_plan(run_dir, calibration, plan.layers, summary)
-    return _predict(report, layers, target, plan), calibration.qdq_path
-
-
-def _predict(report: dict, layers: list[graph.Layer], target: Target, plan: PrecisionPlan) -> PrecisionPlan:
-    """The roofline of the plan shipped, per layer (until a measurement replaces it)."""
-    predicted = sensitivity.predicted_latency(layers, target, plan).as_dict()
-    if report["latency_ms"]["kind"] == "predicted":
-        report["latency_ms"] = predicted
-    report["predicted_latency_ms"] = predicted
-    return plan
-
-
-def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[str, str], summary) -> None:
-    """scales.json and TensorRT's layer precisions follow the mixed plan, not the all-int8 calibration."""
-    scales_path = run_dir / calibration.files.get("scales", "scales.json")
-    if scales_path.is_file():
-        scales = json.loads(scales_path.read_text())
-        scales["planned"] = planned
-        for name, entry in scales.get("tensors", {}).items():
-            entry["quantized"] = name in summary.activations
-        write_json(scales_path, scales)
-    flags_file = calibration.files.get("tensorrt_layer_precisions")
-    if flags_file:
-        old = (run_dir / flags_file).read_text().strip()
-        new = trt_cache.layer_precisions(planned)
-        (run_dir / flags_file).write_text(new + "\n")
-        build = run_dir / calibration.files.get("tensorrt_build", "tensorrt/trtexec.sh")
-        if build.is_file():
-            build.write_text(build.read_text().replace(old, new))
-
-
-def _never_slower(backend: Backend, artifact: Artifact, plan: PrecisionPlan, onnx_path: Path, run_dir: Path, target: Target,
-                  threads: int, feed: dict, settings: ProfileSettings, choice: dict) -> tuple[PrecisionPlan, Artifact, list[float]]:
-    """Time the mixed engine and an fp32 engine of the same model side by side (interleaved, same
-    settings); ship fp32 unless mixed is faster. Returns the plan and engine shipped, and its times."""
-    float_p = plan.float_precision
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix=f".{float_p}-") as tmp:
-        reference = backend.build(onnx_path=onnx_path, plan=PrecisionPlan(float_p), target=target, out_dir=Path(tmp))
-        engines = {MIXED: backend.load(artifact, target=target, threads=threads),
-                   float_p: backend.load(reference, target=target, threads=threads)}
-        times = time_interleaved(engines, feed, settings)
-    p50 = {name: Latency.from_samples(t, "side by side").p50 for name, t in times.items()}
-    choice.update(mixed_p50_ms=p50[MIXED], fp32_p50_ms=p50[float_p])
-    side = f"p50 {p50[MIXED]:.4f} ms vs {float_p} {p50[float_p]:.4f} ms, measured side by side on {target.name}"
-    if p50[MIXED] < p50[float_p]:
-        choice["reason"] += f"; {side}"
-        return plan, artifact, times[MIXED]
-    choice.update(chosen=float_p, reason=f"mixed is not faster than {float_p} ({side})")
-    fallback = PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})
-    return fallback, backend.build(onnx_path=onnx_path, plan=fallback, target=target, out_dir=run_dir), times[float_p]
 
 
 def quantizable_layers(onnx_path: Path) -> list[str]:

@@ -63,3 +63,18 @@ def test_both_moves_when_one_is_not_enough(tmp_path):
                                 max_trials=10, floor_accuracy=0.5)
     assert stopped == "met" and state.candidate.keep == {"g": 8} and state.candidate.precision["conv"] == "int8"
     assert state.accuracy == pytest.approx(0.95 - 0.001 - 0.002)  # the measured pruning loss and the estimated int8 one
+
+
+def test_a_step_whose_cuts_all_cost_too_much_tries_milder_ones(tmp_path):
+    """From 16 channels the slice asks for a cut to 8 (too costly); half the slice finds 15 (allowed)."""
+    walk = greedy.Walk(
+        groups=[Group("g", 16)], choices={"g": (8, 15, 16)},
+        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+        prune=lambda module, keep: {**module, **keep}, predict=lambda c, m: (c.keep.get("g", 16) / 16, 1.0),
+        finetune=lambda module: None, accuracy=lambda module: {8: 0.5, 15: 0.94}.get(module.get("g", 16), 0.95))
+    start = greedy.State(Candidate(), {}, 1.0, 1.0, 0.95)
+    lines: list[str] = []
+    state, stopped = greedy.run(walk, start, greedy.Budget(0.25), Trials(tmp_path), deadline=time.monotonic() + 60,
+                                max_trials=10, floor_accuracy=0.9, progress=lines.append)
+    assert stopped == "accuracy" and state.candidate.keep == {"g": 15} and state.accuracy == pytest.approx(0.94)
+    assert any("trying cuts of" in line for line in lines)

@@ -7,7 +7,8 @@ split. Precision moves compete in the same step: a layer the sensitivity analysi
 int8 costs it accuracy (though int8 is faster) may go int8, its accuracy estimated from its measured
 sensitivity (the weights do not change, so nothing is fine-tuned). The step keeps the proposal that
 loses the least accuracy per millisecond saved. Steps go on until the candidate's predicted latency
-(and memory) meet the budget.
+(and memory) meet the budget. When every proposal of a step falls below the accuracy floor, the step is
+proposed again with half the slice (milder cuts cost less accuracy) before the walk gives up.
 
 Every proposal is a trial in Optuna storage (edgekit.search.study). The walk is deterministic given
 its evaluations (seeded pruning and fine-tuning), so a resumed search replays the steps from storage,
@@ -139,8 +140,13 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
         if not proposals:
             return state, "exhausted"
         allowed = [p for p in proposals if p[6].accuracy >= floor_accuracy]
-        if not allowed:  # every move left would cost more accuracy than allowed
-            return state, "accuracy"
+        if not allowed:  # every move would cost more accuracy than allowed: try milder cuts before giving up
+            if slice_ms / 2 < MIN_SLICE * state.latency_ms:
+                return state, "accuracy"
+            slice_ms /= 2
+            progress(f"step {state.step + 1}: every move falls below the accuracy floor; trying cuts of "
+                     f"{slice_ms:.3f} ms")
+            continue
         *_, group, candidate, module, evaluation, latency, memory = min(allowed, key=lambda p: p[:3])
         if module is None:  # replay: the same seeded pruning and fine-tune give the same weights (group is not None:
             # a precision move carries the current module)

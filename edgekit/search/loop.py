@@ -93,10 +93,6 @@ class Round:
     measured_ms: float | None
     accuracy_validation: float
     report: dict = field(default_factory=dict)
-    # the measurement at the load the cost model's table was measured under (the shared machine's load
-    # factor divided out, see CostModel.at_reference_load): what the cost model is judged and taught on
-    measured_at_reference_ms: float | None = None
-    load_factor: float = 1.0
 
 
 def _run_dir(request: SearchRequest, name: str, target: str) -> Path:
@@ -208,21 +204,18 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
                        measured.get("p50") if kind == "measured" else None, built.validation, built.report)
         rounds.append(round_)
         if round_.measured_ms is not None:
-            round_.measured_at_reference_ms, round_.load_factor = model_cost.at_reference_load(round_.measured_ms)
             layers = graph.layer_table(built.onnx_path)
-            model_cost.observe(layers, built.precisions, round_.measured_at_reference_ms,
-                               default=state.candidate.default_precision, candidate=state.candidate.key())
+            model_cost.observe(layers, built.precisions, round_.measured_ms, default=state.candidate.default_precision,
+                               candidate=state.candidate.key())
             trials.record(Evaluation("measured:" + state.candidate.key(), state.candidate.as_dict(), round_.measured_ms,
-                                     "measured", state.accuracy, {"round": number + 1, "predicted_ms": state.latency_ms,
-                                                                  "load_factor": round_.load_factor}))
-        met = round_.measured_ms is not None and min(round_.measured_ms, round_.measured_at_reference_ms) <= request.latency_budget_ms
-        if round_.measured_ms is None or met or not (stopped == "met" or strategy is nsga) or time.monotonic() > walk_deadline:
+                                     "measured", state.accuracy, {"round": number + 1, "predicted_ms": state.latency_ms}))
+        if round_.measured_ms is None or round_.measured_ms <= request.latency_budget_ms or not (stopped == "met" or strategy is nsga) or time.monotonic() > walk_deadline:
             break
         # Missed on the device. The cost model has learnt from the measurement; predict the candidate again
         # and go on from it, aiming below the budget by what the model still misses it by, or by its error.
         state.latency_ms, state.memory_mb = predict(state.candidate, state.module)
         walk_budget = dataclasses.replace(walk_budget, latency_ms=tightened(
-            request.latency_budget_ms, state.latency_ms, round_.measured_at_reference_ms, model_cost.errors()))
+            request.latency_budget_ms, state.latency_ms, round_.measured_ms, model_cost.errors()))
     result = _result(request, target, backend_name, loaded, splits, teacher, base_accuracy, rounds, trials, model_cost,
                      started, run_dir, space)
     write_json(run_dir / "search.json", result)
@@ -255,8 +248,7 @@ def _calibrate_cost(model_cost, run_dir: Path, loaded, teacher, samples, space, 
             quantizable = [layer.name for layer in evaluate.quantizable(layers)]
             for precision in ("fp32", "int8"):
                 if measured.get(precision, {}).get("p50"):
-                    at_reference, _ = model_cost.at_reference_load(measured[precision]["p50"])  # the load about then
-                    model_cost.observe(layers, {name: precision for name in quantizable}, at_reference,
+                    model_cost.observe(layers, {name: precision for name in quantizable}, measured[precision]["p50"],
                                        candidate=f"original-{precision}")
     half = space.uniform(0.5, plan.default)
     if not half.keep:
@@ -279,8 +271,8 @@ def _calibrate_cost(model_cost, run_dir: Path, loaded, teacher, samples, space, 
     latency = report.get("latency_ms", {})
     if latency.get("kind") == "measured":
         fast = evaluate.fast_layer_table(module, loaded)
-        model_cost.observe(fast, precisions_of(candidate, fast), model_cost.at_reference_load(latency["p50"])[0],
-                           default=plan.default, candidate=candidate.key())
+        model_cost.observe(fast, precisions_of(candidate, fast), latency["p50"], default=plan.default,
+                           candidate=candidate.key())
 
 
 def _int8_costs(analysis: dict | None, plan: PrecisionPlan) -> dict[str, float]:
@@ -427,9 +419,7 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
                    "met": judged is not None and judged <= request.latency_budget_ms and (flash is None or flash["met"]),
                    "judged_on": "measured" if last.measured_ms is not None else "predicted"},
         "flash": flash,
-        "latency_ms": {"predicted": last.predicted_ms, "measured": last.measured_ms,
-                       "measured_at_reference_load": last.measured_at_reference_ms, "load_factor": last.load_factor,
-                       "report": latency},
+        "latency_ms": {"predicted": last.predicted_ms, "measured": last.measured_ms, "report": latency},
         "accuracy": {"validation": last.accuracy_validation, "validation_original": base_accuracy,
                      # the final distillation trains on the validation inputs (unlabelled): the test split is the held-out figure
                      "validation_held_out": not last.candidate["keep"],
@@ -440,8 +430,7 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
                    "precision": last.report.get("precision", {}).get("planned"),
                    "candidate": last.candidate, "run_dir": str(run_dir / f"round-{len(rounds)}")},
         "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"} |
-                   {"cost_model_error": None if r.measured_at_reference_ms is None
-                    else round(r.predicted_ms / r.measured_at_reference_ms - 1, 4)}
+                   {"cost_model_error": None if r.measured_ms is None else round(r.predicted_ms / r.measured_ms - 1, 4)}
                    for r in rounds],
         "cost_model": {"source": model_cost.source, "calibration": model_cost.calibration, "errors": model_cost.errors(),
                        "mean_abs_error": model_cost.mean_abs_error()},
