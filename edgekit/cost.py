@@ -10,7 +10,8 @@ Three levels, each correcting the one before:
    once per distinct configuration, plus the runtime's measured per-inference and per-layer overheads.
 3. **Calibration** (`CostModel.observe`): whole-model measurements fit
    measured ≈ a·Σ unit times + b·units + e·tensors crossing int8↔float + d·their elements + c
-   (non-negative least squares on relative errors, held near the measured overheads by a weak prior),
+   (least squares on relative errors, each coefficient at least its LOWER bound and held near the
+   measured overheads by a weak prior),
    which absorbs what timing units alone cannot see: scheduling between kernels, cache effects,
    reorders where precisions change, and on a shared machine the difference between the load the
    table's reference was timed under and the load of the whole-model measurements.

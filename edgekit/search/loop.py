@@ -14,6 +14,7 @@ A target that cannot be measured here is searched on the cost model alone; its l
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -385,7 +386,7 @@ def _shrink(pruned, teacher, samples, splits, plan: PrecisionPlan, request: Sear
     plan, calibrated), fit `--flash-budget-mb` compressed: each rung of the ladder built and measured."""
     from edgekit.compress.shrink import shrink_to_flash
 
-    tries = iter(range(1, 1000))
+    tries = itertools.count(1)
 
     def export(module) -> list[Path]:
         sub = folder / "flash" / f"try-{next(tries)}"
