@@ -197,6 +197,9 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
         progress(f"round {number + 1}: walking to {walk_budget.latency_ms:.3f} ms (predicted)")
         state, stopped = strategy.run(walk, state if strategy is greedy else start, walk_budget, trials, deadline=walk_deadline,
                                       max_trials=request.trials, floor_accuracy=floor, progress=progress)
+        if rounds and state.candidate.as_dict() == rounds[-1].candidate:  # the walk could not move: measured already
+            progress(f"round {number + 1}: no further move within the accuracy floor ({stopped})")
+            break
         built = _build_and_measure(state, loaded, teacher, samples, splits, request, target, run_dir / f"round-{number + 1}",
                                    reference, progress, distill, deploy, DeployRequest, accuracy)
         measured = built.report.get("latency_ms", {})
