@@ -10,7 +10,9 @@ and the strategy, which is deterministic given its evaluations, replays the fini
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from edgekit.errors import BadInput, require
 
 STUDY_NAME = "edgekit-search"
 DB_FILE = "search.db"
+SCHEMA_RETRIES = 5
 
 
 @dataclass
@@ -49,13 +52,22 @@ class Trials:
         if storage is None and exists and not resume:
             raise BadInput(f"{run_dir} already holds a search ({DB_FILE}): continue it with --resume {run_dir}, "
                            "or choose another --out")
-        try:
-            self.study = optuna.create_study(study_name=STUDY_NAME, storage=self.url, load_if_exists=True,
-                                             directions=["minimize", "maximize"], sampler=sampler)
-        except Exception as err:  # a bad URL, an unreachable database, a corrupt file
-            raise BadInput(f"cannot open the search storage {self.url}: {type(err).__name__}: {err}") from err
+        self.study = self._open(optuna, sampler)
         self.interrupted = self._fail_running()
         self._by_key = {e.key: e for e in self._finished()}
+
+    def _open(self, optuna, sampler):
+        """The study, created or loaded. Optuna's schema set-up is not atomic: a second process opening the
+        same new database (another worker, a monitor) can make it fail once, so that is tried again."""
+        for attempt in itertools.count(1):
+            try:
+                return optuna.create_study(study_name=STUDY_NAME, storage=self.url, load_if_exists=True,
+                                           directions=["minimize", "maximize"], sampler=sampler)
+            except Exception as err:  # a bad URL, an unreachable database, a corrupt file
+                racing = any(sign in str(err) for sign in ("alembic_version", "database is locked", "already exists"))
+                if not racing or attempt == SCHEMA_RETRIES:
+                    raise BadInput(f"cannot open the search storage {self.url}: {type(err).__name__}: {err}") from err
+                time.sleep(0.2 * attempt)
 
     def _fail_running(self) -> int:
         """Trials a killed process left running: marked failed (their work is lost, nothing else)."""
