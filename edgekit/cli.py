@@ -119,7 +119,9 @@ def deploy(
 @app.command()
 def search(
     target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or YAML file.")],
-    latency_budget_ms: Annotated[float, typer.Option(help="p50 latency the model must meet on the target, in ms.")],
+    latency_budget_ms: Annotated[float | None, typer.Option(help="p50 latency the model must meet on the target, in ms.")] = None,
+    speedup: Annotated[float | None, typer.Option(help="Instead of --latency-budget-ms: at least this many times faster than "
+                                                       "the original float model, timed side by side on the device.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="PyTorch model: pkg.module:factory, .pt/.ts or .pt2 (default: the digits demo).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data: split into calibration, validation and test.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-search-TIME).")] = None,
@@ -145,7 +147,7 @@ def search(
     from edgekit.search.loop import SearchRequest
     from edgekit.search.loop import search as run_search
 
-    request = SearchRequest(target=target, latency_budget_ms=latency_budget_ms, model=model, data=data, out=out_dir,
+    request = SearchRequest(target=target, latency_budget_ms=latency_budget_ms, speedup=speedup, model=model, data=data, out=out_dir,
                             memory_budget_mb=memory_budget_mb, flash_budget_mb=flash_budget_mb,
                             max_accuracy_drop=max_accuracy_drop, strategy=strategy,
                             trials=trials, time_limit_s=time_limit, resume=resume, storage=storage, backend=backend,
@@ -162,9 +164,14 @@ def search(
 def _print_search(result: dict) -> None:
     b, lat, acc = result["budget"], result["latency_ms"], result["accuracy"]
     table = Table(title=f"edgekit search → {result['target']} ({result['backend']})", box=box.SQUARE, show_header=False)
-    table.add_row("budget", f"{b['latency_ms']} ms: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
+    speedup = f" ({b['speedup']:g}× faster than the original)" if b.get("speedup") else ""
+    table.add_row("budget", f"{b['latency_ms']:.4g} ms{speedup}: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
     table.add_row("latency", f"{lat['predicted']:.3f} ms predicted" +
                   (f" · {lat['measured']:.3f} ms measured" if lat["measured"] is not None else " (not measured: the device is not here)"))
+    if lat.get("side_by_side"):
+        side = lat["side_by_side"]
+        table.add_row("measured how", f"{side['ratio']:.3f}× the original timed beside it × its {lat['original_ms']:.3f} ms at the start "
+                      f"(raw p50 {side['raw_p50_ms']:.3f} ms, original now {side['original_now_ms']:.3f} ms)")
     if acc["test"] is not None:
         table.add_row("accuracy (test)", f"{acc['test']:.4f}  (original {acc['test_original']:.4f}, drop {acc['test_drop_pt']:+.2f} pt)")
     if result.get("flash"):

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgekit import cost, graph
 from edgekit import mixed as mixed_step
-from edgekit.backends.base import Backend, get_backend
+from edgekit.backends.base import Artifact, Backend, get_backend
 from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data, split
@@ -23,7 +25,7 @@ from edgekit.errors import BadInput, EdgekitError, MissingRuntime
 from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import Profile, ProfileSettings, profile_engine
+from edgekit.profile import Profile, ProfileSettings, profile_engine, round_ratios, time_rounds
 from edgekit.report import versions, write_reports
 from edgekit.targets import Target, load_target
 from edgekit.util import write_json
@@ -99,9 +101,11 @@ def _target_summary(target: Target) -> dict:
 
 
 def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None, *,
-           model: LoadedModel | None = None, samples: Samples | None = None, plan: PrecisionPlan | None = None) -> dict:
+           model: LoadedModel | None = None, samples: Samples | None = None, plan: PrecisionPlan | None = None,
+           beside: tuple[str, Artifact] | None = None) -> dict:
     """Run the whole pipeline and return report.json's content; the run directory holds the rest.
-    The search passes its candidate directly: a loaded (pruned) model, its data and its plan."""
+    The search passes its candidate directly: a loaded (pruned) model, its data and its plan, and
+    `beside`, an engine (its name, its build) to time the new one side by side with (`side_by_side`)."""
     step("target")
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
@@ -211,6 +215,10 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         step("profile")
         reference = functools.partial(graph.reference_outputs, model)
         source = f"measured on {target.name} ({target.device}) with {backend_name}"
+        if beside is not None and side_by_side is None:
+            step("side by side")
+            side_by_side = _time_beside(backend, artifact, beside, target, threads, feed, request.settings, report)
+            source += f", side by side with {beside[0]}"
         try:
             measured: Profile = profile_engine(
                 lambda: backend.load(artifact, target=target, threads=threads), feed, request.settings,
@@ -303,6 +311,21 @@ def verify_precision(backend: Backend, artifact, target: Target, threads: int, f
             "mismatches": mismatches,
             # fused into a runtime op that no longer names them (e.g. OpenVINO's attention subgraph)
             "unverified": [layer for layer in planned if layer not in executed]}
+
+
+def _time_beside(backend, artifact: Artifact, beside: tuple[str, Artifact], target: Target, threads: int, feed: dict,
+                 settings: ProfileSettings, report: dict) -> list[float]:
+    """Time the new engine and another one in alternating rounds; the report gets the other's p50 and
+    the ratio of the two per round (median and range), which drift on the device does not move."""
+    name, other = beside
+    engines = {"built": backend.load(artifact, target=target, threads=threads),
+               name: backend.load(other, target=target, threads=threads)}
+    slices = time_rounds(engines, feed, settings)
+    ratios = round_ratios(slices["built"], slices[name])
+    report["side_by_side"] = {"with": name, "engine": str(other.path), "rounds": len(ratios),
+                              "p50_ms": float(np.median([t for s in slices[name] for t in s])),
+                              "ratio": float(np.median(ratios)), "ratio_range": [min(ratios), max(ratios)]}
+    return [t for s in slices["built"] for t in s]
 
 
 def _add_profile(report: dict, measured: Profile) -> None:

@@ -94,21 +94,33 @@ def time_engine(engine: Engine, feed: dict[str, np.ndarray], settings: ProfileSe
 
 def time_interleaved(engines: dict[str, Engine], feed: dict[str, np.ndarray], settings: ProfileSettings,
                      rounds: int = 6) -> dict[str, list[float]]:
-    """Per-inference wall times of several engines measured side by side: each is warmed up, then
-    they take turns in `rounds` slices (the order reversed every round), each slice 1/rounds of the
-    settings' repeats and duration. Clock boost, thermal drift and other load then hit every engine
-    alike, so their percentiles can be compared with each other."""
+    """Per-inference wall times of several engines measured side by side (`time_rounds`, flattened)."""
+    return {name: [t for slice_ in slices for t in slice_] for name, slices in time_rounds(engines, feed, settings, rounds).items()}
+
+
+def time_rounds(engines: dict[str, Engine], feed: dict[str, np.ndarray], settings: ProfileSettings,
+                rounds: int = 6) -> dict[str, list[list[float]]]:
+    """Per-inference wall times of several engines measured side by side, one list per round: each is
+    warmed up, then they take turns in `rounds` slices (the order reversed every round), each slice
+    1/rounds of the settings' repeats and duration. Clock boost, thermal drift and other load then hit
+    every engine alike, so their percentiles can be compared with each other."""
     for engine in engines.values():
         time_engine(engine, feed, replace(settings, repeats=1, min_time_s=0.0))
     part = replace(settings, warmup=0, warmup_s=0.0, repeats=max(1, -(-settings.repeats // rounds)),
                    min_time_s=settings.min_time_s / rounds)
-    times: dict[str, list[float]] = {name: [] for name in engines}
+    times: dict[str, list[list[float]]] = {name: [] for name in engines}
     order = list(engines)
     for _ in range(rounds):
         for name in order:
-            times[name] += time_engine(engines[name], feed, part)
+            times[name].append(time_engine(engines[name], feed, part))
         order.reverse()
     return times
+
+
+def round_ratios(slices: list[list[float]], baseline: list[list[float]]) -> list[float]:
+    """p50 of each round of one engine over the p50 of the same round of another (`time_rounds`):
+    what drift does to both within a round divides out."""
+    return [float(np.median(ours) / np.median(theirs)) for ours, theirs in zip(slices, baseline, strict=True)]
 
 
 def _top1(out: np.ndarray) -> int | None:

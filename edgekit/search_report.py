@@ -159,6 +159,10 @@ def _summary(result: dict) -> list[tuple[str, object]]:
     measured = _ms(lat.get("measured"))
     if lat.get("measured") is not None and report.get("kind") == "measured" and report.get("p90") is not None:
         measured += f" p50 (p90 {report['p90']:.4f} · p99 {report.get('p99', 0):.4f} ms · {report.get('samples', 0)} runs)"
+    side = lat.get("side_by_side")
+    if side and lat.get("original_ms"):
+        measured += (f"; {side['ratio']:.3f}× the original timed beside it, × its {lat['original_ms']:.4f} ms at the start "
+                     f"(raw p50 {side['raw_p50_ms']:.4f} ms)")
     val, val0 = acc.get("validation"), acc.get("validation_original")
     met = budget.get("met")
     mae = cost.get("mean_abs_error")

@@ -78,3 +78,15 @@ def test_a_step_whose_cuts_all_cost_too_much_tries_milder_ones(tmp_path):
                                 max_trials=10, floor_accuracy=0.9, progress=lines.append)
     assert stopped == "accuracy" and state.candidate.keep == {"g": 15} and state.accuracy == pytest.approx(0.94)
     assert any("trying cuts of" in line for line in lines)
+
+
+def test_the_last_round_within_the_budget_ships():
+    from edgekit.search.loop import Round, chosen_round
+
+    def round_(measured, predicted=1.0):
+        return Round(1.0, "met", {}, predicted, measured, 0.9)
+
+    assert chosen_round([round_(0.99), round_(0.9)], 1.0) == 1  # the tighter one has room under the budget
+    assert chosen_round([round_(0.95), round_(1.05)], 1.0) == 0  # a later round measured over it does not ship
+    assert chosen_round([round_(1.2), round_(1.1)], 1.0) == 1  # none met: the last, reported as missed
+    assert chosen_round([round_(None, 0.8)], 1.0) == 0  # off the device the prediction judges

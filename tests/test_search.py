@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,16 +52,9 @@ def _completed(db) -> list:
 @pytest.fixture(scope="module")
 def greedy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
-    # A budget below the fp32 model's latency: the walk has to prune, the device has to confirm it.
-    result = search(SearchRequest(target="host", latency_budget_ms=0.7 * _fp32_p50(tmp_path_factory), out=out, **FAST))
+    # A budget below the original's latency: the walk has to prune, the device has to confirm it.
+    result = search(SearchRequest(target="host", speedup=1.4, out=out, **FAST))
     return out, result
-
-
-def _fp32_p50(tmp_path_factory) -> float:
-    result = run_cli("deploy", "--target", "host", "--out", str(tmp_path_factory.mktemp("fp32")), "--json",
-                     "--repeats", "50", "--duration", "0.3")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["latency_ms"]["p50"]
 
 
 def test_greedy_search_builds_measures_and_reports_against_the_budget(greedy_run):
@@ -69,12 +63,19 @@ def test_greedy_search_builds_measures_and_reports_against_the_budget(greedy_run
     assert result["budget"]["judged_on"] == "measured" and result["latency_ms"]["measured"] > 0
     assert result["budget"]["met"] == (result["latency_ms"]["measured"] <= result["budget"]["latency_ms"])
     assert result["latency_ms"]["report"]["kind"] == "measured"
+    # judged on the candidate's ratio to the original timed beside it, times the original's p50 at the start
+    latency, original = result["latency_ms"], result["latency_ms"]["original_ms"]
+    assert result["budget"]["latency_ms"] == pytest.approx(original / 1.4)
+    assert json.loads((out / "original-float" / "latency.json").read_text())["p50_ms"] == original
+    side = latency["side_by_side"]
+    assert latency["measured"] == pytest.approx(side["ratio"] * original, rel=1e-4)
+    assert side["raw_p50_ms"] == latency["report"]["p50"] and side["original_now_ms"] > 0
     for r in result["rounds"]:  # the cost model's error on every candidate measured
         assert r["measured_ms"] > 0 and r["cost_model_error"] == pytest.approx(r["predicted_ms"] / r["measured_ms"] - 1, abs=1e-3)
     assert result["cost_model"]["errors"] and result["cost_model"]["source"]
     chosen = result["chosen"]
     assert set(chosen["keep"]) and all("/" in k for k in chosen["keep"].values())
-    round_dir = out / f"round-{len(result['rounds'])}"
+    round_dir = Path(chosen["run_dir"])
     report = json.loads((round_dir / "report.json").read_text())
     assert report["status"] == "complete" and (round_dir / "model.xml").exists()
     assert report["precision"]["planned"] == chosen["precision"]
