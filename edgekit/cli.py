@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgekit.errors import EdgekitError
@@ -275,14 +276,20 @@ def _print_summary(report: dict) -> None:
         table.add_row("latency (predicted)", f"{report['predicted_latency_ms']['p50']:.3f} ms (roofline)")
         table.add_row("throughput", f"{report['throughput_fps']:.0f} inferences/s, {report['threads']} threads")
     acc = report.get("accuracy") or {}
+    where = f"; checked here: {acc['where']}" if acc.get("where") else ""
     if acc.get("test") is not None:
-        table.add_row("accuracy (test)", f"{acc['test']:.4f}  (source model {acc['reference']:.4f}, {acc['samples']} samples)")
+        table.add_row("accuracy (test)", f"{acc['test']:.4f}  (source model {acc['reference']:.4f}, {acc['samples']} samples{where})")
     if acc.get("agreement") is not None:
         table.add_row("top-1 agreement", f"{acc['agreement']:.4f}")
     if "budget" in report:
         b = report["budget"]
         table.add_row("budget", f"{b['latency_ms']} ms: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
-    table.add_row("status", report["status"])
+    build = report.get("build") or {}
+    for line in build.get("summary", []):  # what the backend found: op coverage, resource estimate, ...
+        table.add_row("build", escape(line))
+    if build.get("pending"):
+        table.add_row("on the device", escape(build["pending"]))
+    table.add_row("status", escape(report["status"]))
     table.add_row("run directory", report["run_dir"])
     out.print(table)
 

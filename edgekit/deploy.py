@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit import cost, graph
 from edgekit import mixed as mixed_step
-from edgekit.backends.base import Artifact, Backend, get_backend
+from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
 from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data, split
@@ -25,7 +25,7 @@ from edgekit.errors import BadInput, EdgekitError, MissingRuntime
 from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import Profile, ProfileSettings, profile_engine, round_ratios, time_rounds
+from edgekit.profile import Profile, ProfileSettings, accuracy, profile_engine, round_ratios, time_rounds
 from edgekit.report import versions, write_reports
 from edgekit.targets import Target, load_target
 from edgekit.util import write_json
@@ -67,6 +67,8 @@ def default_run_dir(model: LoadedModel, target: Target) -> Path:
 
 def choose_precision(asked: str | None, target: Target) -> str:
     if asked is None:
+        if target.precisions.default:
+            return target.precisions.default
         return "fp32" if "fp32" in target.precisions.supported else target.precisions.fast[0]
     if asked not in target.precisions.supported:
         raise BadInput(f"target {target.name} does not run {asked} (it runs: {', '.join(target.precisions.supported)})")
@@ -194,7 +196,9 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         _finish(run_dir, report)
         raise MissingRuntime(f"target {target.name}: {availability.reason}; produced {run_dir / 'model.onnx'} "
                              f"and {run_dir / 'report.json'} (latency predicted)")
-    artifact = backend.build(onnx_path=build_from, plan=plan, target=target, out_dir=run_dir)
+    scales = run_dir / report["artifacts"]["scales"] if "scales" in report["artifacts"] else None
+    context = BuildContext(model=model, float_onnx=onnx_path, calibration=splits.calibration if splits else None, scales=scales)
+    artifact = backend.build(onnx_path=build_from, plan=plan, target=target, out_dir=run_dir, context=context)
     threads = request.settings.threads or target.cores
     feed = splits.test.sample(0) if splits else model.example
     side_by_side = None
@@ -207,9 +211,17 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         report["precision"].update({"label": plan.label, "planned": planned})
         mixed_step.predict_shipped(report, layers, target, plan)
     report["artifacts"]["engine"] = artifact.path.name
-    report["artifacts"]["engine_files"] = [f.name for f in artifact.files]
+    report["artifacts"]["engine_files"] = [str(f.relative_to(run_dir)) if f.is_relative_to(run_dir) else f.name
+                                           for f in artifact.files]
+    if artifact.notes or artifact.pending:
+        report["build"] = {**artifact.notes, "pending": artifact.pending}
+    if artifact.notes.get("predicted_latency_ms") and not (target.local and availability.run):
+        report["latency_ms"] = artifact.notes["predicted_latency_ms"]  # the backend's own model of its engine
     report["status"] = (f"built; latency predicted ({availability.reason or 'the device is not this machine'})" if request.measure
                         else "built; not measured (edgekit deploy measures it)")
+    if artifact.pending:
+        report["status"] = (f"built up to the engine, which is built where its tool is: {artifact.pending}; "
+                            f"latency predicted ({availability.reason or 'the device is not this machine'})")
 
     if target.local and availability.run and request.measure:
         step("profile")
@@ -232,6 +244,12 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
             choice["fp32_p50_ms"] = measured.latency.p50
         report["precision"].update(verify_precision(backend, artifact, target, threads, feed, planned))
         report["status"] = "complete"
+    elif availability.check and request.measure and splits is not None:
+        step("check")  # the device is not here, but its model's arithmetic is: accuracy, latency predicted
+        engine = backend.load(artifact, target=target, threads=threads)
+        checked = accuracy(engine, splits.test, functools.partial(graph.reference_outputs, model))
+        report["accuracy"] = {**checked.as_dict(), "where": availability.check_how}
+        report["status"] += f"; accuracy checked here ({availability.check_how})"
     _add_budget(report)
     step("report")
     _finish(run_dir, report)

@@ -15,8 +15,11 @@ from edgekit.profile import ProfileSettings, accuracy, time_engine
 from edgekit.targets import load_target
 
 
-def _engine_inputs(artifact: Path) -> tuple[InputSpec, ...]:
+def _engine_inputs(artifact: Path, engine) -> tuple[InputSpec, ...]:
     """Input names, shapes and dtypes read from the engine file itself."""
+    specs = getattr(engine, "input_specs", None)  # engines that read their own inputs (LiteRT)
+    if specs is not None:
+        return tuple(InputSpec(*spec) for spec in specs)
     if artifact.suffix == ".xml":
         import openvino as ov
 
@@ -43,7 +46,7 @@ def profile_file(artifact: Path, *, target: str, data: str | None, settings: Pro
         raise MissingRuntime(f"cannot measure on {tgt.name} from here: {availability.reason or 'the device is not this machine'}")
     engine = backend.load(backend.artifact_from_file(artifact), target=tgt, threads=settings.threads or tgt.cores)
     try:
-        specs = _engine_inputs(artifact)
+        specs = _engine_inputs(artifact, engine)
     except Exception as err:
         raise BadInput(f"{artifact.name}: cannot read its inputs ({runtime_message(err, 160)})") from err
     samples = load_data(data, specs) if data else None

@@ -33,12 +33,15 @@ class BackendSpec(Frozen):
 class Precisions(Frozen):
     supported: tuple[Precision, ...]
     fast: tuple[Precision, ...] = Field(description="precisions with dedicated fast kernels")
+    default: Precision | None = Field(None, description="what deploy builds without --precision (None: fp32 if supported)")
 
     @model_validator(mode="after")
     def _fast_is_supported(self) -> Precisions:
         extra = set(self.fast) - set(self.supported)
         if extra:
             raise ValueError(f"fast lists {sorted(extra)} which are not in supported")
+        if self.default is not None and self.default not in self.supported:
+            raise ValueError(f"default {self.default} is not in supported")
         return self
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -16,26 +16,52 @@ from edgekit.errors import BadInput, MissingRuntime
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
 
+if TYPE_CHECKING:
+    from edgekit.data import Samples
+    from edgekit.models import LoadedModel
+
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether this machine can build the engine, and whether it can also run it (the device is here)."""
+    """Whether this machine can build the engine, and whether it can also run it (the device is here).
+    `check`: this machine runs the built artifact, or its exact functional twin, to check accuracy
+    though not on the device (LiteRT's CPU kernels for an Edge TPU model, hls4ml's C simulation, the
+    Q/DQ ONNX TensorRT builds from in ONNX Runtime); `check_how` says which, for the report."""
 
     build: bool
     run: bool
     reason: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    check: bool = False
+    check_how: str = ""
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """What a build produced: the engine file the runtime loads, and every file that goes with it."""
+    """What a build produced: the engine file the runtime loads, and every file that goes with it.
+    `pending`: the exact step that finishes the engine where its tool is (a command line), when this
+    machine could only produce everything up to it (TensorRT without a GPU, Edge TPU without its
+    compiler, FPGA synthesis without Vivado); None when the engine is done. `notes`: what the build
+    found that the report shows (op coverage, resource estimate, ...), JSON-ready."""
 
     backend: str
     path: Path
     files: tuple[Path, ...]
     precision: str
     options: dict = field(default_factory=dict)
+    pending: str | None = None
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What some runtimes build from besides the ONNX file: LiteRT converts the PyTorch module itself,
+    and its int8, like hls4ml's fixed point, is set from edgekit's calibration."""
+
+    model: LoadedModel | None = None  # the source model (pruned, when the search built it)
+    float_onnx: Path | None = None  # the exported float ONNX (build's onnx_path is the Q/DQ one for int8)
+    calibration: Samples | None = None  # the calibration split
+    scales: Path | None = None  # edgekit's calibrated scales (scales.json) when the plan has int8
 
 
 @dataclass(frozen=True)
@@ -71,8 +97,10 @@ class Backend(Protocol):
 
     def available(self, target: Target) -> Availability: ...
 
-    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
-        """Build the engine; when the plan has int8 layers, onnx_path is the calibrated Q/DQ model."""
+    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path,
+              context: BuildContext | None = None) -> Artifact:
+        """Build the engine; when the plan has int8 layers, onnx_path is the calibrated Q/DQ model.
+        Builds as far as this machine can (see Artifact.pending)."""
         ...
 
     def load(self, artifact: Artifact, *, target: Target, threads: int) -> Engine: ...
@@ -84,8 +112,12 @@ class Backend(Protocol):
 BACKENDS: dict[str, tuple[str, str]] = {
     "openvino": ("edgekit.backends.openvino", "openvino"),
     "onnxruntime": ("edgekit.backends.onnxruntime", "onnxruntime"),
+    "tflite": ("edgekit.backends.tflite", "tflite"),
+    "edgetpu": ("edgekit.backends.edgetpu", "tflite"),
+    "tensorrt": ("edgekit.backends.tensorrt", "tensorrt"),
+    "hls4ml": ("edgekit.backends.hls4ml", "fpga"),
 }
-NOT_YET = {"tensorrt": "tensorrt", "tflite": "tflite", "edgetpu": "tflite", "hls4ml": "fpga"}
+NOT_YET: dict[str, str] = {}
 
 
 def get_backend(name: str) -> Backend:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, Executed, LayerTime
+from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -109,7 +109,8 @@ class OnnxRuntimeBackend:
             return Availability(False, False, "the onnxruntime backend runs on CPUs only", versions)
         return Availability(True, target.local, "" if target.local else "the device is not this machine", versions)
 
-    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
+    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path,
+              context: BuildContext | None = None) -> Artifact:
         if plan.float_precision != "fp32":
             raise BadInput(f"the onnxruntime backend (CPU) runs fp32 and int8 layers, not {plan.float_precision}")
         ort = _ort()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, Executed, LayerTime
+from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -90,7 +90,8 @@ class OpenVINOBackend:
             return Availability(True, False, f"OpenVINO device '{device}' is not present here (found: {', '.join(devices)})", versions)
         return Availability(True, True, "", versions)
 
-    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path) -> Artifact:
+    def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path,
+              context: BuildContext | None = None) -> Artifact:
         ov = _ov()
         floats = {plan.default, *plan.layers.values()} - {"int8"}
         if len(floats) > 1:

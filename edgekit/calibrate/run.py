@@ -300,7 +300,8 @@ def _write_tensorrt(out_dir: Path, result: CalibrationResult, stats: dict[str, T
     command = (f"trtexec --onnx={fp32_model} --int8 --fp16 --calib=tensorrt/calibration.cache "
                f"--precisionConstraints=obey --layerPrecisions={flags} --saveEngine=model.engine")
     (folder / "trtexec.sh").write_text("#!/bin/sh\n# Build on the device (TensorRT is not on this machine). Run from the run directory.\n"
-                                       "# Or build the explicit-quantization engine from the Q/DQ model:\n"
-                                       "#   trtexec --onnx=model.int8.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
+                                       "# Or build the explicit-quantization engine from the Q/DQ model with int32 biases folded\n"
+                                       "# to float (TensorRT dequantizes int8 only), which edgekit deploy writes as model.trt.onnx:\n"
+                                       "#   trtexec --onnx=model.trt.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
     return {"tensorrt_cache": "tensorrt/calibration.cache", "tensorrt_layer_precisions": "tensorrt/layer_precisions.txt",
             "tensorrt_build": "tensorrt/trtexec.sh"}
