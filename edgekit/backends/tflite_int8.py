@@ -253,22 +253,18 @@ def float_io(model: bytes) -> bytes:
                 if entry.tensorIndex == old:
                     entry.tensorIndex = new
 
-    head, tail = [], []
-    for pos, index in enumerate(list(graph.inputs)):
-        if graph.tensors[index].type == schema.TensorType.INT8:
+    added: dict[str, list] = {"inputs": [], "outputs": []}
+    for entries, builtin in (("inputs", schema.BuiltinOperator.QUANTIZE), ("outputs", schema.BuiltinOperator.DEQUANTIZE)):
+        ends = getattr(graph, entries)
+        for pos, index in enumerate(list(ends)):
+            if graph.tensors[index].type != schema.TensorType.INT8:
+                continue
             twin = float_twin(index)
             op = schema.OperatorT()
-            op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.QUANTIZE), [twin], [index]
-            head.append(op)
-            graph.inputs[pos] = twin
-            remap("inputs", index, twin)
-    for pos, index in enumerate(list(graph.outputs)):
-        if graph.tensors[index].type == schema.TensorType.INT8:
-            twin = float_twin(index)
-            op = schema.OperatorT()
-            op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.DEQUANTIZE), [index], [twin]
-            tail.append(op)
-            graph.outputs[pos] = twin
-            remap("outputs", index, twin)
-    graph.operators = head + list(graph.operators) + tail
+            op.opcodeIndex = opcode(builtin)
+            op.inputs, op.outputs = ([twin], [index]) if entries == "inputs" else ([index], [twin])
+            added[entries].append(op)
+            ends[pos] = twin
+            remap(entries, index, twin)
+    graph.operators = added["inputs"] + list(graph.operators) + added["outputs"]
     return tg.write(fb)

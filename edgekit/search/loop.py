@@ -381,7 +381,7 @@ def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchR
         onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
     progress("building and measuring the candidate on the device" if target.local else "building the candidate")
     deploy_request = DeployRequest(target=request.target, out=folder, backend=request.backend,
-                                   latency_budget_ms=budget_ms, measure=target.local,
+                                   latency_budget_ms=budget_ms, measure=target.local or _checkable(request, target),
                                    calibration=request.calibration, settings=request.settings,
                                    targets_dir=request.targets_dir)
     report = deploy(deploy_request, model=pruned, samples=samples, plan=plan,  # deploy splits it the same way
@@ -397,6 +397,18 @@ def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchR
                                {**step.action.as_dict(), "compressed_mb": round(step.compressed_mb, 6), "met": step.met}
                                for step in flash.steps]}
     return _Built(report, onnx_path, precisions, accuracy(module))
+
+
+def _checkable(request: SearchRequest, target) -> bool:
+    """Off the device, whether this machine runs the built model's arithmetic (LiteRT, hls4ml's C
+    simulation, the Q/DQ ONNX in ONNX Runtime): deploy then reports its test accuracy."""
+    from edgekit.backends.base import get_backend
+    from edgekit.errors import MissingRuntime
+
+    try:
+        return get_backend(request.backend or target.backend.name).available(target).check
+    except MissingRuntime:
+        return False
 
 
 def final_inputs(splits) -> dict:
