@@ -48,6 +48,14 @@ def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _precision_counts(planned: dict[str, str]) -> str:
+    """'3 of 5 layers int8', or per width where a fixed-point plan mixes them: '2 int12, 3 int8 of 5 layers'."""
+    counts = {p: sum(v == p for v in planned.values()) for p in sorted(set(planned.values()))}
+    if set(counts) <= {"int8", "fp32", "fp16"}:
+        return f"{counts.get('int8', 0)} of {len(planned)} layers int8"
+    return ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: kv[0])) + f" of {len(planned)} layers"
+
+
 def _settings(repeats: int, warmup: int, threads: int | None, duration: float):
     from edgekit.profile import ProfileSettings
 
@@ -182,7 +190,7 @@ def _print_search(result: dict) -> None:
                       + (f", {f['action']['clusters']} shared values per layer" if f["action"]["clusters"] else ""))
     table.add_row("channels kept", ", ".join(f"{g} {k}" for g, k in result["chosen"]["keep"].items()))
     planned = result["chosen"]["precision"] or {}
-    table.add_row("precision", f"{sum(p == 'int8' for p in planned.values())} of {len(planned)} layers int8")
+    table.add_row("precision", _precision_counts(planned))
     for r in result["rounds"]:
         measured = f"{r['measured_ms']:.3f} ms measured" if r["measured_ms"] is not None else "not measured"
         error = f", cost model {r['cost_model_error']:+.1%}" if r["cost_model_error"] is not None else ""
@@ -256,8 +264,7 @@ def _print_summary(report: dict) -> None:
     table.add_row("model", f"{report['model']['name']}  ({report['model']['totals']['macs'] / 1e6:.2f} M MACs, "
                            f"{report['model']['totals']['params'] / 1e3:.1f} k params)")
     precision = report["precision"]
-    int8 = sum(p == "int8" for p in precision.get("planned", {}).values())
-    table.add_row("precision", f"{precision['label']} ({int8} of {len(precision.get('planned', {}))} layers int8)")
+    table.add_row("precision", f"{precision['label']} ({_precision_counts(precision.get('planned', {}))})")
     if "executed" in precision:
         mism = precision["mismatches"]
         unverified = precision.get("unverified") or []

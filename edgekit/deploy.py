@@ -112,7 +112,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
     plan = plan or choose_plan(request, target)
-    precision = plan.float_precision if not plan.has_int8 else "int8"
+    precision = plan.float_precision if not plan.quantized else "int8"
     mixed = request.precision == MIXED
 
     step("model")
@@ -157,7 +157,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
 
     build_from = onnx_path
     planned = {layer: plan.precision_of(layer) for layer in quantizable_layers(onnx_path)}
-    if plan.has_int8:
+    if plan.quantized:
         step("calibrate")
         if splits is None:
             _finish(run_dir, report)

@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 
 from edgekit.errors import BadInput
 
-PRECISIONS = ("fp32", "fp16", "int8")
+FLOATS = ("fp32", "fp16")
+# Integer widths: int8 everywhere; any width from 4 to 16 bits where the backend builds fixed point (hls4ml's
+# ap_fixed on FPGAs). Whether a target runs a width is its registry entry's business (precisions.supported).
+FIXED_POINT = tuple(f"int{bits}" for bits in range(4, 17))
+PRECISIONS = (*FLOATS, *FIXED_POINT)
+
+
+def bits(precision: str) -> int | None:
+    """The width of an integer precision (int8 → 8); None for a float one."""
+    return int(precision[3:]) if precision in FIXED_POINT else None
 
 
 @dataclass(frozen=True)
@@ -17,19 +26,20 @@ class PrecisionPlan:
     def __post_init__(self) -> None:
         for where, value in [("default", self.default), *self.layers.items()]:
             if value not in PRECISIONS:
-                raise BadInput(f"precision plan: '{value}' for {where} is not one of {', '.join(PRECISIONS)}")
+                raise BadInput(f"precision plan: '{value}' for {where} is not one of fp32, fp16, int8 (int4..int16 on FPGAs)")
 
     def precision_of(self, layer: str) -> str:
         return self.layers.get(layer, self.default)
 
     @property
-    def has_int8(self) -> bool:
-        return self.default == "int8" or "int8" in self.layers.values()
+    def quantized(self) -> bool:
+        """Some layer runs in integers: the model needs calibrated ranges."""
+        return any(bits(p) for p in (self.default, *self.layers.values()))
 
     @property
     def float_precision(self) -> str:
-        """The precision of the layers that are not int8: one per model in OpenVINO and ONNX Runtime."""
-        floats = {self.default, *self.layers.values()} - {"int8"}
+        """The precision of the layers that are not integer: one per model in OpenVINO and ONNX Runtime."""
+        floats = {self.default, *self.layers.values()} & set(FLOATS)
         if floats == {"fp16"} or (self.default == "fp16"):
             return "fp16"
         return "fp32"

@@ -16,8 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.errors import BadInput
+from edgekit.plan import FIXED_POINT
 
-Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+# Floats, and integer widths: int8 everywhere, int4..int16 where a backend builds fixed point (FPGAs).
+Precision = Literal[("fp32", "fp16", "bf16", *FIXED_POINT)]
 FIGURES = ("peak_gops", "memory_bandwidth_gbs", "ram_mb", "storage_mb", "cores", "alignment")
 
 

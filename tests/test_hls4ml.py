@@ -167,3 +167,93 @@ def test_fixed_point_formats_keep_small_weights_precise_and_accumulators_exact()
         width_of("int8", {"width": 3})
     availability = get_backend("hls4ml").available(load_target("fpga"))
     assert availability.run is False and availability.check is (shutil.which("g++") is not None)
+
+
+@pytest.mark.slow
+@needs_gxx
+def test_a_plan_of_per_layer_widths_is_built_layer_by_layer_and_checked(tmp_path):
+    """Each multiplying layer gets the width the plan names it (matched in graph order to hls4ml's
+    Conv/Dense layers); the C simulation of the mixed design still agrees with PyTorch."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("default: int8\nlayers:\n  node_Conv_67: int12\n  node_Conv_71: int6\n  node_linear: int16\n")
+    out = tmp_path / "run"
+    result = run_cli("deploy", "--target", "kv260", "--plan", str(plan), "--out", str(out), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    widths = [m["width"] for m in json.loads((out / "model.hls4ml").read_text())["multiply_layers"]]
+    assert widths == [12, 8, 6, 8, 16]
+    report = json.loads((out / "report.json").read_text())
+    assert report["precision"]["label"] == "mixed" and report["precision"]["planned"]["node_Conv_71"] == "int6"
+    assert report["accuracy"]["agreement"] >= 0.98
+    assert "12, 8, 6, 8, 16-bit fixed point" in report["build"]["summary"][0]
+
+
+def test_fixed_point_widths_are_precisions_from_4_to_16_bits():
+    from edgekit.plan import PrecisionPlan, bits
+    from edgekit.search import fixed_point
+    from edgekit.targets import load_target
+
+    assert PrecisionPlan("int12", {"a": "int6"}).quantized and bits("int6") == 6 and bits("fp16") is None
+    for wrong in ("int3", "int17", "int"):
+        with pytest.raises(BadInput, match="not one of"):
+            PrecisionPlan(wrong)
+    fpga, host = load_target("kv260"), load_target("host")
+    assert fixed_point.is_fixed_point(fpga) and not fixed_point.is_fixed_point(host)
+    assert fixed_point.widths(fpga)[0] == "int16" and fixed_point.widths(fpga)[-1] == "int4"
+    assert fixed_point.narrower("int12", fpga) == "int10" and fixed_point.narrower("int4", fpga) is None
+    with pytest.raises(BadInput, match="does not run int6"):  # a width only where the registry offers it
+        from edgekit.deploy import choose_precision
+
+        choose_precision("int6", load_target("rpi5"))
+
+
+def test_the_width_simulation_rounds_to_the_formats_hls4ml_is_given(demo_model):
+    """Weights land on the ap_fixed grid of their width; a narrower width changes the outputs more."""
+    import torch
+
+    from edgekit.backends.hls4ml_config import fitted, multiply_nodes
+    from edgekit.backends.hls4ml_graph import observe, prepare
+    from edgekit.search.fixed_point import simulated
+
+    prepared = prepare(demo_model.module, demo_model.inputs, demo_model.example)
+    x = torch.from_numpy(np.random.default_rng(0).random((8, *demo_model.inputs[0].shape[1:]), dtype=np.float32))
+    observe(prepared, {demo_model.inputs[0].name: x.numpy()})
+    first = multiply_nodes(prepared)[0]
+    errors = []
+    for width in (12, 6):
+        sim = simulated(prepared, {first: width})
+        weight = sim.get_submodule(next(n.target for n in sim.graph.nodes if n.name == first)).weight.detach()
+        step = 2.0 ** -fitted(width, float(weight.abs().max())).fraction
+        assert torch.allclose(weight / step, torch.round(weight / step), atol=1e-4)
+        with torch.no_grad():
+            errors.append(float((sim(x) - prepared.module(x)).abs().max()))
+    assert 0 < errors[0] < errors[1]
+
+
+def test_per_layer_widths_that_cannot_be_matched_are_refused(demo_onnx):
+    from edgekit.backends.hls4ml import planned_widths
+    from edgekit.plan import PrecisionPlan
+
+    with pytest.raises(BadInput, match="cannot be matched"):
+        planned_widths(PrecisionPlan("int8", {"x": "int6"}), demo_onnx, ["_0", "_3"], {})
+    assert planned_widths(PrecisionPlan("int8"), demo_onnx, ["_0"], {}) == {}
+
+
+@pytest.mark.slow
+@needs_gxx
+def test_search_on_the_fpga_walks_bit_widths_and_channels_on_the_design_estimate(tmp_path):
+    """`search --target fpga`: starts from the widest width whose design fits the part, walks pruning and
+    narrower widths on hls4ml's design estimate (predicted), and checks the chosen design in C simulation."""
+    out = tmp_path / "search"
+    result = run_cli("search", "--target", "fpga", "--speedup", "1.3", "--time-limit", "150", "--finetune", "2",
+                     "--out", str(out), "--json", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    found = json.loads((out / "search.json").read_text())
+    assert found["budget"]["judged_on"] == "predicted" and found["budget"]["met"]
+    assert found["cost_model"]["source"].startswith("hls4ml design estimate")
+    widths = found["cost_model"]["widths"]
+    assert widths["start"] == "int12"  # int16 overflows the KV260's BRAM for the demo; int12 fits
+    assert set(widths["layers"]) == set(found["chosen"]["precision"])
+    assert all(p in ("int16", "int12", "int10", "int8", "int6", "int4") for p in found["chosen"]["precision"].values())
+    assert found["accuracy"]["test"] is not None and found["accuracy"]["test_drop_pt"] <= 3
+    report = json.loads((out / "round-1" / "report.json").read_text())
+    assert "C simulation" in report["accuracy"]["where"] and report["latency_ms"]["kind"] == "predicted"

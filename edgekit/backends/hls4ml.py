@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit.backends import hls4ml_project as project_files
 from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
-from edgekit.backends.hls4ml_config import width_of
+from edgekit.backends.hls4ml_config import multiply_nodes, width_of
 from edgekit.backends.hls4ml_graph import observe, prepare
 from edgekit.backends.hls4ml_project import PROJECT, PROJECT_NAME, first_line, quiet
 from edgekit.errors import BadInput, Failure, require
@@ -68,9 +68,25 @@ class HlsEngine:
         multiply = self._manifest["multiply_layers"]
         if len(layers) != len(multiply):
             return {}
-        bits = self._manifest["width"]
-        return {name: Executed(f"int{bits}", m["layer"], f"{m['weight']} weights, reuse {m['reuse']}")
+        return {name: Executed(f"int{m.get('width', self._manifest['width'])}", m["layer"], f"{m['weight']} weights, reuse {m['reuse']}")
                 for name, m in zip(layers, multiply, strict=True)}
+
+
+def planned_widths(plan: PrecisionPlan, onnx_path: Path, multiply: list[str], options: dict) -> dict[str, int]:
+    """Each multiplying layer's width (torch.fx name → bits) from a plan that names the ONNX export's
+    Conv/Gemm/MatMul layers: the same module exported twice, matched in graph order. {} where the plan
+    has no per-layer entries or the backend option `width` sets one for all."""
+    if not plan.layers or options.get("width"):
+        return {}
+    import onnx
+
+    from edgekit.calibrate.qdq import quantizable_layers
+
+    planned = list(quantizable_layers(onnx.load(str(onnx_path), load_external_data=False)))
+    if len(planned) != len(multiply):
+        raise BadInput(f"the plan names {len(planned)} ONNX layers with weights but hls4ml's graph has {len(multiply)} "
+                       "(Conv/Linear): per-layer widths cannot be matched; give one precision for the whole model")
+    return {fx: width_of(plan.precision_of(name), options) for name, fx in zip(planned, multiply, strict=True)}
 
 
 class Hls4mlBackend:
@@ -109,7 +125,8 @@ class Hls4mlBackend:
         log = project / "edgekit_convert.log"
         prepared = prepare(model.module, model.inputs, model.example)
         observe(prepared, context.calibration.inputs)
-        hls_model, choices, est = project_files.convert(hls4ml, prepared, width, target, project, log)
+        widths = planned_widths(plan, context.float_onnx or onnx_path, multiply_nodes(prepared), options)
+        hls_model, choices, est = project_files.convert(hls4ml, prepared, width, target, project, log, widths)
         try:
             with quiet(log):
                 hls_model.compile()
@@ -121,8 +138,8 @@ class Hls4mlBackend:
             "project": PROJECT, "project_name": PROJECT_NAME, "hls4ml": hls4ml.__version__, "width": width,
             "inputs": [{"name": n, "shape": list(s)} for n, s in zip(prepared.input_names, prepared.input_shapes, strict=True)],
             "outputs": [list(s) for s in prepared.output_shapes],
-            "multiply_layers": [{"layer": c.name, "weight": c.weight, "accum": c.accum, "reuse": c.reuse}
-                                for c in choices if c.n_in],
+            "multiply_layers": [{"layer": c.name, "weight": c.weight, "accum": c.accum, "reuse": c.reuse,
+                                 "width": widths.get(c.name, width)} for c in choices if c.n_in],
         }
         path = out_dir / "model.hls4ml"
         write_json(path, manifest)
@@ -132,7 +149,9 @@ class Hls4mlBackend:
         if synthesis:
             notes["synthesis"] = synthesis
         files = (path, project, out_dir / "hls4ml_estimate.json")
-        return Artifact(self.name, path, files, f"int{width}", {"part": options.get("part")}, pending, notes)
+        used = {widths.get(c.name, width) for c in choices if c.n_in}
+        label = f"int{used.pop()}" if len(used) == 1 else "mixed"
+        return Artifact(self.name, path, files, label, {"part": options.get("part")}, pending, notes)
 
     def _synthesize(self, hls_model, project: Path, log: Path) -> tuple[str | None, dict | None]:
         """HLS synthesis and IP export where Vitis is; else the command that does it, left pending."""

@@ -1,6 +1,7 @@
 """The hls4ml config edgekit writes: a fixed-point format and a reuse factor for every layer.
 
-Widths come from the plan (int8 → 8 bits; any 4-16), the split between integer and fraction bits from
+Widths come from the plan, per layer (int8 → 8 bits; any 4-16): a multiplying layer takes its own, the
+layers after it (activation, pooling, reshape) its result's; the split between integer and fraction bits from
 the ranges seen on the calibration split (activations) and the weights' largest magnitude, so small
 weights keep their precision. Accumulators are exact: the product's bits plus ceil(log2(fan-in)) guard
 bits, so a dot product never rounds or overflows before its result is rounded once (to nearest,
@@ -90,18 +91,32 @@ class LayerChoice:
         return self.n_in * self.n_out * self.pixels
 
 
-def configure(config: dict, prepared: Prepared, width: int, dsp: int, macs_per_dsp: int = 1) -> list[LayerChoice]:
-    """Fill hls4ml's per-layer config (granularity 'name') in place; return the choices made."""
+def multiply_nodes(prepared: Prepared) -> list[str]:
+    """The torch.fx names of the layers with multipliers (Conv/Linear), in graph order: the order of the
+    ONNX export's Conv/Gemm/MatMul layers a plan names."""
+    gm = prepared.module
+    return [n.name for n in gm.graph.nodes
+            if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ in MULTIPLY]
+
+
+def configure(config: dict, prepared: Prepared, width: int, dsp: int, macs_per_dsp: int = 1,
+              widths: dict[str, int] | None = None) -> list[LayerChoice]:
+    """Fill hls4ml's per-layer config (granularity 'name') in place; return the choices made. `widths`:
+    per multiplying layer (fx name), else `width`; other layers keep their input's width."""
     gm = prepared.module
     layers = config["LayerName"]
     types: dict[str, Fixed] = {}
+    bits: dict[str, int] = {}
+    default = width
     choices: list[LayerChoice] = []
     for node in gm.graph.nodes:
         if node.op == "output":
             continue
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         kind = type(module).__name__ if module is not None else str(node.target if node.op == "call_method" else getattr(node.target, "__name__", node.op))
-        source = types.get(node.args[0].name) if node.args and hasattr(node.args[0], "name") else None
+        first = node.args[0].name if node.args and hasattr(node.args[0], "name") else None
+        source = types.get(first) if first else None
+        width = bits[node.name] = (widths or {}).get(node.name) or (bits.get(first, default) if first else default)
         seen = prepared.ranges.get(node.name)
         if node.op == "placeholder" or seen is None:
             types[node.name] = fitted(width, seen) if seen else source

@@ -53,7 +53,8 @@ def portable_config(project: Path) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def convert(hls4ml, prepared: Prepared, width: int, target: Target, project: Path, log: Path):
+def convert(hls4ml, prepared: Prepared, width: int, target: Target, project: Path, log: Path,
+            widths: dict[str, int] | None = None):
     """hls4ml's config filled by edgekit (formats, reuse), converted; folded further while the BRAM
     estimate overflows (converting takes well under a second; only the final model is compiled)."""
     options = target.backend.options
@@ -66,7 +67,7 @@ def convert(hls4ml, prepared: Prepared, width: int, target: Target, project: Pat
             config["Model"]["Strategy"] = "Resource"
             config["InputShape"] = [list(s) for s in shapes]  # lists: hls4ml_config.yml must load with safe_load
             choices = configure(config, prepared, width, int(options.get("dsp", 0)) or 1_000_000,
-                                int(options.get("macs_per_dsp", 1)))
+                                int(options.get("macs_per_dsp", 1)), widths)
             for _ in range(MAX_FOLDS):
                 hls_model = hls4ml.converters.convert_from_pytorch_model(
                     prepared.module, output_dir=str(project), project_name=PROJECT_NAME, backend="Vitis",
@@ -86,7 +87,7 @@ def notes(version: str, width: int, choices, prepared: Prepared, est: dict, samp
     """What report.json shows under "build"; `summary` lines are printed by the CLI."""
     return {
         "hls4ml": version, "project": PROJECT, "estimate_file": "hls4ml_estimate.json",
-        "fixed_point": {"width": width, "activations": "ap_[u]fixed<W,I>, I from the calibration split's ranges",
+        "fixed_point": {"width": width, "widths": _widths(choices), "activations": "ap_[u]fixed<W,I>, I from the calibration split's ranges",
                         "weights": "ap_fixed<W,I>, I from each layer's largest |weight|",
                         "accumulators": "exact: product bits + ceil(log2(fan-in)) guard bits (+1 for the bias)",
                         "rounding": "AP_RND_CONV (to nearest, ties to even), AP_SAT (saturate)"},
@@ -98,7 +99,13 @@ def notes(version: str, width: int, choices, prepared: Prepared, est: dict, samp
         "predicted_latency_ms": Latency.predicted(est["latency_ms"], f"hls4ml design estimate at {est['clock_mhz']:.0f} MHz "
                                                   "(cycles per layer, layers not overlapped)").as_dict(),
         "per_layer_times": "none measured: a C simulation has no per-layer timer (predicted cycles per layer: hls4ml_estimate.json)",
-        "summary": [f"hls4ml {version}: {len(choices)} layers in {width}-bit fixed point, "
+        "summary": [f"hls4ml {version}: {len(choices)} layers in {_widths(choices)}-bit fixed point, "
                     f"{sum(1 for c in choices if c.n_in)} with multipliers (reuse {', '.join(str(c.reuse) for c in choices if c.n_in)})",
                     *prepared.rewrites, *summary(est)],
     }
+
+
+def _widths(choices) -> str:
+    """The multiplying layers' widths: '8', or '16, 8, 6' where the plan mixes them."""
+    used = [int(c.result.split("<")[1].split(",")[0]) for c in choices if c.n_in]
+    return str(used[0]) if len(set(used)) == 1 else ", ".join(map(str, used))

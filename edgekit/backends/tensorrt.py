@@ -452,7 +452,7 @@ class TensorRTBackend:
         source = _write_source(Path(onnx_path), out_dir / SOURCE)
         model = source.pop("model")
         spec = build_spec(model, plan, target)
-        if plan.has_int8 and not spec.int8:
+        if plan.quantized and not spec.int8:
             raise BadInput(f"the plan has int8 layers but {Path(onnx_path).name} has no Q/DQ: build from edgekit's "
                            "calibrated model.int8.onnx (deploy or calibrate with --precision int8)")
         files, summary = [out_dir / SOURCE], [_source_line(source, spec)]

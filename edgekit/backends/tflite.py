@@ -242,7 +242,7 @@ def build_tflite(name: str, *, onnx_path: Path, plan: PrecisionPlan, target: Tar
     layers = list(quantizable_layers(onnx.load(str(float_onnx), load_external_data=False)))
     notes: dict = {"converter": "litert-torch (from the PyTorch module)", "per_layer_times": NO_PROFILER,
                    "matched_layers": f"{len(matching.layers)} of {len(layers)} ONNX layers matched to LiteRT ops by value"}
-    if plan.has_int8:
+    if plan.quantized:
         with quiet():
             model, report = tflite_int8.quantize(
                 float_model, fb, matching, plan=_full_plan(plan, layers), source=onnx_path if onnx_path != float_onnx else None,

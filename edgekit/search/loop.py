@@ -30,7 +30,7 @@ from edgekit.errors import BadInput
 from edgekit.models import load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings
-from edgekit.search import evaluate, greedy, nsga
+from edgekit.search import evaluate, fixed_point, greedy, nsga
 from edgekit.search.anchor import Anchor, timed_original
 from edgekit.search.study import Evaluation, Trials
 from edgekit.search_report import write_search_report
@@ -154,10 +154,9 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     if not onnx_path.exists():
         graph.export_onnx(loaded, onnx_path)
     reference = graph.layer_table(onnx_path)
-    anchor = timed_original(onnx_path, sensitivity.float_precision(target), target, backend_name, run_dir,
-                            splits.test.sample(0), request.settings)
-    plan, analysis = _precision_plan(loaded, onnx_path, splits, target, backend_name, run_dir, request, progress)
-    costly = _int8_costs(analysis, plan)
+    fixed = fixed_point.is_fixed_point(target)  # FPGA: bit widths, hls4ml's design estimate
+    anchor = None if fixed else timed_original(onnx_path, sensitivity.float_precision(target), target, backend_name,
+                                               run_dir, splits.test.sample(0), request.settings)
     space = spaces.build_space(loaded, onnx_path, target)
     write_json(run_dir / "space.json", space.as_dict())
 
@@ -165,6 +164,12 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     example = tuple(torch.from_numpy(loaded.example[s.name]) for s in loaded.inputs)
     validation_ref = evaluate.outputs(teacher, splits.validation, loaded)
     base_accuracy = evaluate.score(validation_ref, splits.validation, validation_ref)
+    design = fixed_point.DesignCost(target, loaded, splits.calibration.inputs) if fixed else None
+    if design is not None:
+        plan, analysis = _width_plan(design, teacher, loaded, splits, target, space, validation_ref, run_dir, progress)
+    else:
+        plan, analysis = _precision_plan(loaded, onnx_path, splits, target, backend_name, run_dir, request, progress)
+    costly = _int8_costs(analysis, plan) if not fixed else {}
     model_cost = cost.CostModel(target, backend_name)
     fast_reference = evaluate.fast_layer_table(teacher, loaded)
     evaluate.rename_by_order(reference, fast_reference)  # the fast export lines up with the real one
@@ -174,6 +179,8 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
         return {ours: candidate.precision.get(theirs, candidate.default_precision) for ours, theirs in names.items()}
 
     def predict(candidate, module) -> tuple[float, float]:
+        if design is not None:
+            return design.predict(module, [candidate.precision.get(n, candidate.default_precision) for n in space.layers])
         layers = evaluate.fast_layer_table(module, loaded)
         precisions = precisions_of(candidate, layers)
         memory = cost.estimate_memory(layers, precisions, candidate.default_precision).total_mb
@@ -193,19 +200,23 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
         groups=list(space.groups), choices=dict(space.choices),
         with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
         prune=lambda m, keep: prune(m, example, keep), predict=predict, finetune=finetune, accuracy=accuracy,
-        precision_moves=lambda c: [(dataclasses.replace(c, precision={**c.precision, layer: "int8"}), layer)
-                                   for layer in costly if c.precision.get(layer) != "int8"],
-        penalty=lambda c: sum(loss for layer, loss in costly.items() if c.precision.get(layer) == "int8"))
+        precision_moves=(lambda c: fixed_point.moves(c, list(space.layers), target)) if fixed else (
+            lambda c: [(dataclasses.replace(c, precision={**c.precision, layer: "int8"}), layer)
+                       for layer in costly if c.precision.get(layer) != "int8"]),
+        penalty=(lambda c: fixed_point.penalty(c, analysis)) if fixed else (
+            lambda c: sum(loss for layer, loss in costly.items() if c.precision.get(layer) == "int8")))
     start_candidate = spaces.Candidate(keep={}, precision=dict(plan.layers), default_precision=plan.default)
     latency, memory = predict(start_candidate, teacher)
     state = start = greedy.State(start_candidate, teacher, latency, memory, base_accuracy)
     budget_ms = request.latency_budget_ms
     if budget_ms is None:  # --speedup: the original's latency on the anchor's scale (or predicted), divided
-        original_float = spaces.Candidate(keep={}, precision={}, default_precision=sensitivity.float_precision(target))
+        original_float = spaces.Candidate(keep={}, precision={}, default_precision=plan.default if fixed
+                                          else sensitivity.float_precision(target))
         budget_ms = (anchor.p50_ms if anchor else predict(original_float, teacher)[0]) / request.speedup
         progress(f"budget: {budget_ms:.4f} ms, {request.speedup:g}× faster than the original "
                  f"({'measured' if anchor else 'predicted'})")
-    budget = greedy.Budget(budget_ms, request.memory_budget_mb)
+    # on an FPGA the memory is the part's block RAM: a design that overflows it does not fit
+    budget = greedy.Budget(budget_ms, request.memory_budget_mb or (design.capacity_mb() if design else None))
     floor_ms = greedy.smallest_latency(walk, state)
     if floor_ms > budget.latency_ms:
         progress(f"warning: the smallest model the space allows is predicted at {floor_ms:.3f} ms, above the budget: "
@@ -245,6 +256,9 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
             budget_ms, state.latency_ms, round_.measured_ms, model_cost.errors()))
     result = _result(request, target, backend_name, loaded, splits, teacher, base_accuracy, rounds, trials, model_cost,
                      started, run_dir, space, anchor, budget_ms)
+    if design is not None:
+        result["cost_model"] = {"source": "hls4ml design estimate (edgekit/backends/hls4ml_estimate.py), predicted",
+                                "widths": analysis}
     write_json(run_dir / "search.json", result)
     write_search_report(run_dir, result)
     return result
@@ -325,6 +339,26 @@ def _int8_costs(analysis: dict | None, plan: PrecisionPlan) -> dict[str, float]:
         if loss is not None:
             costs[name] = max(float(loss), 0.0) / 100
     return costs
+
+
+def _width_plan(design, teacher, loaded, splits, target, space, validation_ref, run_dir: Path,
+                progress: Callable[[str], None]) -> tuple[PrecisionPlan, dict]:
+    """A fixed-point target starts from the widest width at which the whole model fits the part (the most
+    accurate design there is); the walk narrows layers, priced by each layer's width sensitivity, and
+    prunes. Saved in the run directory, reused on resume."""
+    import json
+
+    saved = run_dir / "width_sensitivity.json"
+    if saved.exists():
+        analysis = json.loads(saved.read_text())
+    else:
+        progress("simulating each layer in each narrower width (fixed point, in PyTorch)")
+        analysis = fixed_point.sensitivity(teacher, loaded, splits.calibration.inputs, splits.validation,
+                                           list(space.layers), target, validation_ref)
+        analysis["start"] = fixed_point.widest_fitting(design, teacher, len(space.layers))
+        write_json(saved, analysis)
+    progress(f"starting from {analysis['start']} everywhere: the widest width whose design fits {target.name}")
+    return PrecisionPlan(analysis["start"]), analysis
 
 
 def _precision_plan(loaded, onnx_path: Path, splits, target, backend_name: str, run_dir: Path, request: SearchRequest,
