@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Find the fastest version of a model that meets its budget on a device, and ship it.")
 targets_app = typer.Typer(no_args_is_help=True, help="The device registry (targets/*.yaml).")
 app.add_typer(targets_app, name="targets")
+agent_app = typer.Typer(no_args_is_help=True, help="The on-device agent: builds and measures engines on the device for a host.")
+app.add_typer(agent_app, name="agent")
 out = Console()
 err = Console(stderr=True)
 STATE = {"debug": False}
@@ -458,6 +460,33 @@ def targets_show(name: Annotated[str, typer.Argument(help="Target name, alias or
         _print_json(data)
     else:
         out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120).rstrip())
+
+
+@agent_app.command("serve")
+def agent_serve(
+    token_file: Annotated[Path, typer.Option("--token-file", help="File holding the token clients must send (`edgekit agent token FILE`).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface, reachable from the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8700,
+    workdir: Annotated[Path, typer.Option(help="Where jobs, their files and results are kept.")] = Path("~/.edgekit/agent"),
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload (all of one job's files) taken, in MiB.")] = 256,
+    max_queue: Annotated[int, typer.Option(help="Most jobs waiting at once; more are refused (503) until some have run.")] = 64,
+) -> None:
+    """Run the agent on this device until interrupted: jobs from hosts, run one at a time with the local runtimes."""
+    from edgekit.agent.server import serve
+
+    serve(host=host, port=port, token_file=token_file, workdir=workdir, max_upload_mb=max_upload_mb, max_queue=max_queue)
+
+
+@agent_app.command("token")
+def agent_token(
+    file: Annotated[Path, typer.Argument(help="Where to write the token (mode 0600).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace the token in an existing file.")] = False,
+) -> None:
+    """Write a new random token for `edgekit agent serve --token-file` and its clients."""
+    from edgekit.agent.security import new_token_file
+
+    path = new_token_file(file, force=force)
+    out.print(f"wrote a new token to {path} (mode 0600)", soft_wrap=True)
 
 
 def main() -> None:
