@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Find the fastest version of a model that meets its budget on a device, and ship it.")
 targets_app = typer.Typer(no_args_is_help=True, help="The device registry (targets/*.yaml).")
 app.add_typer(targets_app, name="targets")
+devices_app = typer.Typer(no_args_is_help=True, help="The device inventory: real devices reached through the edgekit agent.")
+app.add_typer(devices_app, name="devices")
 agent_app = typer.Typer(no_args_is_help=True, help="The on-device agent: builds and measures engines on the device for a host.")
 app.add_typer(agent_app, name="agent")
 out = Console()
@@ -38,6 +40,8 @@ CalSamples = Annotated[int | None, typer.Option("--calibration-samples", help="U
 BiasCorrection = Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help="Correct the mean shift int8 weights cause.")]
 Equalization = Annotated[str, typer.Option(help="Cross-layer equalization: auto (kept where it measures closer to fp32), on, off.")]
 PlanFile = Annotated[Path | None, typer.Option("--plan", help="Per-layer precisions: YAML/JSON {layer: fp32|fp16|int8} (see `edgekit inspect`).")]
+DeviceName = Annotated[str | None, typer.Option("--device", help="Measure on this device of the inventory, through its edgekit agent.")]
+DevicesFile = Annotated[Path | None, typer.Option("--devices", help="Device inventory (default: $EDGEKIT_DEVICES, else ./devices.yaml).")]
 InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="[NAME:]D1,D2,..[:DTYPE], repeatable (TorchScript, factories without examples).")]
 
 
@@ -90,6 +94,8 @@ def deploy(
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
     duration: Duration = 1.0,
     input_shape: InputShape = None,
+    device: DeviceName = None,
+    devices: DevicesFile = None,
     targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -107,7 +113,7 @@ def deploy(
                            "drop --precision/--plan, or pass --no-search to only check the budget")
         search(target=target, latency_budget_ms=latency_budget_ms, model=model, data=data, out_dir=out_dir,
                max_accuracy_drop=max_accuracy_drop, flash_budget_mb=flash_budget_mb, time_limit=time_limit,
-               backend=backend, method=method,
+               backend=backend, method=method, device=device, devices=devices,
                threads=threads, targets_dir=targets_dir, as_json=as_json)
         return
     if flash_budget_mb is not None:
@@ -116,7 +122,7 @@ def deploy(
         raise BadInput("--flash-budget-mb is met by the search: give --latency-budget-ms too, with a PyTorch model")
     request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision=precision, backend=backend,
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
-                            latency_budget_ms=latency_budget_ms, plan_file=plan,
+                            latency_budget_ms=latency_budget_ms, plan_file=plan, device=device, devices_file=devices,
                             calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction, equalization),
                             settings=_settings(repeats, warmup, threads, duration))
     with err.status("starting") as status:
@@ -149,6 +155,8 @@ def search(
     backend: Annotated[str | None, typer.Option(help="Build with this backend instead of the target's.")] = None,
     method: Method = "auto",
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
+    device: DeviceName = None,
+    devices: DevicesFile = None,
     targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -163,7 +171,8 @@ def search(
                             max_accuracy_drop=max_accuracy_drop, strategy=strategy,
                             trials=trials, time_limit_s=time_limit, resume=resume, storage=storage, backend=backend,
                             final_finetune_s=finetune, calibration=CalibrationOptions(method),
-                            settings=ProfileSettings(threads=threads), targets_dir=tuple(targets_dir or ()))
+                            settings=ProfileSettings(threads=threads), targets_dir=tuple(targets_dir or ()),
+                            device=device, devices_file=devices)
     with err.status("starting") as status:
         result = run_search(request, progress=lambda line: (status.update(f"[bold]{line}[/]…"), err.print(f"  {line}")))
     if as_json:
@@ -281,6 +290,9 @@ def _print_summary(report: dict) -> None:
                       + (f", {len(cal['demoted'])} layer(s) kept float" if cal["demoted"] else ""))
     spread = f" · p90 {lat['p90']:.3f} · p99 {lat['p99']:.3f} · {lat['samples']} runs" if lat["kind"] == "measured" else ""
     table.add_row(f"latency ({lat['kind']})", f"p50 {lat['p50']:.3f} ms{spread}")
+    if report.get("device"):
+        dev = report["device"]
+        table.add_row("measured on", f"device {dev['name']} ({dev['target']}, {dev.get('hostname', '?')}) through its agent at {dev['url']}")
     if lat["kind"] == "measured":
         table.add_row("latency (predicted)", f"{report['predicted_latency_ms']['p50']:.3f} ms (roofline)")
         table.add_row("throughput", f"{report['throughput_fps']:.0f} inferences/s, {report['threads']} threads")
@@ -400,13 +412,15 @@ def _inspect_sensitivity(model, input_shape, target, data, out_dir, backend, met
 
 @app.command()
 def profile(
-    artifact: Annotated[Path, typer.Argument(help="Engine file: OpenVINO IR .xml or .onnx.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Target the engine runs on.")] = "host",
+    artifact: Annotated[Path, typer.Argument(help="Engine file: OpenVINO IR .xml, .onnx or .tflite.")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target the engine runs on (default: the device's, else host).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data for accuracy (default: timing only, synthetic input).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed inferences (at least).")] = 100,
     warmup: Annotated[int, typer.Option(help="Warm-up inferences (at least).")] = 10,
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
     duration: Duration = 1.0,
+    device: DeviceName = None,
+    devices: DevicesFile = None,
     targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -415,7 +429,8 @@ def profile(
 
     settings = _settings(repeats, warmup, threads, duration)
     with err.status("profiling…"):
-        result = profile_file(artifact, target=target, data=data, settings=settings, targets_dir=targets_dir or [])
+        result = profile_file(artifact, target=target, data=data, settings=settings, targets_dir=targets_dir or [],
+                              device=device, devices_file=devices)
     if as_json:
         _print_json(result)
         return
@@ -426,6 +441,27 @@ def profile(
         out.print(f"  {layer['time_ms'] * 1e3:9.1f} µs  {layer['op']:<16} {layer['exec_type']:<22} {layer['name']}")
     if result.get("accuracy"):
         out.print(f"accuracy: {result['accuracy']}")
+
+
+@devices_app.command("list")
+def devices_list(devices: DevicesFile = None, as_json: JsonOut = False) -> None:
+    """Each device of the inventory, and whether its agent answers (asked once, briefly)."""
+    from edgekit.devices import load_inventory, status
+
+    inventory = load_inventory(devices)
+    rows = [status(device) for device in inventory.devices]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"edgekit devices ({inventory.file})")
+    for col in ("name", "target", "url", "answers", "host / why not", "runtimes", "queue"):
+        table.add_column(col)
+    for row in rows:
+        runtimes = ", ".join(f"{k} {v}" for k, v in (row.get("runtimes") or {}).items())
+        table.add_row(row["name"], row["target"], row["url"], "yes" if row["answers"] else "[red]no[/]",
+                      escape(row.get("hostname") or "") if row["answers"] else escape(row["error"]), runtimes,
+                      str(row.get("queue", "")))
+    out.print(table)
 
 
 @targets_app.command("list")

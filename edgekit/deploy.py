@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import cost, graph
+from edgekit import cost, graph, remote
 from edgekit import mixed as mixed_step
 from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
 from edgekit.calibrate import sensitivity
@@ -46,6 +46,8 @@ class DeployRequest:
     latency_budget_ms: float | None = None
     plan_file: Path | None = None
     measure: bool = True  # False: stop after the build (edgekit calibrate)
+    device: str | None = None  # measure on this inventory device, through its agent
+    devices_file: Path | None = None  # the inventory (default: $EDGEKIT_DEVICES, else ./devices.yaml)
     calibration: CalibrationOptions = CalibrationOptions()
     settings: ProfileSettings = ProfileSettings()
 
@@ -111,6 +113,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     step("target")
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
+    device = remote.device_for(request.device, target, request.devices_file, list(request.targets_dir)) if request.device else None
     plan = plan or choose_plan(request, target)
     precision = plan.float_precision if not plan.quantized else "int8"
     mixed = request.precision == MIXED
@@ -172,7 +175,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
             step("sensitivity")
             analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration,
                                            threads=request.settings.threads, backend_name=backend_name,
-                                           settings=request.settings, calibration=calibration)
+                                           settings=request.settings, calibration=calibration, device=device)
             report["artifacts"]["sensitivity"] = sensitivity.FILE
             plan, build_from = mixed_step.plan_from_analysis(analysis, calibration, onnx_path, run_dir, report, layers, target)
             planned = dict(plan.layers)
@@ -223,7 +226,23 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         report["status"] = (f"built up to the engine, which is built where its tool is: {artifact.pending}; "
                             f"latency predicted ({availability.reason or 'the device is not this machine'})")
 
-    if target.local and availability.run and request.measure:
+    if device is not None and request.measure:
+        step("profile on the device")
+        try:
+            result = remote.measure(device, artifact, target=target, settings=request.settings, feed=feed,
+                                    build_from=build_from, plan=plan, out_dir=run_dir, beside=beside)
+        except EdgekitError:
+            _finish(run_dir, report)
+            raise
+        _add_device_profile(report, result, device)
+        if splits is not None and (availability.run or availability.check):
+            step("check")
+            engine = backend.load(artifact, target=target, threads=threads)
+            checked = accuracy(engine, splits.test, functools.partial(graph.reference_outputs, model))
+            where = f"this machine, the same engine with {backend_name}" if availability.run else availability.check_how
+            report["accuracy"] = {**checked.as_dict(), "where": where}
+        report["status"] = f"complete; measured on device {device.name} through its agent"
+    elif target.local and availability.run and request.measure:
         step("profile")
         reference = functools.partial(graph.reference_outputs, model)
         source = f"measured on {target.name} ({target.device}) with {backend_name}"
@@ -355,6 +374,20 @@ def _add_profile(report: dict, measured: Profile) -> None:
     report["accuracy"] = measured.accuracy.as_dict() if measured.accuracy else None
     predicted = report["predicted_latency_ms"]["p50"]
     report["cost_model_error"] = round(predicted / measured.latency.p50 - 1, 3)
+
+
+def _add_device_profile(report: dict, result: dict, device) -> None:
+    """The agent's measurement in the report, as a local one is written (`_add_profile`)."""
+    report["latency_ms"] = result["latency_ms"]
+    for key in ("throughput_fps", "threads", "memory", "layers"):
+        report[key] = result.get(key)
+    if "side_by_side" in result:
+        report["side_by_side"] = result["side_by_side"]
+    report["device"] = {"name": device.name, "url": device.url, "target": device.target, **result.get("agent", {}),
+                        "versions": result.get("versions", {})}
+    if result.get("build"):
+        report["device"]["built"] = {k: v for k, v in result["build"].items() if k != "notes"} | {"files": result.get("files")}
+    report["cost_model_error"] = round(report["predicted_latency_ms"]["p50"] / result["latency_ms"]["p50"] - 1, 3)
 
 
 def _add_budget(report: dict) -> None:

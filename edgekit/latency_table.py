@@ -61,6 +61,11 @@ def table_path(target: str, runtime: str, version: str) -> Path:
     return cache_dir() / "latency-tables" / f"{_safe(target)}-{_safe(runtime)}-{_safe(version)}.json"
 
 
+# backend → the package whose version an agent reports for it (edgekit.agent.info.RUNTIMES)
+RUNTIME_OF = {"openvino": "openvino", "onnxruntime": "onnxruntime", "tflite": "ai-edge-litert",
+              "edgetpu": "ai-edge-litert", "tensorrt": "tensorrt", "hls4ml": "hls4ml"}
+
+
 class LatencyTable:
     """Measured unit times for one target and runtime version, measured on first use and cached.
 
@@ -68,10 +73,11 @@ class LatencyTable:
     whether they come from the device or from the roofline (`source` says which in words)."""
 
     def __init__(self, target: Target, backend_name: str | None = None, *, runs: int = 100,
-                 path: Path | None = None, quiet_s: float = 0.0) -> None:
+                 path: Path | None = None, quiet_s: float = 0.0, device=None) -> None:
         from edgekit.backends.base import get_backend
 
         self.target = target
+        self.device = device  # edgekit.devices.Device: units are timed there, through its agent
         self.backend_name = backend_name or target.backend.name
         self.runs = runs
         self.quiet_s = quiet_s  # before each measurement, wait up to this long for the machine to be quiet
@@ -92,7 +98,14 @@ class LatencyTable:
             self.reason = available.reason or "the device is not this machine"
         if self.measured:
             self._backend = backend
-        self.path = Path(path) if path else table_path(target.name, self.runtime, self.version)
+        where = target.name
+        if device is not None:  # the device's runtime, as its agent reports it; one table per device
+            with device.client() as client:
+                found = client.info().get("runtimes", {})
+            self.runtime = RUNTIME_OF.get(self.backend_name, self.backend_name)
+            self.version = found.get(self.runtime, "unknown")
+            self.measured, self.reason, where = True, "", f"{device.name}-{target.name}"
+        self.path = Path(path) if path else table_path(where, self.runtime, self.version)
         self._data = self._read()
 
     # ---- what callers use -------------------------------------------------------------------
@@ -104,7 +117,8 @@ class LatencyTable:
         entries = self._data["entries"].values()
         fallback = sum(1 for e in entries if e.get("roofline"))
         extra = f", {fallback} not measurable alone: roofline" if fallback else ""
-        return (f"lookup table ({len(entries) - fallback} units measured on {self.target.name} with {self.runtime} "
+        where = f"device {self.device.name} ({self.target.name}) through its agent" if self.device else self.target.name
+        return (f"lookup table ({len(entries) - fallback} units measured on {where} with {self.runtime} "
                 f"{self.version}{extra})")
 
     def layer_ms(self, layer: Layer, precision: str = "fp32") -> float:
@@ -202,36 +216,23 @@ class LatencyTable:
         """The unit's own profiled time (ms), the wall-clock p50 if asked, and the kernels that ran."""
         if self.quiet_s:
             wait_for_quiet(self.quiet_s)
-        names = frozenset(n.name for n in model.graph.node if not n.name.startswith(HARNESS))
-        profiler = PROFILERS.get(self._backend.name)
-        if profiler is not None:
-            return profiler(model, self.target, precision, self.runs, wall, names)
-        return self._profile_engine(model, precision, wall, names)
+        if self.device is not None:
+            return self._profile_on_device(model, precision, wall)
+        return profile_unit(model, self.target, self._backend, precision, self.runs, wall)
 
-    def _profile_engine(self, model, precision: str, wall: bool, names: frozenset[str]) -> tuple[float, float | None, list[str]]:
-        """Any backend, through its Engine: per-kernel medians (`layer_times`), the least of ROUNDS rounds."""
+    def _profile_on_device(self, model, precision: str, wall: bool) -> tuple[float, float | None, list[str]]:
+        """The unit timed by the device's agent (a `unit` job), as this machine would time it here."""
         import onnx
 
-        from edgekit.plan import PrecisionPlan
-        from edgekit.profile import ProfileSettings, time_engine
-
-        feed = _feed(model)
-        plan = PrecisionPlan("int8") if precision == "int8" else PrecisionPlan(precision)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = Path(tmp) / "unit.onnx"
-            onnx.save(model, str(onnx_path))
-            artifact = self._backend.build(onnx_path=onnx_path, plan=plan, target=self.target, out_dir=Path(tmp))
-            engine = self._backend.load(artifact, target=self.target, threads=self.target.cores)
-            rounds = []
-            for _ in range(ROUNDS):
-                own = [t for t in engine.layer_times(feed, max(1, self.runs // ROUNDS)) if _own(t.name, t.op, names)]
-                rounds.append((sum(t.time_ms for t in own), own))
-            wall_ms = None
-            if wall:
-                settings = ProfileSettings(warmup=20, warmup_s=0.1, repeats=max(200, self.runs), min_time_s=0.3)
-                wall_ms = float(np.median(time_engine(engine, feed, settings)))
-        ms, own = min(rounds, key=lambda r: r[0])
-        return ms, wall_ms, [f"{t.op}:{t.exec_type}" for t in own]
+            path = Path(tmp) / "unit.onnx"
+            onnx.save(model, str(path))
+            with self.device.client() as client:
+                job = client.submit({"kind": "unit", "target": self.target.name, "artifact": path.name,
+                                     "precision": precision, "wall": wall, "settings": {"repeats": self.runs}},
+                                    {path.name: path})
+                result = client.wait(job)["result"]
+        return result["ms"], result["wall_ms"], result["kernels"]
 
     def _measure_unit(self, unit: Unit, precision: str, siblings: tuple[Layer, ...], quantized_output: bool,
                       fed: bool) -> dict:
@@ -276,6 +277,42 @@ class LatencyTable:
             gaps.append(max(wall_ms - profiled, 0.0))
         self.measurements += 1
         return {"inference_ms": round(gaps[0], 5), "layer_ms": round(max(gaps[1] - gaps[0], 0.0) / (CHAIN - 1), 5)}
+
+
+def profile_unit(model, target: Target, backend, precision: str, runs: int, wall: bool = False) -> tuple[float, float | None, list[str]]:
+    """The unit's own profiled time (ms), the wall-clock p50 if asked, and the kernels that ran, on this
+    machine: the runtime's own profiler where edgekit has one (PROFILERS), else through the Engine."""
+    names = frozenset(n.name for n in model.graph.node if not n.name.startswith(HARNESS))
+    profiler = PROFILERS.get(backend.name)
+    if profiler is not None:
+        return profiler(model, target, precision, runs, wall, names)
+    return _profile_engine(model, target, backend, precision, runs, wall, names)
+
+
+def _profile_engine(model, target: Target, backend, precision: str, runs: int, wall: bool,
+                    names: frozenset[str]) -> tuple[float, float | None, list[str]]:
+    """Any backend, through its Engine: per-kernel medians (`layer_times`), the least of ROUNDS rounds."""
+    import onnx
+
+    from edgekit.plan import PrecisionPlan
+    from edgekit.profile import ProfileSettings, time_engine
+
+    feed = _feed(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "unit.onnx"
+        onnx.save(model, str(onnx_path))
+        artifact = backend.build(onnx_path=onnx_path, plan=PrecisionPlan(precision), target=target, out_dir=Path(tmp))
+        engine = backend.load(artifact, target=target, threads=target.cores)
+        rounds = []
+        for _ in range(ROUNDS):
+            own = [t for t in engine.layer_times(feed, max(1, runs // ROUNDS)) if _own(t.name, t.op, names)]
+            rounds.append((sum(t.time_ms for t in own), own))
+        wall_ms = None
+        if wall:
+            settings = ProfileSettings(warmup=20, warmup_s=0.1, repeats=max(200, runs), min_time_s=0.3)
+            wall_ms = float(np.median(time_engine(engine, feed, settings)))
+    ms, own = min(rounds, key=lambda r: r[0])
+    return ms, wall_ms, [f"{t.op}:{t.exec_type}" for t in own]
 
 
 def _own(name: str, op: str, names: frozenset[str] = frozenset()) -> bool:

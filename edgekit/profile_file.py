@@ -34,12 +34,14 @@ def _engine_inputs(artifact: Path, engine) -> tuple[InputSpec, ...]:
                  for i in session.get_inputs())
 
 
-def profile_file(artifact: Path, *, target: str, data: str | None, settings: ProfileSettings,
-                 targets_dir: list[Path]) -> dict:
+def profile_file(artifact: Path, *, target: str | None, data: str | None, settings: ProfileSettings,
+                 targets_dir: list[Path], device: str | None = None, devices_file: Path | None = None) -> dict:
     artifact = Path(artifact)
     if not artifact.is_file():
         raise BadInput(f"engine file not found: {artifact}")
-    tgt = load_target(target, targets_dir)
+    if device is not None:
+        return _profile_on_device(artifact, target, data, settings, targets_dir, device, devices_file)
+    tgt = load_target(target or "host", targets_dir)
     backend = backend_for_file(artifact, tgt.backend.name)
     availability = backend.available(tgt)
     if not (tgt.local and availability.run):
@@ -65,4 +67,35 @@ def profile_file(artifact: Path, *, target: str, data: str | None, settings: Pro
     if samples is not None and samples.labels is not None:
         # No source model here: accuracy against the labels only (agreement needs `deploy`).
         result["accuracy"] = accuracy(engine, samples, engine.run).as_dict()
+    return result
+
+
+def _profile_on_device(artifact: Path, target: str | None, data: str | None, settings: ProfileSettings,
+                       targets_dir: list[Path], name: str, devices_file: Path | None) -> dict:
+    """The engine file sent to the inventory's device and measured there by its agent (the first
+    sample of --data as the input, else synthetic); accuracy needs the source model: `deploy --device`."""
+    import tempfile
+
+    from edgekit.agent.security import UPLOAD_SUFFIXES
+    from edgekit.devices import load_inventory
+    from edgekit.remote import device_for
+
+    chosen = load_inventory(devices_file).get(name)
+    tgt = load_target(target or chosen.target, targets_dir)
+    device = device_for(name, tgt, devices_file, targets_dir)
+    if artifact.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise BadInput(f"{artifact.name}: the agent takes .onnx, OpenVINO IR and .tflite files, never a serialized "
+                       f"'{artifact.suffix}' engine (it could carry plugin code): let the device build it from the ONNX, "
+                       f"edgekit deploy --target {tgt.name} --device {name}")
+    with tempfile.TemporaryDirectory() as tmp, device.client() as client:
+        inputs = None
+        if data:
+            backend = backend_for_file(artifact, tgt.backend.name)
+            engine = backend.load(backend.artifact_from_file(artifact), target=tgt, threads=1)
+            samples = load_data(data, _engine_inputs(artifact, engine))
+            inputs = Path(tmp) / "inputs.npz"
+            np.savez(inputs, **samples.sample(0))
+        result = client.profile(artifact, tgt.name, settings, inputs)
+    result["device"] = {"name": device.name, "url": device.url, **result.get("agent", {})}
+    result["inputs"] = "the first sample of --data" if data else "synthetic (no --data)"
     return result

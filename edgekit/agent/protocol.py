@@ -66,12 +66,21 @@ class PlanSpec(Wire):
 
 
 class JobSpec(Wire):
-    kind: Literal["profile", "build"]
+    """profile: measure an engine built elsewhere (`beside`: time it side by side with another, in
+    alternating rounds); build: build the engine here from ONNX (+ plan), then measure it; unit: time one
+    execution unit of the latency table (an ONNX model of one layer) with the runtime's own profiler."""
+
+    kind: Literal["profile", "build", "unit"]
     target: str = Field(pattern=TARGET)
     files: dict[str, str] = Field(description="file name → sha256 (hex) of every uploaded file")
     artifact: str = Field(description="the engine file to load (profile) or the ONNX to build (build)")
     plan: PlanSpec | None = None
     inputs: str | None = Field(None, description="an uploaded .npz whose arrays are the feed (default: synthetic)")
+    beside: str | None = Field(None, description="profile: another uploaded engine to time side by side with the artifact")
+    precision: str | None = Field(None, pattern=r"^(fp32|fp16|int8)$", description="unit: the precision it runs in")
+    wall: bool = Field(False, description="unit: also the wall-clock p50 (the latency table's overhead models)")
+    layer_rounds: int = Field(0, ge=0, le=20, description="profile with beside: per-layer times of both engines, "
+                                                          "this many rounds in turn (the sensitivity analysis's noise)")
     settings: JobSettings = JobSettings()
     client_key: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{8,128}$",
                                    description="the same key again returns the job already made (retries)")
@@ -98,6 +107,11 @@ class JobSpec(Wire):
             raise ValueError("a build job builds from an .onnx artifact")
         if self.kind == "profile" and not self.artifact.endswith(ENGINE_SUFFIXES):
             raise ValueError(f"a profile job loads an engine file ({' '.join(ENGINE_SUFFIXES)}), not '{self.artifact}'")
+        if self.kind == "unit" and (not self.artifact.endswith(".onnx") or self.precision is None):
+            raise ValueError("a unit job times an .onnx unit in a given precision")
+        if self.beside is not None and (self.kind != "profile" or self.beside not in self.files
+                                        or not self.beside.endswith(ENGINE_SUFFIXES) or self.beside == self.artifact):
+            raise ValueError(f"beside '{self.beside}' must be another engine file among the files of a profile job")
         if self.kind == "profile" and self.plan is not None:
             raise ValueError("a plan is for build jobs only")
         if self.inputs is not None and (self.inputs not in self.files or not self.inputs.endswith(".npz")):

@@ -19,7 +19,7 @@ from edgekit.agent.protocol import JobSpec
 from edgekit.backends.base import Artifact, backend_for_file, get_backend
 from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import ProfileSettings, _rss_mb, profile_engine
+from edgekit.profile import ProfileSettings, _rss_mb, profile_engine, time_rounds
 from edgekit.profile_file import _engine_inputs
 from edgekit.targets import Reach, Target, load_target
 from edgekit.util import sha256_file, write_json
@@ -60,7 +60,29 @@ def run_job(job_dir: Path) -> dict:
         plan = PrecisionPlan(**(spec.plan.model_dump() if spec.plan else {}))
         return build_and_profile(files / spec.artifact, plan=plan, target=target, settings=settings, inputs=inputs,
                                  out_dir=files / "engine")
-    return profile_artifact(files / spec.artifact, target=target, settings=settings, inputs=inputs)
+    if spec.kind == "unit":
+        return time_unit(files / spec.artifact, target=target, precision=spec.precision, runs=settings.repeats, wall=spec.wall)
+    return profile_artifact(files / spec.artifact, target=target, settings=settings, inputs=inputs,
+                            beside=files / spec.beside if spec.beside else None, layer_rounds=spec.layer_rounds)
+
+
+def time_unit(onnx_path: Path, *, target: Target, precision: str, runs: int, wall: bool) -> dict:
+    """One latency-table unit timed here as the host's table would time it locally (`profile_unit`)."""
+    import onnx
+
+    from edgekit.latency_table import profile_unit
+
+    backend = get_backend(target.backend.name)
+    availability = backend.available(target)
+    if not availability.run:
+        raise MissingRuntime(f"cannot run {backend.name} on {socket.gethostname()}: {availability.reason or 'not usable here'}")
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as err:
+        raise BadInput(f"{onnx_path.name}: not an ONNX model ({runtime_message(err, 160)})") from err
+    ms, wall_ms, kernels = profile_unit(model, target, backend, precision, runs, wall)
+    return {"ms": ms, "wall_ms": wall_ms, "kernels": kernels, "versions": dict(availability.versions),
+            "agent": _agent_facts(socket.gethostname()), "files": {}}
 
 
 def build_and_profile(onnx_path: Path, *, plan: PrecisionPlan, target: Target, settings: ProfileSettings,
@@ -89,8 +111,10 @@ def build_and_profile(onnx_path: Path, *, plan: PrecisionPlan, target: Target, s
 
 
 def profile_artifact(path: Path, *, target: Target, settings: ProfileSettings, inputs: Path | None = None,
-                     artifact: Artifact | None = None) -> dict:
-    """Load the engine file with the backend that takes it (the target's own first) and measure it."""
+                     artifact: Artifact | None = None, beside: Path | None = None, layer_rounds: int = 0) -> dict:
+    """Load the engine file with the backend that takes it (the target's own first) and measure it;
+    with `beside`, time both in alternating rounds (`time_rounds`) and return every round's times, so
+    the host takes their ratio per round as it does locally."""
     path = Path(path)
     backend = backend_for_file(path, target.backend.name)
     availability = backend.available(target)
@@ -109,8 +133,26 @@ def profile_artifact(path: Path, *, target: Target, settings: ProfileSettings, i
     feed = _feed(specs, inputs)
     source = (f"measured on {target.name} ({target.device}) with {_runtime(backend.name, availability.versions)} "
               f"through the edgekit agent on {host}")
+    rounds = None
+    if beside is not None:
+        other = backend_for_file(beside, target.backend.name)
+        try:
+            other_engine = other.load(other.artifact_from_file(beside), target=target, threads=threads)
+            engines = {"artifact": engine, "beside": other_engine}
+            rounds = time_rounds(engines, feed, settings)
+            layers = {kind: [] for kind in engines}
+            for _ in range(layer_rounds):
+                for kind, each in engines.items():
+                    layers[kind].append([dataclasses.asdict(t) for t in each.layer_times(feed, settings.layer_runs or 20)])
+        except EdgekitError:
+            raise
+        except Exception as err:
+            raise Failure(f"could not time {path.name} beside {beside.name}: {runtime_message(err)}") from err
+        del other_engine
+        source += f", side by side with {beside.name}"
     try:
-        profile = profile_engine(lambda: engine, feed, settings, threads=threads, source=source)
+        profile = profile_engine(lambda: engine, feed, settings, threads=threads, source=source,
+                                 times=[t for r in rounds["artifact"] for t in r] if rounds else None)
     except EdgekitError:
         raise
     except Exception as err:
@@ -124,6 +166,7 @@ def profile_artifact(path: Path, *, target: Target, settings: ProfileSettings, i
         "files": {},
         "versions": dict(availability.versions),
         "agent": _agent_facts(host),
+        **({"rounds": rounds, "layer_rounds": layers} if rounds else {}),
     }
 
 

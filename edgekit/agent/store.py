@@ -29,7 +29,7 @@ class QueueFull(Failure):
 
 class JobStore:
     def __init__(self, workdir: Path, *, max_queue: int = 64):
-        self.root = Path(workdir).expanduser() / "jobs"
+        self.root = Path(workdir).expanduser().resolve() / "jobs"  # absolute: each job runs in its own folder
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_queue = max_queue
         self._lock = threading.Lock()

@@ -156,27 +156,37 @@ def _join(times: list, executed: dict, aliases: dict, macs: dict[str, int]) -> t
 
 
 def _measure(backend, target: Target, threads: int, settings: ProfileSettings, fp32_path: Path, int8_path: Path,
-             float_p: str, candidates: list[str], aliases: dict, macs: dict[str, int], feed: dict, folder: Path) -> dict:
+             float_p: str, candidates: list[str], aliases: dict, macs: dict[str, int], feed: dict, folder: Path,
+             device=None) -> dict:
     """Build and load an fp32 and an all-int8 engine; time both whole (side by side), then take each
-    layer's profiled time in both, LAYER_ROUNDS rounds in turn: medians, and their spread as the noise."""
+    layer's profiled time in both, LAYER_ROUNDS rounds in turn: medians, and their spread as the noise.
+    With a `device`, the timing is the device's, through its agent (the engines are built here; loaded
+    here too, for which kernels ran: the same engine files)."""
     plans = {"fp32": (fp32_path, PrecisionPlan(float_p)),
              "int8": (int8_path, PrecisionPlan(float_p, {name: "int8" for name in candidates}))}
-    engines = {}
+    engines, artifacts = {}, {}
     for kind, (path, plan) in plans.items():
-        (folder / kind).mkdir()
-        artifact = backend.build(onnx_path=path, plan=plan, target=target, out_dir=folder / kind)
-        engines[kind] = backend.load(artifact, target=target, threads=threads)
-    times = time_interleaved(engines, feed, settings)
-    source = f"measured on {target.name} ({target.device}) with {backend.name}, {threads} threads, side by side"
+        (folder / kind).mkdir(exist_ok=True)
+        artifacts[kind] = backend.build(onnx_path=path, plan=plan, target=target, out_dir=folder / kind)
+        engines[kind] = backend.load(artifacts[kind], target=target, threads=threads)
+    if device is not None:
+        from edgekit.remote import time_pair
+
+        times, remote_layers = time_pair(device, artifacts, target=target, settings=settings, feed=feed, layer_rounds=LAYER_ROUNDS)
+        source = f"measured on device {device.name} ({target.name}) with {backend.name} through its agent, {threads} threads, side by side"
+    else:
+        times, remote_layers = time_interleaved(engines, feed, settings), None
+        source = f"measured on {target.name} ({target.device}) with {backend.name}, {threads} threads, side by side"
     whole = {kind: Latency.from_samples(t, source) for kind, t in times.items()}
     per_round: dict[str, dict[str, list[float]]] = {"fp32": {}, "int8": {}}
     runtime: dict[str, dict[str, list[str]]] = {"fp32": {}, "int8": {}}
     every_alias = list(dict.fromkeys(alias for chain in aliases.values() for alias, _ in chain))
     executed = {kind: engine.executed(feed, every_alias) for kind, engine in engines.items()}
     unattributed: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for _ in range(LAYER_ROUNDS):
+    for round_ in range(LAYER_ROUNDS):
         for kind, engine in engines.items():
-            joined, rest = _join(engine.layer_times(feed, settings.layer_runs or 20), executed[kind], aliases, macs)
+            timed = remote_layers[kind][round_] if remote_layers else engine.layer_times(feed, settings.layer_runs or 20)
+            joined, rest = _join(timed, executed[kind], aliases, macs)
             unattributed[kind].append(rest)
             for layer, (ms, found) in joined.items():
                 per_round[kind].setdefault(layer, []).append(ms)
@@ -267,8 +277,9 @@ def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float) -
 def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
             options: CalibrationOptions = CalibrationOptions(), threads: int | None = None,
             backend_name: str | None = None, settings: ProfileSettings = ProfileSettings(),
-            calibration: CalibrationResult | None = None) -> dict:
-    """Measure every quantizable layer's int8 sensitivity and write `out_dir/sensitivity.json`.
+            calibration: CalibrationResult | None = None, device=None) -> dict:
+    """Measure every quantizable layer's int8 sensitivity and write `out_dir/sensitivity.json`
+    (its latency on `device` through its agent, when given).
     `calibration`: an all-int8 calibration already made (deploy's), else one is made here
     (PrecisionPlan("int8") on the calibration split, files in out_dir)."""
     import onnx
@@ -308,11 +319,13 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
         if backend is not None:
             availability = backend.available(target)
             versions = availability.versions
-            why_not = "" if (target.local and availability.build and availability.run) else \
+            # with a device, the engines are only loaded here (for which kernels ran): LiteRT's check is enough
+            runs = availability.run if device is None else (availability.run or availability.check)
+            why_not = "" if ((target.local or device is not None) and availability.build and runs) else \
                 (availability.reason or "the device is not this machine")
         if not why_not and candidates:
             latency = _measure(backend, target, threads or target.cores, settings, onnx_path, all_int8, float_p,
-                               candidates, _aliases(model, nodes), macs, feeds[0], folder)
+                               candidates, _aliases(model, nodes), macs, feeds[0], folder, device)
             engine = latency.pop("engines")["int8"]
             on_target = np.stack([np.asarray(engine.run(feed)[0], np.float64) for feed in feeds])
             whole["on_target"] = _compare(reference, on_target, labels)

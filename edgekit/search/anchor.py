@@ -53,22 +53,33 @@ class Measurement:
 
 
 def timed_original(onnx_path: Path, precision: str, target: Target, backend_name: str, run_dir: Path,
-                   feed: dict, settings: ProfileSettings) -> Anchor | None:
-    """Build the original model in its float precision and time it (once per run directory: a resumed
-    search keeps the first start's figure). None where the engine cannot run here."""
-    if not target.local:
+                   feed: dict, settings: ProfileSettings, device=None) -> Anchor | None:
+    """Build the original model in its float precision and time it, here or on `device` through its
+    agent (once per run directory: a resumed search keeps the first start's figure). None where the
+    engine cannot run here, or is built on the device itself (its tool is not here)."""
+    if not target.local and device is None:
         return None
     backend = get_backend(backend_name)
-    if not backend.available(target).run:
+    availability = backend.available(target)
+    if not (availability.build if device is not None else availability.run):
         return None
     folder = Path(run_dir) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     artifact = backend.build(onnx_path=onnx_path, plan=PrecisionPlan(precision), target=target, out_dir=folder)
+    if artifact.pending:
+        return None
     saved = folder / "latency.json"
     if saved.exists():
         return Anchor(artifact, json.loads(saved.read_text())["p50_ms"])
-    engine = backend.load(artifact, target=target, threads=settings.threads or target.cores)
-    p50 = float(np.median(time_engine(engine, feed, settings)))
-    saved.write_text(json.dumps({"p50_ms": p50, "how": "the original's float engine timed alone when the search started"}))
+    if device is not None:
+        from edgekit.remote import profile
+
+        p50 = profile(device, artifact, target=target, settings=settings, feed=feed)["latency_ms"]["p50"]
+        how = f"the original's float engine timed alone on device {device.name} (through its agent) when the search started"
+    else:
+        engine = backend.load(artifact, target=target, threads=settings.threads or target.cores)
+        p50 = float(np.median(time_engine(engine, feed, settings)))
+        how = "the original's float engine timed alone when the search started"
+    saved.write_text(json.dumps({"p50_ms": p50, "how": how}))
     return Anchor(artifact, p50)
 

@@ -74,6 +74,8 @@ class SearchRequest:
     calibration: CalibrationOptions = CalibrationOptions()
     settings: ProfileSettings = ProfileSettings()
     targets_dir: tuple[Path, ...] = ()
+    device: str | None = None  # measure on this inventory device through its agent (every measurement)
+    devices_file: Path | None = None
     speedup: float | None = None  # instead of a budget in ms: at least this many times faster than the original
 
     def __post_init__(self) -> None:
@@ -134,6 +136,11 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     walk_deadline = deadline - request.final_finetune_s - BUILD_RESERVE_S
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
+    device = None
+    if request.device:
+        from edgekit.remote import device_for
+
+        device = device_for(request.device, target, request.devices_file, list(request.targets_dir))
     loaded = load_model(request.model)
     if loaded.kind != "torch":
         raise BadInput(f"{loaded.spec}: the search prunes PyTorch models (a factory, TorchScript or ExportedProgram); "
@@ -156,7 +163,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     reference = graph.layer_table(onnx_path)
     fixed = fixed_point.is_fixed_point(target)  # FPGA: bit widths, hls4ml's design estimate
     anchor = None if fixed else timed_original(onnx_path, sensitivity.float_precision(target), target, backend_name,
-                                               run_dir, splits.test.sample(0), request.settings)
+                                               run_dir, splits.test.sample(0), request.settings, device)
     space = spaces.build_space(loaded, onnx_path, target)
     write_json(run_dir / "space.json", space.as_dict())
 
@@ -168,9 +175,9 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     if design is not None:
         plan, analysis = _width_plan(design, teacher, loaded, splits, target, space, validation_ref, run_dir, progress)
     else:
-        plan, analysis = _precision_plan(loaded, onnx_path, splits, target, backend_name, run_dir, request, progress)
+        plan, analysis = _precision_plan(loaded, onnx_path, splits, target, backend_name, run_dir, request, progress, device)
     costly = _int8_costs(analysis, plan) if not fixed else {}
-    model_cost = cost.CostModel(target, backend_name)
+    model_cost = cost.CostModel(target, backend_name, table=_device_table(target, backend_name, device))
     fast_reference = evaluate.fast_layer_table(teacher, loaded)
     evaluate.rename_by_order(reference, fast_reference)  # the fast export lines up with the real one
 
@@ -192,7 +199,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     def accuracy(module) -> float:
         return evaluate.score(evaluate.outputs(module, splits.validation, loaded), splits.validation, validation_ref)
 
-    if target.local and model_cost.table.measured and not trials.evaluations():
+    if (target.local or device is not None) and model_cost.table.measured and not trials.evaluations():
         _calibrate_cost(model_cost, run_dir, loaded, teacher, samples, space, plan, reference, request, progress,
                         precisions_of, deploy, DeployRequest, anchor)
 
@@ -316,7 +323,8 @@ def _calibrate_cost(model_cost, run_dir: Path, loaded, teacher, samples, space, 
     names = evaluate.rename_by_order(reference, graph.layer_table(onnx_path))
     probe_plan = PrecisionPlan(plan.default, {ours: plan.precision_of(theirs) for ours, theirs in names.items()})
     report = deploy(DeployRequest(target=request.target, out=folder, backend=request.backend, targets_dir=request.targets_dir,
-                                  calibration=CalibrationOptions(method="mse", equalization="off"), settings=request.settings),
+                                  calibration=CalibrationOptions(method="mse", equalization="off"), settings=request.settings,
+                                  device=request.device, devices_file=request.devices_file),
                     model=pruned, samples=samples, plan=probe_plan, beside=anchor.beside() if anchor else None)
     measured = anchor.judge(report) if anchor else None
     if measured:
@@ -361,8 +369,17 @@ def _width_plan(design, teacher, loaded, splits, target, space, validation_ref, 
     return PrecisionPlan(analysis["start"]), analysis
 
 
+def _device_table(target, backend_name: str, device):
+    """The cost model's lookup table timed on the device through its agent (None: the usual table)."""
+    if device is None:
+        return None
+    from edgekit.latency_table import LatencyTable
+
+    return LatencyTable(target, backend_name, device=device)
+
+
 def _precision_plan(loaded, onnx_path: Path, splits, target, backend_name: str, run_dir: Path, request: SearchRequest,
-                    progress: Callable[[str], None]) -> tuple[PrecisionPlan, dict | None]:
+                    progress: Callable[[str], None], device=None) -> tuple[PrecisionPlan, dict | None]:
     """int8 for the layers the sensitivity analysis finds harmless and faster on the target (saved in
     sensitivity/, reused on resume); the target's float precision elsewhere. Also the analysis."""
     from edgekit.calibrate.run import calibrate
@@ -378,7 +395,7 @@ def _precision_plan(loaded, onnx_path: Path, splits, target, backend_name: str, 
     calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), folder, request.calibration)
     analysis = sensitivity.analyse(onnx_path, splits, target, folder, options=request.calibration,
                                    threads=request.settings.threads, backend_name=backend_name,
-                                   settings=request.settings, calibration=calibration)
+                                   settings=request.settings, calibration=calibration, device=device)
     return sensitivity.mixed_plan(analysis), analysis
 
 
@@ -413,11 +430,12 @@ def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchR
         module = flash.module
         pruned = dataclasses.replace(pruned, module=module.eval(), spec=f"{pruned.spec}#{flash.action.as_dict()}")
         onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
-    progress("building and measuring the candidate on the device" if target.local else "building the candidate")
+    on_device = target.local or request.device is not None
+    progress("building and measuring the candidate on the device" if on_device else "building the candidate")
     deploy_request = DeployRequest(target=request.target, out=folder, backend=request.backend,
-                                   latency_budget_ms=budget_ms, measure=target.local or _checkable(request, target),
+                                   latency_budget_ms=budget_ms, measure=on_device or _checkable(request, target),
                                    calibration=request.calibration, settings=request.settings,
-                                   targets_dir=request.targets_dir)
+                                   targets_dir=request.targets_dir, device=request.device, devices_file=request.devices_file)
     report = deploy(deploy_request, model=pruned, samples=samples, plan=plan,  # deploy splits it the same way
                     beside=anchor.beside() if anchor else None)
     if flash is not None:

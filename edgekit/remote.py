@@ -1,0 +1,93 @@
+"""Measuring on a real device through its edgekit agent (`--device NAME`): the engine built here is
+sent and timed there, or, where its last build step needs the device's own tool (TensorRT), its ONNX
+and plan are sent and the device builds it. The numbers come back labelled as measured on the device."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.agent.security import UPLOAD_SUFFIXES
+from edgekit.backends.base import Artifact, LayerTime
+from edgekit.errors import BadInput
+from edgekit.plan import PrecisionPlan
+from edgekit.profile import ProfileSettings, round_ratios
+from edgekit.targets import Target, load_target
+
+
+def device_for(name: str, target: Target, devices_file: Path | None, targets_dir: list[Path]):
+    """The inventory's device `name`, checked to be the target being deployed to."""
+    from edgekit.devices import load_inventory
+
+    device = load_inventory(devices_file).get(name)
+    if load_target(device.target, targets_dir).name != target.name:
+        raise BadInput(f"device '{name}' is a {device.target} ({device.url}), not a {target.name}: "
+                       f"pass --target {device.target}, or another device")
+    return device
+
+
+def engine_files(artifact: Artifact) -> dict[str, Path]:
+    """The files the agent needs to load the engine: each plain file of the artifact (an IR's .xml and
+    .bin, a .tflite), by its name."""
+    files = {p.name: p for p in artifact.files if Path(p).is_file() and Path(p).suffix in UPLOAD_SUFFIXES}
+    if artifact.path.name not in files:
+        raise BadInput(f"{artifact.path.name}: the agent takes .onnx, .xml/.bin and .tflite engines; "
+                       "this one is built on the device from its ONNX instead")
+    return files
+
+
+def measure(device, artifact: Artifact, *, target: Target, settings: ProfileSettings, feed: dict[str, np.ndarray],
+            build_from: Path, plan: PrecisionPlan, out_dir: Path, beside: tuple[str, Artifact] | None = None) -> dict:
+    """The agent's result for this engine, fed the deploy's own inputs. An engine whose last step is
+    pending here (`artifact.pending`) is built on the device from `build_from` and the plan; the built
+    files come back into out_dir/device/. With `beside`, the two engines are timed side by side there
+    and the result gets `side_by_side` as a local deploy's report has it."""
+    if artifact.pending:
+        with device.client() as client:
+            return client.build(build_from, target.name, plan.as_dict(), settings, out_dir=Path(out_dir) / "device")
+    result = profile(device, artifact, target=target, settings=settings, feed=feed,
+                     beside=beside[1] if beside else None)
+    if beside is not None:
+        slices = result.pop("rounds")
+        ratios = round_ratios(slices["artifact"], slices["beside"])
+        result["side_by_side"] = {"with": beside[0], "engine": str(beside[1].path), "rounds": len(ratios),
+                                  "p50_ms": float(np.median([t for s in slices["beside"] for t in s])),
+                                  "ratio": float(np.median(ratios)), "ratio_range": [min(ratios), max(ratios)],
+                                  "where": f"device {device.name} through its agent"}
+    return result
+
+
+def profile(device, artifact: Artifact, *, target: Target, settings: ProfileSettings, feed: dict[str, np.ndarray],
+            beside: Artifact | None = None, layer_rounds: int = 0) -> dict:
+    """One profile job: the engine built here, timed on the device (beside another, in alternating
+    rounds, when given; then `rounds` and `layer_rounds` hold both engines' times)."""
+    with tempfile.TemporaryDirectory() as tmp, device.client() as client:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, **feed)
+        files = engine_files(artifact)
+        spec = {"kind": "profile", "target": target.name, "artifact": artifact.path.name, "inputs": inputs.name,
+                "settings": _settings(settings), "layer_rounds": layer_rounds}
+        if beside is not None:
+            files |= {f"beside-{k}": v for k, v in engine_files(beside).items()}  # an IR's .bin keeps its .xml's name
+            spec["beside"] = f"beside-{beside.path.name}"
+        return client.wait(client.submit(spec, {**files, inputs.name: inputs}))["result"]
+
+
+def time_pair(device, artifacts: dict[str, Artifact], *, target: Target, settings: ProfileSettings,
+              feed: dict[str, np.ndarray], layer_rounds: int) -> tuple[dict[str, list[float]], dict[str, list[list[LayerTime]]]]:
+    """Two engines (the sensitivity analysis's fp32 and all-int8) timed side by side on the device:
+    each one's inference times, and its per-layer times over `layer_rounds` rounds."""
+    (first, a), (second, b) = artifacts.items()
+    result = profile(device, a, target=target, settings=settings, feed=feed, beside=b, layer_rounds=layer_rounds)
+    names = {"artifact": first, "beside": second}
+    times = {names[k]: [t for r in v for t in r] for k, v in result["rounds"].items()}
+    layers = {names[k]: [[LayerTime(**t) for t in r] for r in v] for k, v in result["layer_rounds"].items()}
+    return times, layers
+
+
+def _settings(settings: ProfileSettings) -> dict:
+    from edgekit.agent.protocol import JobSettings
+
+    return JobSettings.from_profile_settings(settings).model_dump()
