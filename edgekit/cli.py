@@ -23,6 +23,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Find the fastest version of a model that meets its budget on a device, and ship it.")
 targets_app = typer.Typer(no_args_is_help=True, help="The device registry (targets/*.yaml).")
 app.add_typer(targets_app, name="targets")
+fleet_app = typer.Typer(no_args_is_help=True, help="Fleets: one manifest, every device class built, bundled, signed, exported.")
+app.add_typer(fleet_app, name="fleet")
+bundle_app = typer.Typer(no_args_is_help=True, help="Signed bundles: keys, signatures, verification.")
+app.add_typer(bundle_app, name="bundle")
 devices_app = typer.Typer(no_args_is_help=True, help="The device inventory: real devices reached through the edgekit agent.")
 app.add_typer(devices_app, name="devices")
 agent_app = typer.Typer(no_args_is_help=True, help="The on-device agent: builds and measures engines on the device for a host.")
@@ -441,6 +445,107 @@ def profile(
         out.print(f"  {layer['time_ms'] * 1e3:9.1f} µs  {layer['op']:<16} {layer['exec_type']:<22} {layer['name']}")
     if result.get("accuracy"):
         out.print(f"accuracy: {result['accuracy']}")
+
+
+@fleet_app.command("build")
+def fleet_build(
+    manifest: Annotated[Path, typer.Argument(help="fleet.yaml: the device classes, their models, data and budgets.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where the bundles, signatures and OTA artifacts go.")] = Path("dist"),
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (a local Ray instance, or $RAY_ADDRESS).")] = "local",
+    jobs: Annotated[int, typer.Option(help="Local builds at once (measured builds need the machine to themselves: keep 1).")] = 1,
+    key: Annotated[Path | None, typer.Option("--key", help="ed25519 signing key (default: the fleet's signing_key, made if missing).")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Build cache folder (default: the user cache).")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Build every class of the fleet once per distinct build, judge its budgets, bundle, sign, export OTA."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgekit.fleet.build import build_fleet
+    from edgekit.fleet.cache import BuildCache
+    from edgekit.fleet.manifest import load_fleet
+
+    fleet = load_fleet(manifest)
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[name]:<16}[/]"), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err, transient=False) as progress:
+        tasks = {name: progress.add_task("queued", name=name) for name in fleet.classes}
+
+        def update(name: str, what: str) -> None:
+            final = what.startswith(("FAILED", "exported", "bundled", "cached"))
+            progress.update(tasks[name], description=escape(what), completed=1 if final else 0, total=1)
+
+        summary = build_fleet(fleet, out_dir, executor=executor, jobs=jobs, key_path=key,
+                              cache=BuildCache(cache) if cache else None, progress=update)
+    if as_json:
+        _print_json(summary)
+    else:
+        table = Table(title=f"edgekit fleet {summary['fleet']} → {out_dir}")
+        for col in ("class", "target", "version", "build", "bundle", "OTA"):
+            table.add_column(col)
+        for name, c in summary["classes"].items():
+            ota = ", ".join(k for k, v in c["ota"].items() if not v.startswith("skipped"))
+            skipped = [k for k, v in c["ota"].items() if v.startswith("skipped")]
+            table.add_row(name, c["target"], c["version"], c["state"] if not c["error"] else f"[red]{escape(c['error'])}[/]",
+                          Path(c["bundle"]).name if c["bundle"] else "–",
+                          ota + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
+        out.print(table)
+        what = (f"{summary['built']} built, {summary['cached']} from the cache (nothing changed: not rebuilt)"
+                if summary["cached"] else f"{summary['built']} built")
+        out.print(f"{what}; signed with {summary['key']} (verify with {summary['public_key']})"
+                  + ("; that key was made now: keep it secret" if summary["made_key"] else ""))
+    if summary["failed"]:
+        sys.stderr.write(f"edgekit: error: {summary['failed']} class(es) failed: "
+                         + "; ".join(f"{n}: {c['error']}" for n, c in summary["classes"].items() if c["error"]) + "\n")
+        raise typer.Exit(1)
+
+
+@bundle_app.command("keygen")
+def bundle_keygen(
+    key: Annotated[Path, typer.Argument(help="Private key file to write (the public key goes to KEY.pub).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
+) -> None:
+    """A new ed25519 signing key pair."""
+    from edgekit.fleet.bundle import keygen
+
+    private, public = keygen(key, force=force)
+    out.print(f"wrote {private} (private, mode 0600) and {public} (public)")
+
+
+@bundle_app.command("sign")
+def bundle_sign(
+    file: Annotated[Path, typer.Argument(help="The bundle (.tar) to sign.")],
+    key: Annotated[Path, typer.Option("--key", help="ed25519 private key.")],
+) -> None:
+    """FILE.sig: a detached ed25519 signature over the whole file (after checking its contents)."""
+    from edgekit.fleet.bundle import check_contents, sign
+
+    check_contents(file)
+    out.print(f"wrote {sign(file, key)}")
+
+
+@bundle_app.command("verify")
+def bundle_verify(
+    file: Annotated[Path, typer.Argument(help="The bundle (.tar); its signature is FILE.sig.")],
+    key: Annotated[Path | None, typer.Option("--key", help="Public (or private) ed25519 key.")] = None,
+    fleet: Annotated[Path | None, typer.Option("--fleet", help="Use this fleet manifest's signing key.")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Check the signature, then every file against manifest.json's sha256; exit 2 if anything differs."""
+    from edgekit.errors import BadInput
+    from edgekit.fleet.bundle import verify
+
+    if key is None and fleet is None:
+        raise BadInput("give the key to verify with: --key KEY.pub, or --fleet fleet.yaml")
+    if key is None:
+        from edgekit.fleet.manifest import load_fleet
+
+        private = load_fleet(fleet).key_path()
+        key = private.with_name(private.name + ".pub") if private.with_name(private.name + ".pub").exists() else private
+    manifest = verify(file, key)
+    if as_json:
+        _print_json(manifest)
+        return
+    out.print(f"{file.name}: signature good, {len(manifest['files'])} files match their sha256 "
+              f"({manifest.get('class')} {manifest.get('version')} for {manifest.get('target', {}).get('name')})")
 
 
 @devices_app.command("list")

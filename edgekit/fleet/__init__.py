@@ -1,0 +1,1 @@
+"""Fleets: one manifest, every device class built (once per distinct build), signed, exported for OTA."""

@@ -1,0 +1,131 @@
+"""fleet.yaml: every device class of a fleet, what it runs and the budgets it must meet.
+
+    fleet: demo-fleet
+    signing_key: keys/demo-fleet.key      # optional (default ~/.edgekit/keys/FLEET.key, made on first build)
+    ota: [mender, rauc, swupdate]          # OTA formats to export where their tools are
+    classes:
+      gateway:   {target: host, precision: int8, version: 1.2.0, budgets: {max_accuracy_drop: 1.0}}
+      camera-pi: {target: rpi5, version: 1.2.0, devices: [pi-lab-1], budgets: {memory_mb: 64}}
+
+Validated (Pydantic) and checked before anything builds: every target is in the registry, every model or
+data file exists; each error is one line that names the class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgekit.errors import BadInput, EdgekitError
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+VERSION = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"  # a file-name-safe version (semver fits)
+OTA_FORMATS = ("mender", "rauc", "swupdate")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Budgets(Strict):
+    latency_ms: float | None = Field(None, gt=0, description="p50 on the device; a PyTorch model is searched to meet it")
+    memory_mb: float | None = Field(None, gt=0, description="weights + peak activations")
+    flash_mb: float | None = Field(None, gt=0, description="the shipped engine's files, compressed (searched for)")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="test accuracy lost against the source model, in points")
+
+
+class DeviceClass(Strict):
+    target: str
+    model: str | None = Field(None, description="model spec as `deploy --model` takes it (default: the demo)")
+    data: str | None = Field(None, description="data spec as `deploy --data` takes it (default: the demo's)")
+    precision: str | None = Field(None, description="fp32, fp16, int8 or mixed (default: the target's)")
+    version: str = Field(pattern=VERSION)
+    budgets: Budgets = Budgets()
+    devices: tuple[str, ...] = Field((), description="inventory devices of this class (edgekit devices list)")
+    time_limit_s: float = Field(600.0, gt=0, description="the search's time limit, where budgets call for one")
+
+    @property
+    def searched(self) -> bool:
+        return self.budgets.latency_ms is not None or self.budgets.flash_mb is not None
+
+
+class Fleet(Strict):
+    fleet: str = Field(pattern=NAME)
+    signing_key: Path | None = None
+    ota: tuple[Literal["mender", "rauc", "swupdate"], ...] = OTA_FORMATS
+    classes: dict[str, DeviceClass]
+    file: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _names(self) -> Fleet:
+        import re
+
+        if not self.classes:
+            raise ValueError("classes: a fleet needs at least one device class")
+        for name in self.classes:
+            if not re.fullmatch(NAME, name):
+                raise ValueError(f"class name '{name}' must be letters, digits, '-' or '_' (it names files)")
+        return self
+
+    def key_path(self) -> Path:
+        return Path(self.signing_key).expanduser() if self.signing_key else Path.home() / ".edgekit" / "keys" / f"{self.fleet}.key"
+
+
+def load_fleet(path: Path | str) -> Fleet:
+    """Read and check a fleet manifest; relative paths in it are relative to its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"fleet manifest not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise BadInput(f"{path}: not valid YAML ({' '.join(str(err).split())[:160]})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a mapping with 'fleet' and 'classes'")
+    base = path.resolve().parent
+    if data.get("signing_key"):
+        key = Path(str(data["signing_key"])).expanduser()
+        data["signing_key"] = key if key.is_absolute() else base / key
+    for spec in (data.get("classes") or {}).values():
+        if isinstance(spec, dict):
+            for field in ("model", "data"):
+                if isinstance(spec.get(field), str) and _is_path(spec[field]) and not Path(spec[field]).is_absolute():
+                    spec[field] = str(base / spec[field])
+    try:
+        fleet = Fleet.model_validate({**data, "file": str(path)})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        klass = first["loc"][1] if len(first["loc"]) > 1 and first["loc"][0] == "classes" else None
+        prefix = f"class '{klass}': " if klass else ""
+        raise BadInput(f"{path}: {prefix}{where}: {first['msg'].removeprefix('Value error, ')}") from None
+    check(fleet)
+    return fleet
+
+
+def _is_path(spec: str) -> bool:
+    """A file or folder spec (model.onnx, calib/, data.npz), not a `package.module:factory`."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec) is None
+
+
+def check(fleet: Fleet) -> None:
+    """Every class's target resolves and its files exist: one line naming the class otherwise."""
+    from edgekit.deploy import choose_precision
+    from edgekit.targets import load_target
+
+    for name, klass in fleet.classes.items():
+        try:
+            target = load_target(klass.target, [])
+            if klass.precision not in (None, "mixed"):
+                choose_precision(klass.precision, target)
+            for field in ("model", "data"):
+                spec = getattr(klass, field)
+                if spec and _is_path(spec) and not Path(spec).expanduser().exists():
+                    raise BadInput(f"{field} not found: {spec}")
+        except EdgekitError as err:
+            raise BadInput(f"{fleet.file}: class '{name}': {err}") from None
