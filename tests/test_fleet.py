@@ -210,3 +210,18 @@ def test_ray_runs_the_same_builds_as_tasks(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1
     for name in ("gateway", "gateway-copy"):
         assert bundles.verify(tmp_path / "dist" / f"{name}-3.tar", tmp_path / "fleet.key.pub")["class"] == name
+
+
+@pytest.mark.slow
+def test_a_fresh_rebuild_gives_a_byte_identical_bundle(fleet, tmp_path):
+    """No cache: the Pi class is built again from scratch (export, calibration, LiteRT conversion, the
+    accuracy check) and its bundle is the same bytes. (A class measured here differs in its measured
+    latency only: its engine files are the same.)"""
+    root, _ = fleet
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(TWO_CLASSES.split("  gateway:")[0] + "  camera-pi:" + TWO_CLASSES.split("  camera-pi:")[1])
+    result = run_cli("fleet", "build", str(manifest), "--out", str(tmp_path / "dist"), "--cache", str(tmp_path / "fresh"),
+                     "--key", str(root / "keys" / "fleet.key"), "--json", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["built"] == 1
+    assert (tmp_path / "dist" / "camera-pi-2.1.0.tar").read_bytes() == (root / "dist1" / "camera-pi-2.1.0.tar").read_bytes()
