@@ -225,3 +225,18 @@ def test_a_fresh_rebuild_gives_a_byte_identical_bundle(fleet, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["built"] == 1
     assert (tmp_path / "dist" / "camera-pi-2.1.0.tar").read_bytes() == (root / "dist1" / "camera-pi-2.1.0.tar").read_bytes()
+
+
+def test_class_devices_are_checked_against_the_inventory(tmp_path):
+    from edgekit.fleet.manifest import load_fleet
+
+    (tmp_path / "devices.yaml").write_text("devices:\n  - {name: pi-1, target: rpi5, url: 'http://10.0.0.2:8700', token_file: t}\n")
+    text = TWO_CLASSES.replace("version: 2.1.0", "version: 2.1.0\n    devices: [pi-1]")
+    (tmp_path / "fleet.yaml").write_text("devices_file: devices.yaml\n" + text)
+    assert load_fleet(tmp_path / "fleet.yaml").classes["camera-pi"].devices == ("pi-1",)
+    (tmp_path / "fleet.yaml").write_text("devices_file: devices.yaml\n" + text.replace("devices: [pi-1]", "devices: [pi-2]"))
+    with pytest.raises(BadInput, match="class 'camera-pi': no device 'pi-2'"):
+        load_fleet(tmp_path / "fleet.yaml")
+    (tmp_path / "fleet.yaml").write_text("devices_file: devices.yaml\n" + text.replace("target: rpi5", "target: rpi4"))
+    with pytest.raises(BadInput, match="class 'camera-pi': device 'pi-1' is a rpi5, not a rpi4"):
+        load_fleet(tmp_path / "fleet.yaml")

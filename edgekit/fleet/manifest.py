@@ -55,6 +55,8 @@ class DeviceClass(Strict):
 class Fleet(Strict):
     fleet: str = Field(pattern=NAME)
     signing_key: Path | None = None
+    devices_file: Path | None = Field(None, description="the inventory the classes' devices are in (default: "
+                                                        "$EDGEKIT_DEVICES, else ./devices.yaml, if there)")
     ota: tuple[Literal["mender", "rauc", "swupdate"], ...] = OTA_FORMATS
     classes: dict[str, DeviceClass]
     file: str = Field("", exclude=True)
@@ -86,9 +88,10 @@ def load_fleet(path: Path | str) -> Fleet:
     if not isinstance(data, dict):
         raise BadInput(f"{path}: expected a mapping with 'fleet' and 'classes'")
     base = path.resolve().parent
-    if data.get("signing_key"):
-        key = Path(str(data["signing_key"])).expanduser()
-        data["signing_key"] = key if key.is_absolute() else base / key
+    for field in ("signing_key", "devices_file"):
+        if data.get(field):
+            given = Path(str(data[field])).expanduser()
+            data[field] = given if given.is_absolute() else base / given
     for spec in (data.get("classes") or {}).values():
         if isinstance(spec, dict):
             for field in ("model", "data"):
@@ -116,8 +119,15 @@ def _is_path(spec: str) -> bool:
 def check(fleet: Fleet) -> None:
     """Every class's target resolves and its files exist: one line naming the class otherwise."""
     from edgekit.deploy import choose_precision
+    from edgekit.devices import inventory_path, load_inventory
     from edgekit.targets import load_target
 
+    listed = any(k.devices for k in fleet.classes.values())
+    inventory = None
+    if listed and (fleet.devices_file or inventory_path()).is_file():
+        inventory = load_inventory(fleet.devices_file)
+    elif listed and fleet.devices_file:
+        raise BadInput(f"{fleet.file}: devices_file not found: {fleet.devices_file}")
     for name, klass in fleet.classes.items():
         try:
             target = load_target(klass.target, [])
@@ -127,5 +137,9 @@ def check(fleet: Fleet) -> None:
                 spec = getattr(klass, field)
                 if spec and _is_path(spec) and not Path(spec).expanduser().exists():
                     raise BadInput(f"{field} not found: {spec}")
+            for device in klass.devices if inventory else ():  # each listed device is this class's target
+                found = inventory.get(device)
+                if load_target(found.target, []).name != target.name:
+                    raise BadInput(f"device '{device}' is a {found.target}, not a {target.name}")
         except EdgekitError as err:
             raise BadInput(f"{fleet.file}: class '{name}': {err}") from None
