@@ -544,7 +544,8 @@ def bundle_verify(
     if as_json:
         _print_json(manifest)
         return
-    out.print(f"{file.name}: signature good, {len(manifest['files'])} files match their sha256 "
+    count = len(manifest["files"])
+    out.print(f"{file.name}: signature good; {count} file{'s' if count != 1 else ''}, each matching its sha256 "
               f"({manifest.get('class')} {manifest.get('version')} for {manifest.get('target', {}).get('name')})")
 
 
