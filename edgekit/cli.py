@@ -612,11 +612,13 @@ def agent_serve(
     workdir: Annotated[Path, typer.Option(help="Where jobs, their files and results are kept.")] = Path("~/.edgekit/agent"),
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload (all of one job's files) taken, in MiB.")] = 256,
     max_queue: Annotated[int, typer.Option(help="Most jobs waiting at once; more are refused (503) until some have run.")] = 64,
+    keep_files: Annotated[int, typer.Option(help="Ended jobs whose files stay downloadable; older ones keep only their state and result.")] = 200,
 ) -> None:
     """Run the agent on this device until interrupted: jobs from hosts, run one at a time with the local runtimes."""
     from edgekit.agent.server import serve
 
-    serve(host=host, port=port, token_file=token_file, workdir=workdir, max_upload_mb=max_upload_mb, max_queue=max_queue)
+    serve(host=host, port=port, token_file=token_file, workdir=workdir, max_upload_mb=max_upload_mb, max_queue=max_queue,
+          keep_files=keep_files)
 
 
 @agent_app.command("token")

@@ -353,3 +353,26 @@ def test_names_and_tokens():
             safe_name(bad)
     assert token_ok("Bearer abc", "abc") and token_ok("bearer abc", "abc")
     assert not token_ok("Bearer abd", "abc") and not token_ok(None, "abc") and not token_ok("abc", "abc")
+
+
+def test_old_jobs_lose_their_files_but_never_their_results(tmp_path):
+    """Disk stays bounded on a device that runs for months: past the newest `keep_files` ended jobs, the
+    uploaded and built files go; every job's state and result stay, also across a restart."""
+    from edgekit.agent.protocol import JobSpec
+    from edgekit.agent.store import JobStore
+
+    store = JobStore(tmp_path / "work", keep_files=2)
+    ids = []
+    for n in range(4):
+        staged = store.stage()
+        (staged / "files").mkdir(exist_ok=True)
+        (staged / "files" / "model.onnx").write_bytes(b"x" * 1000)
+        spec = JobSpec(kind="profile", target="host", artifact="model.onnx", files={"model.onnx": "0" * 64})
+        state, _ = store.create(spec, staged)
+        assert store.next_job(timeout_s=1).id == state.id
+        store.finish(state.id, result={"n": n})
+        ids.append(state.id)
+    kept = [(store.root / i / "files").exists() for i in ids]
+    assert kept == [False, False, True, True]
+    again = JobStore(tmp_path / "work", keep_files=2)
+    assert [again.get(i).result for i in ids] == [{"n": n} for n in range(4)]

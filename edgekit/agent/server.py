@@ -16,7 +16,7 @@ from pathlib import Path
 from edgekit.agent.info import machine_info
 from edgekit.agent.protocol import JOB_ID, MAX_FILES, JobSpec, one_line_error
 from edgekit.agent.security import load_token, safe_name, token_ok
-from edgekit.agent.store import JobStore, QueueFull
+from edgekit.agent.store import KEEP_FILES, JobStore, QueueFull
 from edgekit.agent.worker import Worker
 from edgekit.errors import BadInput, Failure, require
 
@@ -29,7 +29,7 @@ class _TooLarge(Exception):
 
 
 def create_app(workdir: Path, token: str, *, max_upload_mb: float = 256, max_queue: int = 64,
-               job_timeout_s: float = 3600.0):
+               job_timeout_s: float = 3600.0, keep_files: int = KEEP_FILES):
     """The FastAPI app over a job store in `workdir`; its one worker starts and stops with the app."""
     require("fastapi", "agent")
     require("python_multipart", "agent")
@@ -41,7 +41,7 @@ def create_app(workdir: Path, token: str, *, max_upload_mb: float = 256, max_que
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
 
-    store = JobStore(workdir, max_queue=max_queue)
+    store = JobStore(workdir, max_queue=max_queue, keep_files=keep_files)
     worker = Worker(store, job_timeout_s=job_timeout_s)
     limit = int(max_upload_mb * 2**20)
 
@@ -221,14 +221,15 @@ def _one_line(text: str) -> str:
 
 
 def serve(*, host: str = "127.0.0.1", port: int = 8700, token_file: Path, workdir: Path = DEFAULT_WORKDIR,
-          max_upload_mb: float = 256, max_queue: int = 64, announce: Callable[[str], None] | None = None) -> None:
+          max_upload_mb: float = 256, max_queue: int = 64, keep_files: int = KEEP_FILES,
+          announce: Callable[[str], None] | None = None) -> None:
     """Run the agent until interrupted. A token is required: there is no way to run it open."""
     token = load_token(token_file)
     if max_upload_mb <= 0 or max_queue < 1:
         raise BadInput("--max-upload-mb must be positive and --max-queue at least 1")
     uvicorn = require("uvicorn", "agent")
     workdir = Path(workdir).expanduser()
-    app = create_app(workdir, token, max_upload_mb=max_upload_mb, max_queue=max_queue)
+    app = create_app(workdir, token, max_upload_mb=max_upload_mb, max_queue=max_queue, keep_files=keep_files)
     sock, loopback = _listen(host, port)
     say = announce or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     if not loopback:

@@ -23,20 +23,25 @@ from edgekit.util import write_json
 STAGING = ".incoming-"
 
 
+KEEP_FILES = 200  # ended jobs whose files are kept (downloadable); older ones keep their state and result only
+
+
 class QueueFull(Failure):
     """The agent already holds as many waiting jobs as it takes."""
 
 
 class JobStore:
-    def __init__(self, workdir: Path, *, max_queue: int = 64):
+    def __init__(self, workdir: Path, *, max_queue: int = 64, keep_files: int = KEEP_FILES):
         self.root = Path(workdir).expanduser().resolve() / "jobs"  # absolute: each job runs in its own folder
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_queue = max_queue
+        self.keep_files = keep_files
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, JobState] = {}
         self._keys: dict[str, str] = {}
         self.recovered = self._recover()
+        self.prune_files()
 
     def _recover(self) -> dict[str, int]:
         """Load every job; one that was running when the agent stopped can't be trusted, so it fails."""
@@ -165,7 +170,22 @@ class JobStore:
                 "state": "failed" if error is not None else "finished", "error": error, "finished": time.time()})
             self._write_state(state)
             self._jobs[job_id] = state
+        self.prune_files()
         return state
+
+    def prune_files(self) -> list[str]:
+        """Disk stays bounded: past the newest `keep_files` ended jobs, a job's uploaded and built files
+        go; its state and result stay (no result is ever lost; only its files can no longer be downloaded)."""
+        with self._lock:
+            ended = sorted((j for j in self._jobs.values() if j.state in ("finished", "failed")),
+                           key=lambda job: (job.finished or job.created, job.id), reverse=True)
+        pruned = []
+        for job in ended[self.keep_files:]:
+            files = self.root / job.id / "files"
+            if files.exists():
+                shutil.rmtree(files, ignore_errors=True)
+                pruned.append(job.id)
+        return pruned
 
     def _write_state(self, state: JobState) -> None:
         write_json(self.root / state.id / "state.json", state.model_dump(mode="json", exclude={"result"}))

@@ -58,12 +58,8 @@ def verify(kind: str, path: Path, key_path: Path, *, target: str) -> None:
         # its control and progress sockets go to $TMPDIR: a folder of its own, so a check never meets
         # another swupdate's sockets (or a device's running daemon) and waits on them
         with tempfile.TemporaryDirectory(prefix="edgekit-swupdate-") as tmp:
-            # its exit status races with its own helper threads (1 after "SWUPDATE successful" about one
-            # run in six here): its log decides, a success line and no ERROR line
-            _run(["swupdate", "-H", f"{target}:{HW_REVISION}", "-c", "-i", str(path), "-k", str(keys["cert"])],
-                 f"swupdate refused {path.name}", env={"TMPDIR": tmp, "SOCKET_PROGRESS_PATH": f"{tmp}/swupdateprog"},
-                 ok=lambda done: "SWUPDATE successful" in done.stdout + done.stderr
-                 and "[ERROR]" not in done.stdout + done.stderr)
+            _swupdate_check(["swupdate", "-H", f"{target}:{HW_REVISION}", "-c", "-i", str(path), "-k", str(keys["cert"])],
+                            f"swupdate refused {path.name}", {"TMPDIR": tmp, "SOCKET_PROGRESS_PATH": f"{tmp}/swupdateprog"})
     else:
         raise BadInput(f"unknown OTA format '{kind}'")
 
@@ -179,6 +175,46 @@ def _which(tool: str) -> str | None:
         beside = Path(sys.executable).parent / tool
         found = str(beside) if beside.is_file() else None
     return found
+
+
+def _swupdate_check(command: list[str], what: str, env: dict[str, str]) -> None:
+    """`swupdate -c`, judged by its log as it comes: its exit status races with its own helper processes
+    (1 after "SWUPDATE successful" about one run in six here) and it sometimes stays up after its verdict,
+    so the first verdict line decides and the process group is then stopped."""
+    import os
+    import selectors
+    import signal
+    import time
+
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, **env}, start_new_session=True)
+    selector = selectors.DefaultSelector()
+    selector.register(child.stdout, selectors.EVENT_READ)
+    deadline, verdict, lines = time.monotonic() + TIMEOUT_S, None, []
+    try:
+        while verdict is None and time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = child.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+            if "[ERROR]" in line:
+                verdict = line.strip()
+            elif "SWUPDATE successful" in line:
+                verdict = "ok"
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        child.wait()
+        selector.close()
+        child.stdout.close()
+    if verdict != "ok":
+        why = verdict or (f"no verdict within {TIMEOUT_S} s" if time.monotonic() >= deadline else
+                          (lines[-1] if lines else f"exit status {child.returncode}"))
+        raise Failure(f"{what}: {why[:300]}")
 
 
 def _run(command: list[str], what: str, env: dict[str, str] | None = None,
