@@ -78,11 +78,11 @@ def _profile_on_device(artifact: Path, target: str | None, data: str | None, set
 
     from edgekit.agent.security import UPLOAD_SUFFIXES
     from edgekit.devices import load_inventory
-    from edgekit.remote import device_for
+    from edgekit.remote import check_device
 
-    chosen = load_inventory(devices_file).get(name)
-    tgt = load_target(target or chosen.target, targets_dir)
-    device = device_for(name, tgt, devices_file, targets_dir)
+    device = load_inventory(devices_file).get(name)
+    tgt = load_target(target or device.target, targets_dir)
+    check_device(device, tgt, targets_dir)
     if artifact.suffix.lower() not in UPLOAD_SUFFIXES:
         raise BadInput(f"{artifact.name}: the agent takes .onnx, OpenVINO IR and .tflite files, never a serialized "
                        f"'{artifact.suffix}' engine (it could carry plugin code): let the device build it from the ONNX, "

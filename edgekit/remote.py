@@ -22,10 +22,14 @@ def device_for(name: str, target: Target, devices_file: Path | None, targets_dir
     from edgekit.devices import load_inventory
 
     device = load_inventory(devices_file).get(name)
-    if load_target(device.target, targets_dir).name != target.name:
-        raise BadInput(f"device '{name}' is a {device.target} ({device.url}), not a {target.name}: "
-                       f"pass --target {device.target}, or another device")
+    check_device(device, target, targets_dir)
     return device
+
+
+def check_device(device, target: Target, targets_dir: list[Path]) -> None:
+    """A measurement on a device is filed under its target: the two must be the same registry entry."""
+    if load_target(device.target, targets_dir).name != target.name:
+        raise BadInput(f"device '{device.name}' is a {device.target} ({device.url}), not a {target.name}")
 
 
 def engine_files(artifact: Artifact) -> dict[str, Path]:

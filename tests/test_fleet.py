@@ -238,5 +238,5 @@ def test_class_devices_are_checked_against_the_inventory(tmp_path):
     with pytest.raises(BadInput, match="class 'camera-pi': no device 'pi-2'"):
         load_fleet(tmp_path / "fleet.yaml")
     (tmp_path / "fleet.yaml").write_text("devices_file: devices.yaml\n" + text.replace("target: rpi5", "target: rpi4"))
-    with pytest.raises(BadInput, match="class 'camera-pi': device 'pi-1' is a rpi5, not a rpi4"):
+    with pytest.raises(BadInput, match=r"class .camera-pi.: device .pi-1. is a rpi5 \(http://10.0.0.2:8700\), not a rpi4"):
         load_fleet(tmp_path / "fleet.yaml")

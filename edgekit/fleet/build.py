@@ -70,10 +70,11 @@ def _identity(klass: DeviceClass) -> dict:
     # what the device is, not what it has now: free storage (the host's is read at run time) and the
     # wording of the sources do not change what is built
     dump = target.model_dump(mode="json", exclude={"file", "storage_mb", "sources"})
-    key = build_key(model=model_digest(loaded), data=samples.sha256(), target=dump, precision=klass.precision,
+    model, data = model_digest(loaded), samples.sha256()
+    key = build_key(model=model, data=data, target=dump, precision=klass.precision,
                     budgets=klass.budgets.model_dump(), time_limit_s=klass.time_limit_s, edgekit_version=__version__)
-    return {"key": key, "target": target.name, "model_sha256": model_digest(loaded),
-            "calibration_set_sha256": split(samples).calibration.sha256(), "data_sha256": samples.sha256()}
+    return {"key": key, "target": target.name, "model_sha256": model,
+            "calibration_set_sha256": split(samples).calibration.sha256(), "data_sha256": data}
 
 
 # ---- one build (runs in this process, a worker process, or a Ray task) ----------------------------------

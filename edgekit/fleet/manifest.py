@@ -120,6 +120,7 @@ def check(fleet: Fleet) -> None:
     """Every class's target resolves and its files exist: one line naming the class otherwise."""
     from edgekit.deploy import choose_precision
     from edgekit.devices import inventory_path, load_inventory
+    from edgekit.remote import check_device
     from edgekit.targets import load_target
 
     listed = any(k.devices for k in fleet.classes.values())
@@ -138,8 +139,6 @@ def check(fleet: Fleet) -> None:
                 if spec and _is_path(spec) and not Path(spec).expanduser().exists():
                     raise BadInput(f"{field} not found: {spec}")
             for device in klass.devices if inventory else ():  # each listed device is this class's target
-                found = inventory.get(device)
-                if load_target(found.target, []).name != target.name:
-                    raise BadInput(f"device '{device}' is a {found.target}, not a {target.name}")
+                check_device(inventory.get(device), target, [])
         except EdgekitError as err:
             raise BadInput(f"{fleet.file}: class '{name}': {err}") from None

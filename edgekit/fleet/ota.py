@@ -217,27 +217,19 @@ def _swupdate_check(command: list[str], what: str, env: dict[str, str]) -> None:
         raise Failure(f"{what}: {why[:300]}")
 
 
-def _run(command: list[str], what: str, env: dict[str, str] | None = None,
-         ok=lambda done: done.returncode == 0) -> None:
-    """Run a tool in its own process group; on a time-out the whole group goes (swupdate forks helpers)."""
+def _run(command: list[str], what: str) -> None:
+    """Run a tool in its own process group (on a time-out the whole group goes); Failure with its error line."""
     import os
     import signal
 
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, **(env or {})}, start_new_session=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = child.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         child.communicate()
         raise Failure(f"{what}: {Path(command[0]).name} did not finish within {TIMEOUT_S} s") from None
-    finally:
-        try:
-            os.killpg(child.pid, signal.SIGKILL)  # helpers it left behind
-        except (ProcessLookupError, PermissionError):
-            pass
-    done = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
-    if not ok(done):
-        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower() or "wrong" in line.lower()] or lines
-        raise Failure(f"{what}: {errors[-1][:300] if errors else f'exit status {done.returncode}'}")
+    if child.returncode != 0:
+        lines = [line.strip() for line in (stderr + stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if any(w in line.lower() for w in ("error", "fail", "wrong"))] or lines
+        raise Failure(f"{what}: {errors[-1][:300] if errors else f'exit status {child.returncode}'}")
