@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgekit import cost, graph, remote
 from edgekit import mixed as mixed_step
 from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
@@ -25,7 +23,7 @@ from edgekit.errors import BadInput, EdgekitError, MissingRuntime
 from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import Profile, ProfileSettings, accuracy, profile_engine, round_ratios, time_rounds
+from edgekit.profile import Profile, ProfileSettings, accuracy, profile_engine, side_by_side, time_rounds
 from edgekit.report import versions, write_reports
 from edgekit.targets import Target, load_target
 from edgekit.util import write_json
@@ -237,10 +235,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         _add_device_profile(report, result, device)
         if splits is not None and (availability.run or availability.check):
             step("check")
-            engine = backend.load(artifact, target=target, threads=threads)
-            checked = accuracy(engine, splits.test, functools.partial(graph.reference_outputs, model))
             where = f"this machine, the same engine with {backend_name}" if availability.run else availability.check_how
-            report["accuracy"] = {**checked.as_dict(), "where": where}
+            report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, where)
         report["status"] = f"complete; measured on device {device.name} through its agent"
     elif target.local and availability.run and request.measure:
         step("profile")
@@ -265,9 +261,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         report["status"] = "complete"
     elif availability.check and request.measure and splits is not None:
         step("check")  # the device is not here, but its model's arithmetic is: accuracy, latency predicted
-        engine = backend.load(artifact, target=target, threads=threads)
-        checked = accuracy(engine, splits.test, functools.partial(graph.reference_outputs, model))
-        report["accuracy"] = {**checked.as_dict(), "where": availability.check_how}
+        report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, availability.check_how)
         report["status"] += f"; accuracy checked here ({availability.check_how})"
     _add_budget(report)
     step("report")
@@ -358,11 +352,15 @@ def _time_beside(backend, artifact: Artifact, beside: tuple[str, Artifact], targ
     engines = {"built": backend.load(artifact, target=target, threads=threads),
                name: backend.load(other, target=target, threads=threads)}
     slices = time_rounds(engines, feed, settings)
-    ratios = round_ratios(slices["built"], slices[name])
-    report["side_by_side"] = {"with": name, "engine": str(other.path), "rounds": len(ratios),
-                              "p50_ms": float(np.median([t for s in slices[name] for t in s])),
-                              "ratio": float(np.median(ratios)), "ratio_range": [min(ratios), max(ratios)]}
+    report["side_by_side"] = side_by_side(name, str(other.path), slices["built"], slices[name])
     return [t for s in slices["built"] for t in s]
+
+
+def _checked_here(backend, artifact: Artifact, target: Target, threads: int, splits: Splits, model, where: str) -> dict:
+    """The engine's accuracy on the test split, run on this machine (`where` says how that stands for the device)."""
+    engine = backend.load(artifact, target=target, threads=threads)
+    checked = accuracy(engine, splits.test, functools.partial(graph.reference_outputs, model))
+    return {**checked.as_dict(), "where": where}
 
 
 def _add_profile(report: dict, measured: Profile) -> None:

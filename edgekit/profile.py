@@ -123,6 +123,15 @@ def round_ratios(slices: list[list[float]], baseline: list[list[float]]) -> list
     return [float(np.median(ours) / np.median(theirs)) for ours, theirs in zip(slices, baseline, strict=True)]
 
 
+def side_by_side(name: str, engine: str, ours: list[list[float]], theirs: list[list[float]]) -> dict:
+    """What a report says of an engine timed in rounds beside another (`time_rounds`): the other's p50
+    and the per-round ratio of the two (median and range), which drift on the device does not move."""
+    ratios = round_ratios(ours, theirs)
+    return {"with": name, "engine": engine, "rounds": len(ratios),
+            "p50_ms": float(np.median([t for s in theirs for t in s])),
+            "ratio": float(np.median(ratios)), "ratio_range": [min(ratios), max(ratios)]}
+
+
 def _top1(out: np.ndarray) -> int | None:
     flat = out.reshape(out.shape[0], -1) if out.ndim > 1 else out[None]
     return int(flat[0].argmax()) if flat.shape[-1] > 1 else None

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.agent.client import job_settings
 from edgekit.agent.security import UPLOAD_SUFFIXES
 from edgekit.backends.base import Artifact, LayerTime
 from edgekit.errors import BadInput
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import ProfileSettings, round_ratios
+from edgekit.profile import ProfileSettings, side_by_side
 from edgekit.targets import Target, load_target
 
 
@@ -55,10 +56,7 @@ def measure(device, artifact: Artifact, *, target: Target, settings: ProfileSett
                      beside=beside[1] if beside else None)
     if beside is not None:
         slices = result.pop("rounds")
-        ratios = round_ratios(slices["artifact"], slices["beside"])
-        result["side_by_side"] = {"with": beside[0], "engine": str(beside[1].path), "rounds": len(ratios),
-                                  "p50_ms": float(np.median([t for s in slices["beside"] for t in s])),
-                                  "ratio": float(np.median(ratios)), "ratio_range": [min(ratios), max(ratios)],
+        result["side_by_side"] = {**side_by_side(beside[0], str(beside[1].path), slices["artifact"], slices["beside"]),
                                   "where": f"device {device.name} through its agent"}
     return result
 
@@ -72,7 +70,7 @@ def profile(device, artifact: Artifact, *, target: Target, settings: ProfileSett
         np.savez(inputs, **feed)
         files = engine_files(artifact)
         spec = {"kind": "profile", "target": target.name, "artifact": artifact.path.name, "inputs": inputs.name,
-                "settings": _settings(settings), "layer_rounds": layer_rounds}
+                "settings": job_settings(settings), "layer_rounds": layer_rounds}
         if beside is not None:
             files |= {f"beside-{k}": v for k, v in engine_files(beside).items()}  # an IR's .bin keeps its .xml's name
             spec["beside"] = f"beside-{beside.path.name}"
@@ -89,9 +87,3 @@ def time_pair(device, artifacts: dict[str, Artifact], *, target: Target, setting
     times = {names[k]: [t for r in v for t in r] for k, v in result["rounds"].items()}
     layers = {names[k]: [[LayerTime(**t) for t in r] for r in v] for k, v in result["layer_rounds"].items()}
     return times, layers
-
-
-def _settings(settings: ProfileSettings) -> dict:
-    from edgekit.agent.protocol import JobSettings
-
-    return JobSettings.from_profile_settings(settings).model_dump()

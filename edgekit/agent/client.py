@@ -128,7 +128,7 @@ class AgentClient:
         if engine.suffix == ".xml" and engine.with_suffix(".bin").is_file() and engine.with_suffix(".bin") not in paths:
             paths.append(engine.with_suffix(".bin"))
         files = {p.name: p for p in paths} | ({Path(inputs).name: Path(inputs)} if inputs else {})
-        spec = {"kind": "profile", "target": target, "artifact": engine.name, "settings": _settings(settings),
+        spec = {"kind": "profile", "target": target, "artifact": engine.name, "settings": job_settings(settings),
                 "inputs": Path(inputs).name if inputs else None}
         return self.wait(self.submit(spec, files), timeout_s=timeout_s)["result"]
 
@@ -137,7 +137,7 @@ class AgentClient:
         """Build the engine on the agent's device from an ONNX file, measure it, and download what was
         built into out_dir (when given)."""
         spec = {"kind": "build", "target": target, "artifact": Path(onnx_path).name, "plan": plan,
-                "settings": _settings(settings)}
+                "settings": job_settings(settings)}
         job_id = self.submit(spec, {Path(onnx_path).name: Path(onnx_path)})
         result = self.wait(job_id, timeout_s=timeout_s)["result"]
         if out_dir is not None:
@@ -196,7 +196,8 @@ class AgentClient:
         raise Failure(f"the agent at {self.url} failed ({response.status_code}): {detail}")
 
 
-def _settings(settings: ProfileSettings | dict | None) -> dict:
+def job_settings(settings: ProfileSettings | dict | None) -> dict:
+    """Measurement settings as a job carries them (JobSettings), checked."""
     if isinstance(settings, ProfileSettings):
         return JobSettings.from_profile_settings(settings).model_dump()
     try:
