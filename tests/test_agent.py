@@ -376,3 +376,19 @@ def test_old_jobs_lose_their_files_but_never_their_results(tmp_path):
     assert kept == [False, False, True, True]
     again = JobStore(tmp_path / "work", keep_files=2)
     assert [again.get(i).result for i in ids] == [{"n": n} for n in range(4)]
+
+
+def test_a_pruned_jobs_files_are_a_clear_404(tmp_path, token_file, demo_onnx):
+    """A built file asked for after the agent removed it (past --keep-files) is refused in one line, not a
+    500; the job's result is still there."""
+    agent = Agent(tmp_path / "work", token_file, "--keep-files", "0")
+    try:
+        with agent.client() as client:
+            job = client.submit({"kind": "build", "target": "host", "artifact": "model.onnx", "plan": {"default": "fp32"},
+                                 "settings": TINY}, {"model.onnx": demo_onnx})
+            result = client.wait(job)["result"]
+            assert "model.xml" in result["files"]
+            with pytest.raises(AgentRefused, match="files were removed"):
+                client.download(job, "model.xml", tmp_path)
+    finally:
+        agent.stop()

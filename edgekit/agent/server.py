@@ -110,8 +110,11 @@ def create_app(workdir: Path, token: str, *, max_upload_mb: float = 256, max_que
         built = (state.result or {}).get("files") or {}
         if name not in built:
             raise fail(404, f"job {job_id} has no built file '{name}' (state {state.state}; built: {', '.join(built) or 'none'})")
-        return FileResponse(store.job_dir(job_id) / "files" / "engine" / name, filename=name,
-                            media_type="application/octet-stream")
+        path = store.job_dir(job_id) / "files" / "engine" / name
+        if not path.is_file():  # pruned: past the newest --keep-files ended jobs
+            raise fail(404, f"job {job_id}'s files were removed (only the newest {store.keep_files} ended jobs keep "
+                            "theirs); its result is still here")
+        return FileResponse(path, filename=name, media_type="application/octet-stream")
 
     @app.post("/v1/jobs", status_code=202, dependencies=[Depends(auth)])
     async def submit(request: Request) -> dict:

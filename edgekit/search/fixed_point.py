@@ -13,7 +13,9 @@ candidate the search ships is then built and checked in hls4ml's C simulation, b
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,8 @@ class DesignCost:
 
         self.target, self.loaded, self.calibration = target, loaded, calibration
         self.hls4ml = _hls4ml()
-        self.folder = Path(tempfile.mkdtemp(prefix="edgekit-hls4ml-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="edgekit-hls4ml-"))  # the scratch project, gone with this object
+        weakref.finalize(self, shutil.rmtree, self.folder, True)
         self.last: dict | None = None
 
     def predict(self, module, layer_widths: list[str]) -> tuple[float, float]:
