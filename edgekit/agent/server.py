@@ -223,6 +223,9 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:600]
 
 
+BACKLOG = 2048  # uvicorn's default
+
+
 def serve(*, host: str = "127.0.0.1", port: int = 8700, token_file: Path, workdir: Path = DEFAULT_WORKDIR,
           max_upload_mb: float = 256, max_queue: int = 64, keep_files: int = KEEP_FILES,
           announce: Callable[[str], None] | None = None) -> None:
@@ -249,7 +252,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8700, token_file: Path, workdi
 
 
 def _listen(host: str, port: int) -> tuple[socket.socket, bool]:
-    """A bound socket (port 0: any free port), and whether it is on a loopback address."""
+    """A listening socket (port 0: any free port), and whether it is on a loopback address."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
@@ -259,6 +262,7 @@ def _listen(host: str, port: int) -> tuple[socket.socket, bool]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        sock.listen(BACKLOG)  # listening before the banner says so: a client that connects at once waits, not refused
     except OSError as err:
         sock.close()
         raise Failure(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
