@@ -46,6 +46,10 @@ Equalization = Annotated[str, typer.Option(help="Cross-layer equalization: auto 
 PlanFile = Annotated[Path | None, typer.Option("--plan", help="Per-layer precisions: YAML/JSON {layer: fp32|fp16|int8} (see `edgekit inspect`).")]
 DeviceName = Annotated[str | None, typer.Option("--device", help="Measure on this device of the inventory, through its edgekit agent.")]
 DevicesFile = Annotated[Path | None, typer.Option("--devices", help="Device inventory (default: $EDGEKIT_DEVICES, else ./devices.yaml).")]
+MetricOpt = Annotated[str | None, typer.Option("--metric", help="What accuracy means: top1, agreement, cosine, rel-mse, psnr, or "
+                                               "package.module:function (default: chosen from the data and printed).")]
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="A data recipe (calibration/NAME.yaml): its data, and its model, "
+                                                "metric and input shape unless given.")]
 InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="[NAME:]D1,D2,..[:DTYPE], repeatable (TorchScript, factories without examples).")]
 
 
@@ -90,7 +94,8 @@ def deploy(
     latency_budget_ms: Annotated[float | None, typer.Option(help="p50 latency to meet, in ms: a PyTorch model is searched "
                                                                  "(pruned and quantized) to meet it first; otherwise say whether it is met.")] = None,
     search_first: Annotated[bool, typer.Option("--search/--no-search", help="With --latency-budget-ms: run the search first (PyTorch models).")] = True,
-    max_accuracy_drop: Annotated[float, typer.Option(help="With the search: largest validation accuracy loss allowed, in points.")] = 1.0,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Largest loss of the metric allowed, in points: with the search "
+                                                                 "(default 1), or with --precision int8|mixed: accuracy-aware int8.")] = None,
     flash_budget_mb: Annotated[float | None, typer.Option(help="With the search: the shipped files, compressed, must fit in this many MB.")] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", help="With the search: stop walking after this many seconds.")] = 600.0,
     repeats: Annotated[int, typer.Option(help="Timed inferences (at least; and at least 1 s).")] = 100,
@@ -98,6 +103,8 @@ def deploy(
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
     duration: Duration = 1.0,
     input_shape: InputShape = None,
+    metric: MetricOpt = None,
+    recipe: RecipeOpt = None,
     device: DeviceName = None,
     devices: DevicesFile = None,
     targets_dir: TargetsDir = None,
@@ -116,8 +123,9 @@ def deploy(
             raise BadInput("with --latency-budget-ms the search chooses each layer's precision: "
                            "drop --precision/--plan, or pass --no-search to only check the budget")
         search(target=target, latency_budget_ms=latency_budget_ms, model=model, data=data, out_dir=out_dir,
-               max_accuracy_drop=max_accuracy_drop, flash_budget_mb=flash_budget_mb, time_limit=time_limit,
-               backend=backend, method=method, device=device, devices=devices,
+               max_accuracy_drop=1.0 if max_accuracy_drop is None else max_accuracy_drop, flash_budget_mb=flash_budget_mb,
+               time_limit=time_limit,
+               backend=backend, method=method, device=device, devices=devices, metric=metric,
                threads=threads, targets_dir=targets_dir, as_json=as_json)
         return
     if flash_budget_mb is not None:
@@ -128,7 +136,8 @@ def deploy(
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
                             latency_budget_ms=latency_budget_ms, plan_file=plan, device=device, devices_file=devices,
                             calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction, equalization),
-                            settings=_settings(repeats, warmup, threads, duration))
+                            settings=_settings(repeats, warmup, threads, duration), metric=metric,
+                            max_accuracy_drop=max_accuracy_drop, recipe=recipe)
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if as_json:
@@ -159,6 +168,7 @@ def search(
     backend: Annotated[str | None, typer.Option(help="Build with this backend instead of the target's.")] = None,
     method: Method = "auto",
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
+    metric: MetricOpt = None,
     device: DeviceName = None,
     devices: DevicesFile = None,
     targets_dir: TargetsDir = None,
@@ -176,7 +186,7 @@ def search(
                             trials=trials, time_limit_s=time_limit, resume=resume, storage=storage, backend=backend,
                             final_finetune_s=finetune, calibration=CalibrationOptions(method),
                             settings=ProfileSettings(threads=threads), targets_dir=tuple(targets_dir or ()),
-                            device=device, devices_file=devices)
+                            device=device, devices_file=devices, metric=metric)
     with err.status("starting") as status:
         result = run_search(request, progress=lambda line: (status.update(f"[bold]{line}[/]…"), err.print(f"  {line}")))
     if as_json:
@@ -197,7 +207,8 @@ def _print_search(result: dict) -> None:
         table.add_row("measured how", f"{side['ratio']:.3f}× the original timed beside it × its {lat['original_ms']:.3f} ms at the start "
                       f"(raw p50 {side['raw_p50_ms']:.3f} ms, original now {side['original_now_ms']:.3f} ms)")
     if acc["test"] is not None:
-        table.add_row("accuracy (test)", f"{acc['test']:.4f}  (original {acc['test_original']:.4f}, drop {acc['test_drop_pt']:+.2f} pt)")
+        name = result.get("metric", {}).get("name", "accuracy")
+        table.add_row(f"{name} (test)", f"{acc['test']:.4f}  (original {acc['test_original']:.4f}, drop {acc['test_drop_pt']:+.2f} pt)")
     if result.get("flash"):
         f = result["flash"]
         table.add_row("flash (measured)", f"{f['compressed_mb']:.3f} MB compressed of {f['raw_mb']:.3f} MB, budget {f['budget_mb']} MB: "
@@ -229,6 +240,10 @@ def calibrate(
     bias_correction: BiasCorrection = True,
     equalization: Equalization = "auto",
     input_shape: InputShape = None,
+    metric: MetricOpt = None,
+    recipe: RecipeOpt = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Accuracy-aware int8: the fastest plan within this loss of "
+                                                                 "the metric, in points (each step built and timed here).")] = None,
     targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -243,7 +258,8 @@ def calibrate(
         raise BadInput(f"edgekit calibrate --precision takes int8 or mixed, not '{precision}'")
     request = DeployRequest(target=target, model=model, data=data, out=out_dir, precision=precision, plan_file=plan,
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()), measure=False,
-                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction, equalization))
+                            calibration=CalibrationOptions(method, percentile, calibration_samples, bias_correction, equalization),
+                            metric=metric, max_accuracy_drop=max_accuracy_drop, recipe=recipe)
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if as_json:
@@ -288,6 +304,9 @@ def _print_summary(report: dict) -> None:
                       + (f"; {len(unverified)} layer(s) fused out of sight, unverified" if unverified else ""))
     if "mixed" in precision:
         table.add_row("mixed", _mixed_line(precision["mixed"]))
+    if "accuracy_aware" in precision:
+        aware = precision["accuracy_aware"]
+        table.add_row("accuracy-aware", escape(f"{len(aware['path'])} steps measured; {aware['reason']}"))
     if "calibration" in report:
         cal = report["calibration"]
         table.add_row("calibration", f"{cal['method']}, {cal['samples']} samples, {cal['seconds']} s"
@@ -304,8 +323,14 @@ def _print_summary(report: dict) -> None:
     where = f"; checked here: {acc['where']}" if acc.get("where") else ""
     if acc.get("test") is not None:
         table.add_row("accuracy (test)", f"{acc['test']:.4f}  (source model {acc['reference']:.4f}, {acc['samples']} samples{where})")
-    if acc.get("agreement") is not None:
+    if acc.get("agreement") is not None and (acc.get("metric") or {}).get("name") in (None, "top1", "agreement"):
         table.add_row("top-1 agreement", f"{acc['agreement']:.4f}")
+    if acc.get("metric"):
+        m = acc["metric"]
+        table.add_row(f"metric ({m['name']})", f"{m['value']:.4f}  (source model {m['source']:.4f}, drop {m['drop']:.3g} points; "
+                                             f"{escape(m['unit'])}{where})")
+    if report.get("metric", {}).get("why"):
+        table.add_row("metric chosen", escape(f"{report['metric']['name']}: {report['metric']['why']} (--metric to change)"))
     if "budget" in report:
         b = report["budget"]
         table.add_row("budget", f"{b['latency_ms']} ms: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
@@ -333,6 +358,8 @@ def inspect(
     calibration_samples: CalSamples = None,
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's cores).")] = None,
     duration: Duration = 1.0,
+    metric: MetricOpt = None,
+    recipe: RecipeOpt = None,
     targets_dir: TargetsDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -340,7 +367,7 @@ def inspect(
     --sensitivity, each int8-capable layer's accuracy loss and latency gain on the target."""
     if sensitivity:
         _inspect_sensitivity(model, input_shape, target, data, out_dir, backend, method, calibration_samples, threads,
-                             duration, targets_dir, as_json)
+                             duration, targets_dir, as_json, metric, recipe)
         return
     import tempfile
 
@@ -371,14 +398,14 @@ def inspect(
 
 
 def _inspect_sensitivity(model, input_shape, target, data, out_dir, backend, method, calibration_samples, threads,
-                         duration, targets_dir, as_json) -> None:
+                         duration, targets_dir, as_json, metric=None, recipe=None) -> None:
     from edgekit.calibrate.run import CalibrationOptions
     from edgekit.deploy import DeployRequest, inspect_sensitivity
 
     request = DeployRequest(target=target, model=model, data=data, out=out_dir, backend=backend,
                             input_shapes=tuple(input_shape or ()), targets_dir=tuple(targets_dir or ()),
                             calibration=CalibrationOptions(method, samples=calibration_samples),
-                            settings=_settings(100, 10, threads, duration))
+                            settings=_settings(100, 10, threads, duration), metric=metric, recipe=recipe)
     with err.status("starting") as status:
         result, path = inspect_sensitivity(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if as_json:

@@ -6,6 +6,7 @@ available here, and a target that cannot be measured here gets a predicted laten
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import shutil
@@ -13,17 +14,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import cost, graph, remote
+from edgekit import accuracy_aware, cost, graph, remote
 from edgekit import mixed as mixed_step
 from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
 from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data, split
 from edgekit.errors import BadInput, EdgekitError, MissingRuntime
+from edgekit.metrics import Metric, choose_metric
 from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import Profile, ProfileSettings, accuracy, profile_engine, side_by_side, time_rounds
+from edgekit.profile import (
+    Profile,
+    ProfileSettings,
+    accuracy,
+    profile_engine,
+    side_by_side,
+    stack_outputs,
+    time_rounds,
+)
 from edgekit.report import versions, write_reports
 from edgekit.targets import Target, load_target
 from edgekit.util import write_json
@@ -48,10 +58,19 @@ class DeployRequest:
     devices_file: Path | None = None  # the inventory (default: $EDGEKIT_DEVICES, else ./devices.yaml)
     calibration: CalibrationOptions = CalibrationOptions()
     settings: ProfileSettings = ProfileSettings()
+    metric: str | None = None  # a built-in metric's name or package.module:function (edgekit.metrics)
+    max_accuracy_drop: float | None = None  # with int8/mixed: accuracy-aware int8 (edgekit.accuracy_aware), in points
+    recipe: Path | None = None  # a data recipe (calibration/*.yaml): data, and model/metric/shapes unless given
 
     def __post_init__(self) -> None:
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise BadInput(f"--latency-budget-ms must be positive, got {self.latency_budget_ms}")
+        if self.max_accuracy_drop is not None:
+            if not 0 <= self.max_accuracy_drop <= 100:
+                raise BadInput(f"--max-accuracy-drop is in points, 0 to 100; got {self.max_accuracy_drop}")
+            if self.precision not in ("int8", MIXED) or self.plan_file is not None:
+                raise BadInput("--max-accuracy-drop without a search makes int8 accuracy-aware: give --precision int8 or "
+                               "mixed (and no --plan)")
 
 
 def searchable(spec: str | None) -> bool:
@@ -90,12 +109,74 @@ def choose_plan(request: DeployRequest, target: Target) -> PrecisionPlan:
         choose_precision(precision, target)
     return plan
 
+def with_recipe(request: DeployRequest) -> DeployRequest:
+    """A recipe's model, metric and input shapes, where the request does not name its own."""
+    if request.recipe is None:
+        return request
+    from edgekit.recipes import load_recipe
+
+    if request.data:
+        raise BadInput("--recipe says where the data comes from: leave out --data")
+    recipe = load_recipe(request.recipe)
+    return dataclasses.replace(request, model=request.model or recipe.model_spec(), metric=request.metric or recipe.metric,
+                               input_shapes=request.input_shapes or tuple(recipe.input_shape))
+
+
+def _split(request: DeployRequest, samples: Samples) -> Splits:
+    """The seeded three-way split, in the recipe's fractions when there is one."""
+    if request.recipe is None:
+        return split(samples)
+    from edgekit.recipes import load_recipe
+
+    return split(samples, tuple(load_recipe(request.recipe).split))
+
+
 def _data(request: DeployRequest, model: LoadedModel) -> Samples | None:
+    if request.recipe is not None:
+        from edgekit.data import from_arrays
+        from edgekit.recipes import load_recipe, recipe_arrays
+
+        recipe = load_recipe(request.recipe)
+        return from_arrays(recipe_arrays(recipe), model.inputs, f"recipe {recipe.name} ({request.recipe})")
     if request.data:
         return load_data(request.data, model.inputs)
     if model.spec == DEMO_SPEC:
         return demo_data(model.inputs)
     return None
+
+
+def _accuracy_aware(request: DeployRequest, analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path,
+                    splits: Splits, target: Target, backend_name: str, metric: Metric, model: LoadedModel,
+                    report: dict) -> tuple[PrecisionPlan, Path]:
+    """The fastest plan within --max-accuracy-drop, every step built and measured here (edgekit.accuracy_aware)."""
+    backend = get_backend(backend_name)
+    availability = backend.available(target)
+    if not (target.local and availability.build and availability.run) or request.device is not None:
+        raise BadInput(f"accuracy-aware int8 builds and times every step: {target.name} is not measured on this machine "
+                       f"({availability.reason or 'the device is not this machine'}); use --precision mixed or int8 without "
+                       "--max-accuracy-drop")
+    descent = accuracy_aware.descend(
+        analysis=analysis, calibration=calibration, onnx_path=onnx_path, run_dir=run_dir, splits=splits, target=target,
+        backend=backend, metric=metric, max_drop=request.max_accuracy_drop, threads=request.settings.threads or target.cores,
+        feed=splits.test.sample(0), settings=request.settings, reference=functools.partial(graph.reference_outputs, model))
+    report["precision"]["accuracy_aware"] = descent.record
+    report["artifacts"]["accuracy_aware"] = accuracy_aware.FOLDER
+    return descent.plan, descent.qdq_path or onnx_path
+
+
+def task_metric(asked: str | None, model: LoadedModel, splits: Splits | None) -> Metric | None:
+    """The metric asked for, else the default the data suggests (`edgekit.metrics.choose_metric`),
+    judged on the source model's outputs for one calibration sample; None without data."""
+    if splits is None:
+        if asked:
+            raise BadInput(f"--metric {asked} needs data to be measured on: pass --data")
+        return None
+    calibration = splits.calibration
+    outputs = [graph.reference_outputs(model, calibration.sample(i)) for i in range(min(len(calibration), 8))]
+    metric = choose_metric(asked, calibration.labels, outputs[0])
+    stacked = stack_outputs(outputs)  # a metric that fails, fails now, not after the build
+    metric(stacked, None if calibration.labels is None else calibration.labels[: len(outputs)], stacked)
+    return metric
 
 
 def _target_summary(target: Target) -> dict:
@@ -109,6 +190,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     The search passes its candidate directly: a loaded (pruned) model, its data and its plan, and
     `beside`, an engine (its name, its build) to time the new one side by side with (`side_by_side`)."""
     step("target")
+    request = with_recipe(request)
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
     device = remote.device_for(request.device, target, request.devices_file, list(request.targets_dir)) if request.device else None
@@ -119,7 +201,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     step("model")
     model = model or load_model(request.model, list(request.input_shapes))
     samples = samples if samples is not None else _data(request, model)
-    splits: Splits | None = split(samples) if samples is not None else None
+    splits: Splits | None = _split(request, samples) if samples is not None else None
+    metric = task_metric(request.metric, model, splits)
 
     run_dir = Path(request.out) if request.out else default_run_dir(model, target)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -143,10 +226,11 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         "precision": {"asked": MIXED if mixed else plan.as_dict(), "label": plan.label},
         "model": {"name": model.name, "spec": model.spec, "kind": model.kind, "sha256": model.sha256,
                   "inputs": [str(s) for s in model.inputs], "totals": graph.totals(layers),
-                  "export_check": check.__dict__},
+                  "export_check": check.__dict__, **({"normalized": model.normalization} if model.normalization else {})},
         "data": None if splits is None else {
             "source": samples.source, "sha256": samples.sha256(),
             "splits": {k: len(getattr(splits, k)) for k in ("calibration", "validation", "test")}},
+        **({"metric": metric.describe()} if metric else {}),
         "latency_ms": predicted.as_dict(),
         "predicted_latency_ms": predicted.as_dict(),
         "predicted_memory_mb": cost.predict_memory_mb(layers, precision),
@@ -163,17 +247,29 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         if splits is None:
             _finish(run_dir, report)
             raise BadInput("int8 needs calibration data: pass --data (a few hundred samples of real inputs)")
-        calibration = calibrate(onnx_path, splits.calibration, target, plan, run_dir, request.calibration)
+        calibration = calibrate(onnx_path, splits.calibration, target, plan, run_dir, request.calibration, metric=metric)
         report["calibration"] = calibration_summary(calibration)
         report["artifacts"].update(calibration.files)
         planned = calibration.planned
         plan = PrecisionPlan(default=plan.default, layers=planned)
         build_from = calibration.qdq_path
-        if mixed:
+        if request.max_accuracy_drop is not None:
             step("sensitivity")
             analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration,
                                            threads=request.settings.threads, backend_name=backend_name,
-                                           settings=request.settings, calibration=calibration, device=device)
+                                           settings=request.settings, calibration=calibration, metric=metric)
+            report["artifacts"]["sensitivity"] = sensitivity.FILE
+            step("accuracy-aware int8")
+            plan, build_from = _accuracy_aware(request, analysis, calibration, onnx_path, run_dir, splits, target,
+                                               backend_name, metric, model, report)
+            mixed_step.predict_shipped(report, layers, target, plan)
+            planned = dict(plan.layers)
+        elif mixed:
+            step("sensitivity")
+            analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration,
+                                           threads=request.settings.threads, backend_name=backend_name,
+                                           settings=request.settings, calibration=calibration, device=device,
+                                           metric=metric)
             report["artifacts"]["sensitivity"] = sensitivity.FILE
             plan, build_from = mixed_step.plan_from_analysis(analysis, calibration, onnx_path, run_dir, report, layers, target)
             planned = dict(plan.layers)
@@ -236,7 +332,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         if splits is not None and (availability.run or availability.check):
             step("check")
             where = f"this machine, the same engine with {backend_name}" if availability.run else availability.check_how
-            report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, where)
+            report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, where, metric)
         report["status"] = f"complete; measured on device {device.name} through its agent"
     elif target.local and availability.run and request.measure:
         step("profile")
@@ -250,7 +346,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
             measured: Profile = profile_engine(
                 lambda: backend.load(artifact, target=target, threads=threads), feed, request.settings,
                 threads=threads, source=source + (", side by side with fp32" if side_by_side else ""),
-                test=splits.test if splits else None, reference=reference, times=side_by_side)
+                test=splits.test if splits else None, reference=reference, times=side_by_side, metric=metric)
         except EdgekitError:
             _finish(run_dir, report)
             raise
@@ -261,7 +357,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         report["status"] = "complete"
     elif availability.check and request.measure and splits is not None:
         step("check")  # the device is not here, but its model's arithmetic is: accuracy, latency predicted
-        report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, availability.check_how)
+        report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, availability.check_how, metric)
         report["status"] += f"; accuracy checked here ({availability.check_how})"
     _add_budget(report)
     step("report")
@@ -274,24 +370,28 @@ def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = la
     """`edgekit inspect --sensitivity`: export, calibrate every layer int8 on the calibration split,
     analyse each layer (`edgekit.calibrate.sensitivity`); sensitivity.json's content and its path."""
     step("target")
+    request = with_recipe(request)
     target = load_target(request.target, list(request.targets_dir))
     sensitivity.check_target(target)
-    if request.data is None and request.model not in (None, DEMO_SPEC):
+    if request.data is None and request.recipe is None and request.model not in (None, DEMO_SPEC):
         raise BadInput(f"--sensitivity needs data for {request.model}: pass --data (a few hundred real inputs; the "
                        "calibration split sets the scales, the validation split measures each layer's accuracy)")
     step("model")
     model = load_model(request.model, list(request.input_shapes))
-    splits = split(_data(request, model))
+    splits = _split(request, _data(request, model))
+    metric = task_metric(request.metric, model, splits)
     run_dir = Path(request.out) if request.out else default_run_dir(model, target)
     run_dir.mkdir(parents=True, exist_ok=True)
     step("export")
     onnx_path = graph.export_onnx(model, run_dir / "model.onnx")
     graph.check_export(model, onnx_path, [splits.calibration.sample(i) for i in range(min(EXPORT_CHECK_SAMPLES, len(splits.calibration)))])
     step("calibrate")
-    calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), run_dir, request.calibration)
+    calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), run_dir, request.calibration,
+                            metric=metric)
     step("sensitivity")
     result = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration, threads=request.settings.threads,
-                                 backend_name=request.backend, settings=request.settings, calibration=calibration)
+                                 backend_name=request.backend, settings=request.settings, calibration=calibration,
+                                 metric=metric)
     return result, run_dir / sensitivity.FILE
 
 
@@ -356,10 +456,11 @@ def _time_beside(backend, artifact: Artifact, beside: tuple[str, Artifact], targ
     return [t for s in slices["built"] for t in s]
 
 
-def _checked_here(backend, artifact: Artifact, target: Target, threads: int, splits: Splits, model, where: str) -> dict:
+def _checked_here(backend, artifact: Artifact, target: Target, threads: int, splits: Splits, model, where: str,
+                  metric: Metric | None = None) -> dict:
     """The engine's accuracy on the test split, run on this machine (`where` says how that stands for the device)."""
     engine = backend.load(artifact, target=target, threads=threads)
-    checked = accuracy(engine, splits.test, functools.partial(graph.reference_outputs, model))
+    checked = accuracy(engine, splits.test, functools.partial(graph.reference_outputs, model), metric)
     return {**checked.as_dict(), "where": where}
 
 

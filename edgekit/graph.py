@@ -8,6 +8,7 @@ model handed in directly gets the same table as an exported PyTorch one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import shutil
@@ -107,9 +108,8 @@ class Layer:
 def reference_outputs(model: LoadedModel, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The source model's outputs for one feed: PyTorch for torch models, ONNX Runtime for ONNX ones."""
     if model.kind == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+        path = Path(model.source_path or model.onnx_path)
+        session = _session(str(path), path.stat().st_mtime_ns)
         return [np.asarray(o) for o in session.run(None, feed)]
     import torch
 
@@ -118,6 +118,14 @@ def reference_outputs(model: LoadedModel, feed: dict[str, np.ndarray]) -> list[n
         out = model.module(*args)
     flat = out if isinstance(out, (tuple, list)) else [out]
     return [o.detach().numpy() for o in flat]
+
+
+@functools.lru_cache(maxsize=4)
+def _session(path: str, mtime_ns: int):
+    """One ONNX Runtime session per source file (and version of it): the reference runs once per sample."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BadInput, runtime_message
+from edgekit.errors import BadInput
 from edgekit.util import sha256_bytes, sha256_file
 
 DEMO_SPEC = "edgekit.demo:build"
@@ -40,7 +40,9 @@ class LoadedModel:
     example: dict[str, np.ndarray]
     sha256: str
     module: Any = field(default=None, repr=False)  # torch.nn.Module-like, for kind == "torch"
-    onnx_path: Path | None = None  # for kind == "onnx"
+    onnx_path: Path | None = None  # for kind == "onnx": the normalised graph (edgekit.normalize)
+    source_path: Path | None = None  # for kind == "onnx": the user's file, the reference for checks
+    normalization: dict | None = field(default=None, repr=False)  # what normalising the ONNX did
 
     @property
     def name(self) -> str:
@@ -148,28 +150,24 @@ def _load_factory(spec: str, shapes) -> LoadedModel:
     return _torch_model(module, example, spec, digest, shapes)
 
 
-def _load_onnx(path: Path, spec: str) -> LoadedModel:
+def _load_onnx(path: Path, spec: str, shapes) -> LoadedModel:
+    """An ONNX file, normalised first (`edgekit.normalize`): what every later step reads is the normalised
+    graph; the source file stays the reference its outputs are checked against."""
     import onnx
 
-    try:
-        proto = onnx.load(str(path), load_external_data=True)
-        onnx.checker.check_model(proto)
-    except Exception as err:  # onnx raises DecodeError, ValidationError, OSError ... for a bad file
-        raise BadInput(f"{spec} is not a valid ONNX model ({runtime_message(err, 160)})") from err
-    init_names = {i.name for i in proto.graph.initializer}
+    from edgekit.normalize import normalize
+
+    normalized = normalize(path, spec, shapes)
+    proto = onnx.load(str(normalized.path))
     for init in proto.graph.initializer:
         array = onnx.numpy_helper.to_array(init)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadInput(f"model {spec}: weight '{init.name}' holds NaN or Inf values")
-    specs = []
-    for value in proto.graph.input:
-        if value.name in init_names:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.dim_value > 0 else 1 for d in tensor.shape.dim)  # dynamic → 1
-        specs.append(InputSpec(value.name, dims, ONNX_DTYPES.get(tensor.elem_type, "float32")))
+    specs = tuple(InputSpec(name, shape, ONNX_DTYPES.get(normalized.dtypes[name], "float32"))
+                  for name, shape in normalized.shapes.items())
     example = _example_from_shapes([(s.name, s.shape, s.dtype) for s in specs], [])
-    return LoadedModel(spec, "onnx", tuple(specs), example, sha256_file(path), onnx_path=path)
+    return LoadedModel(spec, "onnx", specs, example, sha256_file(path), onnx_path=normalized.path,
+                       source_path=path, normalization=normalized.as_dict())
 
 
 def _load_torch_file(path: Path, spec: str, shapes) -> LoadedModel:
@@ -209,7 +207,7 @@ def load_model(spec: str | None, input_shapes: list[str] | None = None) -> Loade
         if not path.is_file():
             raise BadInput(f"model file not found: {spec}")
         if path.suffix.lower() == ".onnx":
-            return _load_onnx(path, spec)
+            return _load_onnx(path, spec, shapes)
         return _load_torch_file(path, spec, shapes)
     if ":" in spec and not path.exists():
         return _load_factory(spec, shapes)

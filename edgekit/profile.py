@@ -18,6 +18,7 @@ from edgekit.backends.base import Engine, LayerTime
 from edgekit.data import Samples
 from edgekit.errors import BadInput, Failure
 from edgekit.latency import Latency
+from edgekit.metrics import Metric
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Accuracy:
     reference: float | None  # the source model's top-1 on the same samples
     agreement: float | None  # top-1 agreement with the source model
     cosine: float  # mean cosine similarity of the first output with the source model's
+    metric: dict | None = None  # the task metric (edgekit.metrics): name, unit, value, source, drop
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -143,17 +145,25 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom > 0 else float(np.allclose(a, b))
 
 
-def accuracy(engine: Engine, samples: Samples, reference: Callable[[dict], list[np.ndarray]]) -> Accuracy:
-    """Engine vs labels and vs the source model, one sample at a time (batch 1, as deployed)."""
+def accuracy(engine: Engine, samples: Samples, reference: Callable[[dict], list[np.ndarray]],
+             metric: Metric | None = None) -> Accuracy:
+    """Engine vs labels and vs the source model, one sample at a time (batch 1, as deployed); with a
+    `metric`, also that metric for the engine and for the source model on the same samples."""
     hits = ref_hits = agree = 0
     cosines = []
     classify = True
+    engine_outputs: list[list[np.ndarray]] = []
+    source_outputs: list[list[np.ndarray]] = []
     for i in range(len(samples)):
         feed = samples.sample(i)
-        ours = engine.run(feed)[0]
-        ref = reference(feed)[0]
-        if not np.all(np.isfinite(ours)):
+        outs = [np.asarray(o) for o in engine.run(feed)]
+        refs = [np.asarray(o) for o in reference(feed)]
+        ours, ref = outs[0], refs[0]
+        if not all(np.all(np.isfinite(o)) for o in outs if o.dtype.kind == "f"):
             raise Failure(f"the engine produced NaN/Inf on test sample {i}")
+        if metric is not None:
+            engine_outputs.append(outs)
+            source_outputs.append(refs)
         cosines.append(_cosine(ours, ref))
         a, b = _top1(ours), _top1(ref)
         if a is None:
@@ -165,20 +175,38 @@ def accuracy(engine: Engine, samples: Samples, reference: Callable[[dict], list[
             hits += a == label
             ref_hits += b == label
     n = len(samples)
-    labelled = classify and samples.labels is not None
+    labelled = classify and samples.labels is not None and np.asarray(samples.labels).reshape(n, -1).shape[1] == 1
+    judged = None
+    if metric is not None:
+        judged = metric_on(metric, engine_outputs, source_outputs, samples.labels)
     return Accuracy(
         samples=n,
         test=hits / n if labelled else None,
         reference=ref_hits / n if labelled else None,
         agreement=agree / n if classify else None,
         cosine=float(np.mean(cosines)),
+        metric=judged,
     )
+
+
+def stack_outputs(per_sample: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per-sample output lists (batch 1 each) → one array per output, [N, *shape without batch]."""
+    return [np.concatenate([outs[k] for outs in per_sample]) for k in range(len(per_sample[0]))]
+
+
+def metric_on(metric: Metric, engine_outputs: list[list[np.ndarray]], source_outputs: list[list[np.ndarray]],
+              labels: np.ndarray | None) -> dict:
+    """The metric for an engine and for the source model on the same samples, and the drop between them."""
+    ours, theirs = stack_outputs(engine_outputs), stack_outputs(source_outputs)
+    value = metric(ours, labels, theirs)
+    source = metric(theirs, labels, theirs)
+    return {**metric.describe(), "value": value, "source": source, "drop": round(metric.drop(source, value), 6)}
 
 
 def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], settings: ProfileSettings, *,
                    threads: int, source: str, test: Samples | None = None,
                    reference: Callable[[dict], list[np.ndarray]] | None = None,
-                   times: list[float] | None = None) -> Profile:
+                   times: list[float] | None = None, metric: Metric | None = None) -> Profile:
     """Load an engine and measure it: latency, per-layer times, memory, and accuracy if data is given.
     `times`: inference times already measured side by side with another engine (`time_interleaved`):
     the latency is then those, the very numbers a choice between the two was made on."""
@@ -189,7 +217,7 @@ def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], sett
     times = times if times is not None else time_engine(engine, feed, settings)
     latency = Latency.from_samples(times, source)
     layers = engine.layer_times(feed, settings.layer_runs) if settings.layer_runs else []
-    acc = accuracy(engine, test, reference) if test is not None and reference is not None else None
+    acc = accuracy(engine, test, reference, metric) if test is not None and reference is not None else None
     memory = {"engine_rss_mb": round(max(rss_loaded - rss_before, 0.0), 2), "process_rss_mb": round(_rss_mb(), 1)}
     peak = _peak_rss_mb()
     if peak is not None:

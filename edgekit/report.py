@@ -50,6 +50,31 @@ def _layer_chart(layers: list[dict], title: str) -> str:
     return png_base64(fig)
 
 
+def _accuracy_aware_chart(aware: dict) -> str:
+    """The accuracy-aware walk as a curve: each step's metric drop against its latency ratio to float,
+    the drop allowed and the point shipped marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = aware["path"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([p["ratio"] for p in path], [p["drop"] for p in path], "o-", color="#3b7dd8")
+    for p in path:
+        ax.annotate(f"{p['int8_layers']} int8", (p["ratio"], p["drop"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(aware["max_drop_points"], color="#c0392b", linestyle="--", label=f"drop allowed ({aware['max_drop_points']} points)")
+    ax.axvline(1.0, color="grey", linestyle=":", label="float's latency")
+    shipped = next((p for p in path if p["step"] == aware.get("shipped")), None)
+    if shipped:
+        ax.plot([shipped["ratio"]], [shipped["drop"]], "*", color="#27ae60", markersize=14, label="shipped")
+    ax.set_xlabel("p50 / float p50, measured side by side (below 1: faster)")
+    ax.set_ylabel(f"{aware['metric']['name']} drop (points, validation)")
+    ax.set_title("accuracy-aware int8: each step measured", fontsize=10)
+    ax.legend(fontsize=7)
+    return png_base64(fig)
+
+
 def png_base64(fig) -> str:
     """A matplotlib figure as base64 PNG, closed after, so reports are one self-contained file."""
     import matplotlib.pyplot as plt
@@ -100,6 +125,11 @@ def render_html(report: dict) -> str:
         f"<td>{html.escape(layer['exec_type'])}</td><td>{layer['time_ms'] * 1e3:.1f}</td></tr>"
         for layer in layers
     )
+    aware = report.get("precision", {}).get("accuracy_aware")
+    if aware and aware.get("path"):
+        png = _accuracy_aware_chart(aware)
+        chart = (f'<h2>Accuracy-aware int8</h2><p>{html.escape(aware["reason"])}</p>'
+                 f'<img alt="accuracy-aware path" src="data:image/png;base64,{png}">') + chart
     versions_rows = html_rows(list(report.get("versions", {}).items()))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgekit report: {html.escape(report['target']['name'])}</title>

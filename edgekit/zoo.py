@@ -171,3 +171,38 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     """The zoo's data factory: held-out digits (never trained on) upsampled to 32x32, and their labels."""
     x, y = held_out()
     return _upsample(x), y
+
+
+# ---- the same networks at a realistic input size, for latency work ----------------------------------------
+LATENCY_RESOLUTION = 224  # what edge image models run at; a 32x32 model measures the runtime's overhead
+
+
+def _at_224(factory):
+    import torch
+
+    model, _ = factory()
+    return model, torch.zeros(1, 1, LATENCY_RESOLUTION, LATENCY_RESOLUTION)
+
+
+def resnet224():
+    """The trained small ResNet fed 224x224 (`edgekit.zoo:resnet224`): fully convolutional, so the same
+    weights run at any size. Trained at 32x32: use it for latency, not for accuracy."""
+    return _at_224(resnet)
+
+
+def mobilenet224():
+    """The trained small MobileNetV2 fed 224x224 (`edgekit.zoo:mobilenet224`); for latency, as resnet224."""
+    return _at_224(mobilenet)
+
+
+def data224(n: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The first n held-out digits upsampled to 224x224 (calibration data for the 224 models; their
+    accuracy means little, the weights were trained at 32x32)."""
+    import torch
+
+    x, y = held_out()
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32)),
+                                             size=(LATENCY_RESOLUTION, LATENCY_RESOLUTION), mode="bilinear",
+                                             align_corners=False)
+    return up.numpy(), y[:n]

@@ -169,6 +169,7 @@ def test_the_ota_tool_refuses_a_flipped_byte(fleet, tmp_path, kind):
     ("precision: int8", "precision: int8\n    model: missing/model.onnx", "model not found"),
     ("version: 1.0.0", "version: ../1", "version"),
     ("precision: int8", "precision: fp8", "fp8"),
+    ("precision: int8", "precision: int8\n    metric: nonsense", "unknown metric 'nonsense'"),
 ])
 def test_a_bad_manifest_is_one_line_naming_the_class(tmp_path, old, new, words):
     (tmp_path / "fleet.yaml").write_text(TWO_CLASSES.replace(old, new, 1))

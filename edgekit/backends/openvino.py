@@ -67,10 +67,22 @@ class OpenVINOEngine:
             runtime_name = op.get_friendly_name()
             precision = RUNTIME_PRECISION.get(info["runtimePrecision"].astype(str), info["runtimePrecision"].astype(str))
             for original in info["originalLayersNames"].astype(str).split(","):
-                layer = original.split("/")[0]  # the ONNX frontend names ops NODE/WithoutBiases, NODE/...
-                if layer in wanted and layer not in found:
+                layer = _onnx_layer(original, wanted)
+                if layer is not None and layer not in found:
                     found[layer] = Executed(precision, runtime_name, kernels.get(runtime_name, ""))
         return found
+
+
+def _onnx_layer(original: str, wanted: set[str]) -> str | None:
+    """The ONNX layer an OpenVINO op came from: the frontend names its ops NODE/WithoutBiases, NODE/...,
+    and ONNX node names may hold '/' themselves (torch's TorchScript exporter: /body/body.0/Conv), so the
+    longest '/'-prefix that is a wanted layer."""
+    parts = original.split("/")
+    for end in range(len(parts), 0, -1):
+        name = "/".join(parts[:end])
+        if name in wanted:
+            return name
+    return None
 
 
 class OpenVINOBackend:

@@ -18,6 +18,7 @@ from edgekit.calibrate.observers import TensorStats
 from edgekit.calibrate.scales import QParams
 from edgekit.data import Samples
 from edgekit.errors import BadInput
+from edgekit.metrics import Metric
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
 from edgekit.util import write_json
@@ -94,6 +95,7 @@ class CalibrationResult:
     method: str = ""  # the range method used (the one auto chose)
     selection: dict[str, float] = field(default_factory=dict)  # "variant/method" → output error vs fp32
     equalization: dict = field(default_factory=dict)  # {asked, used, pairs}
+    selection_metric: dict = field(default_factory=dict)  # with a named metric: {metric, drop_points per candidate}
 
     def rewrite(self, int8_layers: list[str], out_path: Path) -> qdq.QdqSummary:
         """Another Q/DQ model from the same calibration with only `int8_layers` in int8 (sensitivity
@@ -149,7 +151,7 @@ def _check_stats(stats: dict[str, TensorStats], warnings: list[str]) -> None:
 
 
 def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: PrecisionPlan, out_dir: Path,
-              options: CalibrationOptions = CalibrationOptions()) -> CalibrationResult:
+              options: CalibrationOptions = CalibrationOptions(), *, metric: Metric | None = None) -> CalibrationResult:
     """Calibrate the fp32 ONNX model and write `model.int8.onnx` (Q/DQ), scales.json and the target
     runtime's own files into out_dir."""
     import onnx
@@ -219,16 +221,19 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
 
     candidates = {(v, m) for v in variants if options.equalization != "on" or v == "equalized" or len(variants) == 1
                   for m in (scales.METHODS if options.method == "auto" else (options.method,))}
-    selection = _select({f"{v}/{m}": writer_for(variants[v], m) for v, m in sorted(candidates)}, model, int8, samples) \
-        if len(candidates) > 1 else {}
-    variant_name, method = min(selection, key=selection.get).split("/") if selection else next(iter(candidates))
+    named = metric if metric is not None and not metric.why else None  # a default metric leaves the choice to the error
+    selection, drops = _select({f"{v}/{m}": writer_for(variants[v], m) for v, m in sorted(candidates)}, model, int8,
+                               samples, named) if len(candidates) > 1 else ({}, {})
+    rank = (lambda name: (round(drops[name], 9), selection[name])) if drops else selection.get
+    variant_name, method = min(selection, key=rank).split("/") if selection else next(iter(candidates))
     variant = variants[variant_name]
     writer = writer_for(variant, method)
     summary = writer.write(int8, qdq_path)
     result = CalibrationResult(qdq_path, planned, demoted, writer.params, summary, warnings, {"qdq_onnx": qdq_path.name},
                                len(samples), 0.0, writer, method, selection,
                                {"asked": options.equalization, "used": variant_name == "equalized",
-                                "pairs": variants["equalized"].spread if "equalized" in variants else {}})
+                                "pairs": variants["equalized"].spread if "equalized" in variants else {}},
+                               {"metric": named.name, "drop_points": drops} if drops else {})
     stats = variant.stats
     if variant_name == "equalized":
         onnx.save(variant.model, str(out_dir / "model.equalized.onnx"))
@@ -241,18 +246,29 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
     return result
 
 
-def _select(writers: dict[str, QdqWriter], model, int8: list[str], samples: Samples) -> dict[str, float]:
+def _select(writers: dict[str, QdqWriter], model, int8: list[str], samples: Samples,
+            metric: Metric | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Each candidate written and run (see edgekit.calibrate.select): its int8 model's output error
-    against the original fp32 model's, on the calibration split; the smallest wins."""
+    against the original fp32 model's, on the calibration split; the smallest wins. With a metric the
+    user named, also each candidate's drop in that metric (in points), which decides first."""
     feeds = select.feeds_of(samples)
-    reference = select.outputs(model, feeds)
-    errors = {}
+    reference = select.all_outputs(model, feeds)
+    first = [r[None] for r in np.asarray(reference[0], np.float64)]
+    labels = None if samples.labels is None else samples.labels[: len(feeds)]
+    source = metric(reference, labels, reference) if metric is not None else None
+    errors, drops = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, writer) in enumerate(writers.items()):
             path = Path(tmp) / f"candidate{i}.onnx"
             writer.write(int8, path)
-            errors[name] = select.output_error(reference, path, feeds)
-    return errors
+            if metric is None:
+                errors[name] = select.output_error(first, path, feeds)
+                continue
+            outputs = select.all_outputs(path, feeds)
+            got = np.asarray(outputs[0], np.float64)
+            errors[name] = float(((got - reference[0]) ** 2).sum() / max(float((np.asarray(reference[0], np.float64) ** 2).sum()), 1e-30))
+            drops[name] = metric.drop(source, metric(outputs, labels, reference))
+    return errors, drops
 
 
 def _write_scales(path: Path, result: CalibrationResult, stats: dict[str, TensorStats], options: CalibrationOptions,
@@ -267,7 +283,7 @@ def _write_scales(path: Path, result: CalibrationResult, stats: dict[str, Tensor
     write_json(path, {
         "method": result.method, "asked": options.method,
         "selection": {"output_error_vs_fp32": result.selection, "samples": min(len(samples), select.MAX_SAMPLES),
-                      "split": "calibration"} if result.selection else None,
+                      "split": "calibration", **result.selection_metric} if result.selection else None,
         "percentile": options.percentile if result.method == "percentile" else None,
         "activations": "symmetric int8" if symmetric else "asymmetric uint8",
         "weights": f"per-channel symmetric int8, narrow range ±{scales.weight_qmax(result.writer.weight_bits)}"

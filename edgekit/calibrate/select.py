@@ -42,6 +42,13 @@ def outputs(model_or_path, feeds: list[dict]) -> list[np.ndarray]:
     return [np.asarray(session.run(None, feed)[0], np.float64) for feed in feeds]
 
 
+def all_outputs(model_or_path, feeds: list[dict]) -> list[np.ndarray]:
+    """Every output of the model over the feeds, one array per output stacked over them ([N, ...])."""
+    session = _session(model_or_path)
+    runs = [session.run(None, feed) for feed in feeds]
+    return [np.concatenate([np.asarray(r[k]) for r in runs]) for k in range(len(runs[0]))]
+
+
 def output_error(reference: list[np.ndarray], model_or_path, feeds: list[dict]) -> float:
     """Normalised mean squared error of the model's first output against `reference`
     (sum of squared differences over the sum of squared reference values)."""

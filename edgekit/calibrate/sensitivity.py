@@ -21,6 +21,7 @@ cannot run here gets its gains from the cost model, every latency labelled `pred
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import tempfile
@@ -34,6 +35,7 @@ from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibra
 from edgekit.data import Splits
 from edgekit.errors import BadInput, MissingRuntime, require
 from edgekit.latency import Latency
+from edgekit.metrics import Metric
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings, time_interleaved
 from edgekit.targets import Target
@@ -76,28 +78,36 @@ def check_target(target: Target) -> str:
 
 # ---- accuracy: one layer int8 at a time, ONNX Runtime, validation split -------------------------
 
-def _outputs(path: Path, feeds: list[dict]) -> np.ndarray:
-    """The first output on each feed, [N, ...] float64, with Q/DQ run as written (no fusions)."""
-    return np.stack(select.outputs(Path(path), feeds))
+def _outputs(path: Path, feeds: list[dict]) -> list[np.ndarray]:
+    """Every output over the feeds, [N, ...] each, with Q/DQ run as written (no fusions)."""
+    return select.all_outputs(Path(path), feeds)
 
 
-def _compare(reference: np.ndarray, got: np.ndarray, labels: np.ndarray | None) -> dict:
+def _compare(references: list[np.ndarray], outputs: list[np.ndarray], labels: np.ndarray | None,
+             metric: Metric | None = None, raw_labels: np.ndarray | None = None) -> dict:
     """Output error (sum of squared differences over the sum of squared fp32 values), top-1
-    agreement with fp32 and top-1 accuracy (classifiers: more than one output value per sample)."""
-    n = len(reference)
-    ref, ours = reference.reshape(n, -1), got.reshape(n, -1)
+    agreement with fp32 and top-1 accuracy (classifiers: more than one output value per sample),
+    and the task metric when one is given."""
+    n = len(references[0])
+    ref = np.asarray(references[0], np.float64).reshape(n, -1)
+    ours = np.asarray(outputs[0], np.float64).reshape(n, -1)
     result = {"output_error": float(((ours - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30)),
               "agreement": None, "top1": None}
     if ref.shape[1] > 1:
         result["agreement"] = float((ours.argmax(1) == ref.argmax(1)).mean())
         if labels is not None:
             result["top1"] = float((ours.argmax(1) == labels).mean())
+    if metric is not None:
+        result["metric"] = metric(outputs, raw_labels, references)
     return result
 
 
 def _labels(splits: Splits) -> np.ndarray | None:
+    """Class labels (one per sample) for top-1; labels of another kind (masks, boxes) go to the metric only."""
     labels = splits.validation.labels
-    return None if labels is None else np.asarray(labels).reshape(len(splits.validation), -1)[:, 0].astype(np.int64)
+    if labels is None or np.asarray(labels).reshape(len(splits.validation), -1).shape[1] != 1:
+        return None
+    return np.asarray(labels).reshape(len(splits.validation), -1)[:, 0].astype(np.int64)
 
 
 # ---- latency: per-layer times on the target, fp32 engine vs all-int8 engine -------------------
@@ -244,17 +254,26 @@ def predicted_latency(table: list[graph.Layer], target: Target, plan: PrecisionP
 
 # ---- verdicts -------------------------------------------------------------------------------
 
-def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float) -> tuple[str, str]:
-    """harmful, slower or int8, and why (the thresholds above; accuracy first: a fast wrong layer is no gain)."""
+def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float,
+             metric: Metric | None = None) -> tuple[str, str]:
+    """harmful, slower or int8, and why (the thresholds above; accuracy first: a fast wrong layer is no gain).
+    A metric the user named decides harm alone: its drop from fp32 above 0.5 points (and one sample's worth
+    for top1/agreement); the default metric keeps the top-1 and output-error rules."""
     one_sample = 100.0 / samples
     harmful = []
-    if accuracy["top1_loss_pt"] is not None and accuracy["top1_loss_pt"] > max(TOP1_LOSS_PT, one_sample):
+    if metric is not None and not metric.why:
+        limit = max(TOP1_LOSS_PT, one_sample) if metric.name in ("top1", "agreement") else TOP1_LOSS_PT
+        if accuracy["metric_drop"] > limit:
+            harmful.append(f"{metric.name} {accuracy['metric_drop']:.3g} points below fp32 (> {limit:.3g})")
+    elif accuracy["top1_loss_pt"] is not None and accuracy["top1_loss_pt"] > max(TOP1_LOSS_PT, one_sample):
         harmful.append(f"top-1 {accuracy['top1_loss_pt']:.2f} pt below fp32")
     elif accuracy["top1_loss_pt"] is None and accuracy["agreement"] is not None and \
             (1 - accuracy["agreement"]) * 100 > max(TOP1_LOSS_PT, one_sample):
         harmful.append(f"top-1 agrees with fp32 on {accuracy['agreement']:.1%} only")
     error = accuracy["output_error"]
-    if error > ERROR_CEILING:
+    if metric is not None and not metric.why:
+        pass
+    elif error > ERROR_CEILING:
         harmful.append(f"output error {error:.2g} > {ERROR_CEILING:g}")
     elif error > ERROR_FLOOR and error > ERROR_OUTLIER * median_error:
         harmful.append(f"output error {error:.2g}, over {ERROR_OUTLIER:g}x the median layer's ({median_error:.2g})")
@@ -277,7 +296,7 @@ def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float) -
 def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
             options: CalibrationOptions = CalibrationOptions(), threads: int | None = None,
             backend_name: str | None = None, settings: ProfileSettings = ProfileSettings(),
-            calibration: CalibrationResult | None = None, device=None) -> dict:
+            calibration: CalibrationResult | None = None, device=None, metric: Metric | None = None) -> dict:
     """Measure every quantizable layer's int8 sensitivity and write `out_dir/sensitivity.json`
     (its latency on `device` through its agent, when given).
     `calibration`: an all-int8 calibration already made (deploy's), else one is made here
@@ -299,17 +318,18 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
     feeds = [splits.validation.sample(i) for i in range(len(splits.validation))]
     labels = _labels(splits)
     backend_name = backend_name or target.backend.name
+    judged = functools.partial(_compare, metric=metric, raw_labels=splits.validation.labels)
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
         folder = Path(tmp)
         reference = _outputs(onnx_path, feeds)
-        fp32 = _compare(reference, reference, labels)
+        fp32 = judged(reference, reference, labels)
         accuracy = {}
         for name in candidates:
             calibration.rewrite([name], folder / f"{len(accuracy)}.onnx")
-            accuracy[name] = _compare(reference, _outputs(folder / f"{len(accuracy)}.onnx", feeds), labels)
+            accuracy[name] = judged(reference, _outputs(folder / f"{len(accuracy)}.onnx", feeds), labels)
         all_int8 = folder / "all.int8.onnx"
         calibration.rewrite(candidates, all_int8)
-        whole = _compare(reference, _outputs(all_int8, feeds), labels)
+        whole = judged(reference, _outputs(all_int8, feeds), labels)
 
         versions, why_not = {}, ""
         try:
@@ -327,8 +347,9 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
             latency = _measure(backend, target, threads or target.cores, settings, onnx_path, all_int8, float_p,
                                candidates, _aliases(model, nodes), macs, feeds[0], folder, device)
             engine = latency.pop("engines")["int8"]
-            on_target = np.stack([np.asarray(engine.run(feed)[0], np.float64) for feed in feeds])
-            whole["on_target"] = _compare(reference, on_target, labels)
+            runs = [engine.run(feed) for feed in feeds]
+            on_target = [np.concatenate([np.asarray(r[k]) for r in runs]) for k in range(len(runs[0]))]
+            whole["on_target"] = judged(reference, on_target, labels)
         else:
             latency = _predict(onnx_path, target, float_p, candidates, nodes, why_not or "no layer can be int8")
 
@@ -340,8 +361,10 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
         if name in accuracy:
             acc = accuracy[name]
             acc["top1_loss_pt"] = None if acc["top1"] is None else round((fp32["top1"] - acc["top1"]) * 100, 4)
+            if metric is not None:
+                acc["metric_drop"] = round(metric.drop(fp32["metric"], acc["metric"]), 6)
             record["accuracy"] = acc
-            record["verdict"], record["reason"] = _verdict(acc, record["latency"], len(feeds), median_error)
+            record["verdict"], record["reason"] = _verdict(acc, record["latency"], len(feeds), median_error, metric)
         else:
             record["accuracy"] = None
             record["verdict"] = "float"
@@ -365,7 +388,10 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
                               "as written, graph optimizations off), one layer int8 at a time",
             "split": "validation", "samples": len(feeds), "labels": labels is not None,
             "output_error": "sum of squared differences of the first output from fp32's over the sum of its squares",
-            "fp32_top1": fp32["top1"], "all_int8": whole},
+            "fp32_top1": fp32["top1"], "all_int8": whole,
+            **({"metric": {**metric.describe(), "fp32": fp32["metric"],
+                           "decides": "harm" if not metric.why else "reported; top-1 and output-error rules decide"}}
+               if metric is not None else {})},
         "latency": {**latency, "per_layer": "runtime profiler medians over rounds: fp32 engine minus all-int8 engine"
                     if latency["kind"] == "measured" else "roofline per layer: fp32 rate minus int8 rate"},
         "thresholds": {"top1_loss_pt": TOP1_LOSS_PT, "error_ceiling": ERROR_CEILING, "error_outlier": ERROR_OUTLIER,

@@ -63,7 +63,7 @@ def _identity(klass: DeviceClass) -> dict:
     from edgekit.targets import load_target
 
     target = load_target(klass.target, [])
-    loaded = load_model(klass.model)
+    loaded = load_model(klass.model, list(klass.input_shape))
     if klass.data is None and klass.model is not None:
         raise BadInput(f"model {klass.model} needs data: give the class a 'data:' (calibration and test splits come from it)")
     samples = load_data(klass.data, loaded.inputs) if klass.data else demo_data(loaded.inputs)
@@ -72,7 +72,8 @@ def _identity(klass: DeviceClass) -> dict:
     dump = target.model_dump(mode="json", exclude={"file", "storage_mb", "sources"})
     model, data = model_digest(loaded), samples.sha256()
     key = build_key(model=model, data=data, target=dump, precision=klass.precision,
-                    budgets=klass.budgets.model_dump(), time_limit_s=klass.time_limit_s, edgekit_version=__version__)
+                    budgets=klass.budgets.model_dump(), time_limit_s=klass.time_limit_s, edgekit_version=__version__,
+                    metric=klass.metric, input_shape=klass.input_shape)
     return {"key": key, "target": target.name, "model_sha256": model,
             "calibration_set_sha256": split(samples).calibration.sha256(), "data_sha256": data}
 
@@ -108,13 +109,14 @@ def _build(klass: DeviceClass, folder: Path) -> tuple[Path, dict | None]:
         result = search(SearchRequest(target=klass.target, latency_budget_ms=budgets.latency_ms, model=klass.model,
                                       data=klass.data, out=folder / "search", memory_budget_mb=budgets.memory_mb,
                                       flash_budget_mb=budgets.flash_mb, max_accuracy_drop=budgets.max_accuracy_drop,
-                                      time_limit_s=klass.time_limit_s))
+                                      time_limit_s=klass.time_limit_s, metric=klass.metric))
         summary = {k: result[k] for k in ("budget", "accuracy", "latency_ms", "chosen", "seconds")}
         return Path(result["chosen"]["run_dir"]), json.loads(json.dumps(summary, default=str))
     if budgets.flash_mb is not None:
         raise BadInput("a flash budget is met by the search, which prunes PyTorch models: this model is ONNX")
     deploy(DeployRequest(target=klass.target, model=klass.model, data=klass.data, out=folder / "run",
-                         precision=klass.precision, latency_budget_ms=budgets.latency_ms))
+                         input_shapes=tuple(klass.input_shape),
+                         precision=klass.precision, latency_budget_ms=budgets.latency_ms, metric=klass.metric))
     return folder / "run", None
 
 
@@ -139,11 +141,14 @@ def judge(klass: DeviceClass, folder: Path, record: dict) -> dict:
                            "met": size.compressed_mb <= budgets.flash_mb}
     accuracy = report.get("accuracy") or {}
     drop = None
-    if accuracy.get("test") is not None and accuracy.get("reference") is not None:
+    if accuracy.get("metric"):
+        drop = round(accuracy["metric"]["drop"], 4)
+    elif accuracy.get("test") is not None and accuracy.get("reference") is not None:
         drop = round(100 * (accuracy["reference"] - accuracy["test"]), 4)
     elif accuracy.get("agreement") is not None:
         drop = round(100 * (1 - accuracy["agreement"]), 4)
     out["max_accuracy_drop"] = {"budget": budgets.max_accuracy_drop, "value": drop, "kind": accuracy.get("where", "measured"),
+                                "metric": (accuracy.get("metric") or {}).get("name", "top1" if accuracy.get("test") is not None else "agreement"),
                                 "met": drop is not None and drop <= budgets.max_accuracy_drop}
     if drop is None:
         out["max_accuracy_drop"]["why"] = "no accuracy: the model's arithmetic cannot run here and no device measured it"

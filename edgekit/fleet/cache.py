@@ -32,10 +32,11 @@ def model_digest(loaded) -> str:
 
 
 def build_key(*, model: str, data: str, target: dict, precision: str | None, budgets: dict, time_limit_s: float,
-              edgekit_version: str) -> str:
+              edgekit_version: str, metric: str | None = None, input_shape: tuple[str, ...] = ()) -> str:
     identity = {"model": model, "data": data, "target": target, "precision": precision, "budgets": budgets,
                 "time_limit_s": time_limit_s if any(budgets.get(k) for k in ("latency_ms", "flash_mb")) else None,
-                "edgekit": edgekit_version}
+                "edgekit": edgekit_version,  # what only some classes say, only when said (older keys stay valid)
+                **({"metric": metric} if metric else {}), **({"input_shape": list(input_shape)} if input_shape else {})}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -34,7 +34,7 @@ class Budgets(Strict):
     latency_ms: float | None = Field(None, gt=0, description="p50 on the device; a PyTorch model is searched to meet it")
     memory_mb: float | None = Field(None, gt=0, description="weights + peak activations")
     flash_mb: float | None = Field(None, gt=0, description="the shipped engine's files, compressed (searched for)")
-    max_accuracy_drop: float = Field(1.0, ge=0, description="test accuracy lost against the source model, in points")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="test metric lost against the source model, in the metric's points")
 
 
 class DeviceClass(Strict):
@@ -42,6 +42,8 @@ class DeviceClass(Strict):
     model: str | None = Field(None, description="model spec as `deploy --model` takes it (default: the demo)")
     data: str | None = Field(None, description="data spec as `deploy --data` takes it (default: the demo's)")
     precision: str | None = Field(None, description="fp32, fp16, int8 or mixed (default: the target's)")
+    metric: str | None = Field(None, description="what accuracy means, as `deploy --metric` takes it (default: from the data)")
+    input_shape: tuple[str, ...] = Field((), description="NAME:D1,D2,.. as `--input-shape` takes them (an ONNX model's dynamic dims)")
     version: str = Field(pattern=VERSION)
     budgets: Budgets = Budgets()
     devices: tuple[str, ...] = Field((), description="inventory devices of this class (edgekit devices list)")
@@ -120,6 +122,7 @@ def check(fleet: Fleet) -> None:
     """Every class's target resolves and its files exist: one line naming the class otherwise."""
     from edgekit.deploy import choose_precision
     from edgekit.devices import inventory_path, load_inventory
+    from edgekit.metrics import load_metric
     from edgekit.remote import check_device
     from edgekit.targets import load_target
 
@@ -134,6 +137,8 @@ def check(fleet: Fleet) -> None:
             target = load_target(klass.target, [])
             if klass.precision not in (None, "mixed"):
                 choose_precision(klass.precision, target)
+            if klass.metric:
+                load_metric(klass.metric)
             for field in ("model", "data"):
                 spec = getattr(klass, field)
                 if spec and _is_path(spec) and not Path(spec).expanduser().exists():

@@ -19,6 +19,7 @@ from edgekit import graph
 from edgekit.calibrate.qdq import QUANTIZABLE
 from edgekit.data import Samples
 from edgekit.errors import Failure, runtime_message
+from edgekit.metrics import Metric
 from edgekit.models import LoadedModel
 
 BATCH = 64
@@ -70,9 +71,13 @@ def outputs(module, samples: Samples, loaded: LoadedModel) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def score(out: np.ndarray, samples: Samples, reference: np.ndarray) -> float:
-    """Top-1 accuracy against the labels when there are labels, else top-1 agreement with the
-    original model; cosine similarity for outputs that are not class scores."""
+def score(out: np.ndarray, samples: Samples, reference: np.ndarray, metric: Metric | None = None) -> float:
+    """The task metric on the first output, in hundredths of a point (so that the search's floors,
+    `max_accuracy_drop / 100` below the original, hold for any metric); without one, top-1 accuracy
+    against the labels when there are labels, else top-1 agreement with the original model; cosine
+    similarity for outputs that are not class scores."""
+    if metric is not None:
+        return metric([out], samples.labels, [reference]) * metric.points / 100
     flat, ref = out.reshape(len(out), -1), reference.reshape(len(reference), -1)
     if flat.shape[1] == 1:
         a, b = flat.ravel(), ref.ravel()

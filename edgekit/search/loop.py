@@ -27,6 +27,7 @@ from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.data import load_data, split
 from edgekit.errors import BadInput
+from edgekit.metrics import Metric, choose_metric
 from edgekit.models import load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings
@@ -77,6 +78,7 @@ class SearchRequest:
     device: str | None = None  # measure on this inventory device through its agent (every measurement)
     devices_file: Path | None = None
     speedup: float | None = None  # instead of a budget in ms: at least this many times faster than the original
+    metric: str | None = None  # what accuracy means (edgekit.metrics); default: chosen from the data
 
     def __post_init__(self) -> None:
         if (self.latency_budget_ms is None) == (self.speedup is None):
@@ -170,12 +172,15 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     teacher = loaded.module.eval()
     example = tuple(torch.from_numpy(loaded.example[s.name]) for s in loaded.inputs)
     validation_ref = evaluate.outputs(teacher, splits.validation, loaded)
-    base_accuracy = evaluate.score(validation_ref, splits.validation, validation_ref)
+    metric = choose_metric(request.metric, splits.validation.labels, [validation_ref[:1]])
+    progress(f"metric: {metric.name} ({metric.unit}{'; ' + metric.why if metric.why else ''})")
+    base_accuracy = evaluate.score(validation_ref, splits.validation, validation_ref, metric)
     design = fixed_point.DesignCost(target, loaded, splits.calibration.inputs) if fixed else None
     if design is not None:
         plan, analysis = _width_plan(design, teacher, loaded, splits, target, space, validation_ref, run_dir, progress)
     else:
-        plan, analysis = _precision_plan(loaded, onnx_path, splits, target, backend_name, run_dir, request, progress, device)
+        plan, analysis = _precision_plan(loaded, onnx_path, splits, target, backend_name, run_dir, request, progress, device,
+                                         metric)
     costly = _int8_costs(analysis, plan) if not fixed else {}
     model_cost = cost.CostModel(target, backend_name, table=_device_table(target, backend_name, device))
     fast_reference = evaluate.fast_layer_table(teacher, loaded)
@@ -197,7 +202,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
         distill(module, teacher, splits.calibration.inputs, seconds=request.step_finetune_s, seed=0)
 
     def accuracy(module) -> float:
-        return evaluate.score(evaluate.outputs(module, splits.validation, loaded), splits.validation, validation_ref)
+        return evaluate.score(evaluate.outputs(module, splits.validation, loaded), splits.validation, validation_ref, metric)
 
     if (target.local or device is not None) and model_cost.table.measured and not trials.evaluations():
         _calibrate_cost(model_cost, run_dir, loaded, teacher, samples, space, plan, reference, request, progress,
@@ -341,7 +346,7 @@ def _int8_costs(analysis: dict | None, plan: PrecisionPlan) -> dict[str, float]:
         accuracy, latency = record.get("accuracy") or {}, record.get("latency") or {}
         if record.get("verdict") != "harmful" or plan.precision_of(name) == "int8" or not (latency.get("gain_ms") or 0) > 0:
             continue
-        loss = accuracy.get("top1_loss_pt")
+        loss = accuracy.get("metric_drop") if accuracy.get("metric_drop") is not None else accuracy.get("top1_loss_pt")
         if loss is None and accuracy.get("agreement") is not None:
             loss = 100 * (1 - accuracy["agreement"])
         if loss is not None:
@@ -379,7 +384,7 @@ def _device_table(target, backend_name: str, device):
 
 
 def _precision_plan(loaded, onnx_path: Path, splits, target, backend_name: str, run_dir: Path, request: SearchRequest,
-                    progress: Callable[[str], None], device=None) -> tuple[PrecisionPlan, dict | None]:
+                    progress: Callable[[str], None], device=None, metric: Metric | None = None) -> tuple[PrecisionPlan, dict | None]:
     """int8 for the layers the sensitivity analysis finds harmless and faster on the target (saved in
     sensitivity/, reused on resume); the target's float precision elsewhere. Also the analysis."""
     from edgekit.calibrate.run import calibrate
@@ -392,10 +397,11 @@ def _precision_plan(loaded, onnx_path: Path, splits, target, backend_name: str, 
         analysis = sensitivity.load_sensitivity(saved, onnx_path)
         return sensitivity.mixed_plan(analysis), analysis
     progress("measuring each layer's int8 sensitivity on the target")
-    calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), folder, request.calibration)
+    calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), folder, request.calibration,
+                            metric=metric)
     analysis = sensitivity.analyse(onnx_path, splits, target, folder, options=request.calibration,
                                    threads=request.settings.threads, backend_name=backend_name,
-                                   settings=request.settings, calibration=calibration, device=device)
+                                   settings=request.settings, calibration=calibration, device=device, metric=metric)
     return sensitivity.mixed_plan(analysis), analysis
 
 
@@ -434,7 +440,7 @@ def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchR
     progress("building and measuring the candidate on the device" if on_device else "building the candidate")
     deploy_request = DeployRequest(target=request.target, out=folder, backend=request.backend,
                                    latency_budget_ms=budget_ms, measure=on_device or _checkable(request, target),
-                                   calibration=request.calibration, settings=request.settings,
+                                   calibration=request.calibration, settings=request.settings, metric=request.metric,
                                    targets_dir=request.targets_dir, device=request.device, devices_file=request.devices_file)
     report = deploy(deploy_request, model=pruned, samples=samples, plan=plan,  # deploy splits it the same way
                     beside=anchor.beside() if anchor else None)
@@ -506,9 +512,12 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
     shipped = chosen_round(rounds, budget_ms)
     last = rounds[shipped]
     test_ref = evaluate.outputs(teacher, splits.test, loaded)
-    original_test = evaluate.score(test_ref, splits.test, test_ref)
+    metric = choose_metric(request.metric, splits.validation.labels, [test_ref[:1]])
+    original_test = evaluate.score(test_ref, splits.test, test_ref, metric)
     accuracy = last.report.get("accuracy") or {}
-    test = accuracy.get("test") if accuracy.get("test") is not None else accuracy.get("agreement")
+    on_test = accuracy.get("metric") or {}
+    test = on_test["value"] * metric.points / 100 if on_test.get("name") == metric.name else (
+        accuracy.get("test") if accuracy.get("test") is not None else accuracy.get("agreement"))
     latency = last.report.get("latency_ms", {})
     judged = last.measured_ms if last.measured_ms is not None else latency.get("p50")
     groups = {g.name: g.channels for g in space.groups}
@@ -527,6 +536,7 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
                            "rounds; measured = median per-round ratio × the original's p50 when the search started "
                            "(drift of the device between the two divides out); report = the candidate's own timing"),
                        "report": latency},
+        "metric": {**metric.describe(), "scale": "accuracy values below are the metric × points / 100"},
         "accuracy": {"validation": last.accuracy_validation, "validation_original": base_accuracy,
                      # the final distillation trains on the validation inputs (unlabelled): the test split is the held-out figure
                      "validation_held_out": not last.candidate["keep"],

@@ -1,0 +1,147 @@
+"""Data recipes: small YAML files in `calibration/` that say where a model's evaluation data comes from.
+
+A recipe names the model, the data source (a factory with keyword arguments, an .npz beside the recipe,
+a folder), how many samples, the seed, the split, the metric and, for people, what preprocessing was
+done. It is validated into a frozen object on load, so a typo is one line naming the file and the field,
+before anything runs. `zoo:NAME` as a model resolves through `edgekit.ocr_zoo.model_path`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgekit.data import LABEL_KEYS
+from edgekit.errors import BadInput
+
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Recipe(BaseModel):
+    """One data set for one model, as its file says (a relative `source` or `model` path made absolute)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    model: str = Field(min_length=1)  # .onnx path, pkg.module:factory, or zoo:NAME
+    source: str = Field(min_length=1)  # pkg.module:factory, an .npz/.npy file or a folder
+    factory_args: dict[str, Any] = Field(default_factory=dict)
+    count: int | None = Field(default=None, ge=3)  # samples to use; all when absent
+    seed: int = 0
+    split: tuple[float, float, float] = (0.2, 0.3, 0.5)  # calibration, validation, test
+    preprocessing: str = ""
+    metric: str | None = None  # a built-in name (top1, agreement, ...) or pkg.module:function
+    input_shape: tuple[str, ...] = ()  # NAME:D1,D2,.. as --input-shape takes them
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, split: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(split) <= 0 or abs(sum(split) - 1) > 1e-6:
+            raise ValueError(f"three positive fractions (calibration, validation, test) summing to 1: {list(split)}")
+        return split
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, metric: str | None) -> str | None:
+        if metric is None or FACTORY.match(metric) or re.fullmatch(r"[a-z][a-z0-9-]*", metric):
+            return metric
+        raise ValueError(f"a metric name (top1, psnr, ...) or package.module:function, not '{metric}'")
+
+    @property
+    def is_factory(self) -> bool:
+        return bool(FACTORY.match(self.source))
+
+    def model_spec(self) -> str:
+        """The model as edgekit's `--model` takes it: `zoo:NAME` becomes the zoo's ONNX file."""
+        if self.model.startswith("zoo:"):
+            from edgekit.ocr_zoo import model_path
+
+            return str(model_path(self.model.removeprefix("zoo:")))
+        return self.model
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe; relative data and model paths are taken from the recipe's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise BadInput(f"recipe {path}: not a readable YAML file ({str(err).splitlines()[0]})") from err
+    if not isinstance(data, dict):
+        raise BadInput(f"recipe {path}: expected a mapping of fields (name, model, source, ...)")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise BadInput(f"recipe {path}: field '{field}': {first['msg']}") from err
+    paths = {k: v for k, v in (("source", recipe.source), ("model", recipe.model))
+             if not (FACTORY.match(v) or v.startswith("zoo:") or Path(v).is_absolute())}
+    return recipe.model_copy(update={k: str((path.parent / v).resolve()) for k, v in paths.items()})
+
+
+def _call_factory(recipe: Recipe) -> dict[str, np.ndarray]:
+    module_name, _, attr = recipe.source.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise BadInput(f"recipe {recipe.name}: source {recipe.source}: cannot load it ({err})") from err
+    try:
+        inspect.signature(factory).bind(**recipe.factory_args)
+    except TypeError as err:
+        raise BadInput(f"recipe {recipe.name}: factory_args do not fit {recipe.source} ({err})") from err
+    result = factory(**recipe.factory_args)
+    if isinstance(result, tuple) and len(result) == 2:  # (inputs, labels), as edgekit.data's factories
+        return {**(dict(result[0]) if isinstance(result[0], dict) else {"x": result[0]}), "labels": result[1]}
+    return dict(result) if isinstance(result, dict) else {"x": result}
+
+
+def _read_source(recipe: Recipe) -> dict[str, np.ndarray]:
+    if recipe.is_factory:
+        return _call_factory(recipe)
+    if recipe.factory_args:
+        raise BadInput(f"recipe {recipe.name}: factory_args given but source {recipe.source} is not a factory")
+    path = Path(recipe.source)
+    if not path.exists():
+        raise BadInput(f"recipe {recipe.name}: data not found: {recipe.source}")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+        except (OSError, ValueError) as err:
+            raise BadInput(f"recipe {recipe.name}: {recipe.source} is not a readable .npz ({err})") from err
+    if not recipe.input_shape:
+        raise BadInput(f"recipe {recipe.name}: source {recipe.source} needs input_shape (NAME:D1,D2,..)")
+    from edgekit.data import load_data
+    from edgekit.models import InputSpec, parse_input_shapes
+
+    shapes = parse_input_shapes(list(recipe.input_shape))
+    samples = load_data(recipe.source, tuple(InputSpec(name or "x", shape, dtype) for name, shape, dtype in shapes))
+    return {**samples.inputs, **({} if samples.labels is None else {"labels": samples.labels})}
+
+
+def recipe_arrays(recipe: Recipe) -> dict[str, np.ndarray]:
+    """The recipe's samples as `edgekit.data.from_arrays` takes them: inputs by name and "labels" (an
+    .npz's `y` renamed); `count` of them drawn without replacement by the seed, in their original order."""
+    arrays = {k: np.asarray(v) for k, v in _read_source(recipe).items()}
+    label_key = next((k for k in LABEL_KEYS if k in arrays), None)
+    if label_key is not None:
+        arrays["labels"] = arrays.pop(label_key)
+    counts = {len(v) for v in arrays.values()}
+    if len(counts) != 1:
+        raise BadInput(f"recipe {recipe.name}: {recipe.source} gives arrays of different lengths {sorted(counts)}")
+    n = counts.pop()
+    if recipe.count is None or recipe.count == n:
+        return arrays
+    if recipe.count > n:
+        raise BadInput(f"recipe {recipe.name}: count {recipe.count} but {recipe.source} gives {n} samples")
+    index = np.sort(np.random.default_rng(recipe.seed).choice(n, recipe.count, replace=False))
+    return {k: v[index] for k, v in arrays.items()}
