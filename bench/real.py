@@ -312,7 +312,8 @@ def _note(name: str, row: dict, defaults: int | None = None) -> str:
         parts.append(f"shipped {notes['mixed'].get('chosen')}: {notes['mixed'].get('reason')}")
     if "accuracy_aware" in notes:
         aware = notes["accuracy_aware"]
-        parts.append(f"{len(aware.get('path', []))} steps measured; {aware.get('reason')}")
+        steps = len(aware.get("path", []))
+        parts.append(f"{steps} step{'s' if steps != 1 else ''} measured; {aware.get('reason')}")
     if "fake_quantize" in notes:
         parts.append(f"{notes['fake_quantize']} FakeQuantize"
                      + (f" ({'same as' if notes['fake_quantize'] == defaults else 'vs'} {defaults} in NNCF defaults)"
@@ -367,6 +368,10 @@ def to_markdown(report: dict) -> str:
                          f"{'1 (reference)' if name == FP32 else _ratio(row.get('ratio_to_openvino_fp32'))} | "
                          f"{row['p50_over_floor']:.1f}× | {q} | {_note(name, row, nncf_fq)} |")
         lines.append("")
+        below = [n for n, row in rows.items() if row.get("p50_over_floor", 1) < 1]
+        if below:
+            lines.append(f"- p50 / floor below 1× ({', '.join(below)}): the roofline floor, from the host profile's peak and "
+                         "bandwidth, is above the measured time here, so it is no bound for this model on this machine.")
         differ = [n for n in rows if n.endswith("compiled by OpenVINO") and "metric" in rows[n]
                   and "metric" in rows.get(n.replace("compiled by OpenVINO", "in ONNX Runtime"), {})
                   and abs(rows[n]["metric"] - rows[n.replace("compiled by OpenVINO", "in ONNX Runtime")]["metric"]) > 1e-9]

@@ -6,7 +6,7 @@ model's, return to float the layers whose measured harm per millisecond of measu
 (the sensitivity analysis: harm = the metric's drop with that layer alone int8, gain = its profiled
 time in fp32 minus int8); rebuild with the target's runtime, re-measure the metric with that engine and
 its latency side by side with the float engine. Within D, the walk goes on while the plan is no faster
-than float and the next layers are ones int8 makes slower (measured). Every step is a point of the path (report.json and
+than float, returning at once to float the layers next in line that int8 makes slower (measured). Every step is a point of the path (report.json and
 the HTML report's curve); the point shipped is the fastest one within D, and never one slower than
 float: when none is faster, float ships.
 """
@@ -93,10 +93,11 @@ def descend(*, analysis: dict, calibration: CalibrationResult, onnx_path: Path, 
             if not current:
                 break
             if points[-1]["drop"] <= max_drop:
-                # within the drop: go on only while int8 is no faster and the next layers are ones int8 slows down
+                # within the drop: go on only while int8 is no faster, returning to float at once every
+                # layer int8 slows down (measured) that comes next
                 if points[-1]["ratio"] < 1 or _gain(analysis, current[0]) > 0:
                     break
-                count = 1
+                count = next((i for i, name in enumerate(current) if _gain(analysis, name) > 0), len(current))
             else:
                 count = 1 if step < LINEAR_STEPS else 2 ** (step - LINEAR_STEPS + 1)
             current = current[count:]

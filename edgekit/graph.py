@@ -172,22 +172,28 @@ def check_export(model: LoadedModel, onnx_path: Path, feeds: list[dict[str, np.n
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst, within = 0.0, True
+    worst = 0.0
     for feed in feeds:
-        ours = session.run(None, feed)
-        ref = reference_outputs(model, feed)
-        if len(ours) != len(ref):
-            raise Failure(f"ONNX export has {len(ours)} outputs, the source model {len(ref)}")
-        for a, b in zip(ours, ref, strict=True):
-            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-            if a.shape != b.shape:
-                raise Failure(f"ONNX export output shape {a.shape} differs from the source model's {b.shape}")
-            diff = np.abs(a - b)
-            worst = max(worst, float(diff.max(initial=0.0)))
-            within &= bool(np.all(diff <= ATOL + RTOL * np.abs(b)))
-    if not within:
-        raise Failure(f"ONNX export differs from the source model: max |diff| {worst:.3g} (rtol {RTOL}, atol {ATOL})")
+        worst = max(worst, compare_outputs(session.run(None, feed), reference_outputs(model, feed), "ONNX export"))
     return ExportCheck(len(feeds), worst)
+
+
+def compare_outputs(ours: list, reference: list, what: str) -> float:
+    """The largest |ours − reference| over every output, or a Failure naming `what` when the counts or
+    shapes differ or any element is outside |ours − reference| ≤ ATOL + RTOL·|reference|."""
+    if len(ours) != len(reference):
+        raise Failure(f"{what} has {len(ours)} outputs, the source model {len(reference)}")
+    worst, within = 0.0, True
+    for a, b in zip(ours, reference, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            raise Failure(f"{what}: output shape {a.shape} differs from the source model's {b.shape}")
+        diff = np.abs(a - b)
+        worst = max(worst, float(diff.max(initial=0.0)))
+        within &= bool(np.all(diff <= ATOL + RTOL * np.abs(b)))
+    if not within:
+        raise Failure(f"{what} differs from the source model: max |diff| {worst:.3g} (rtol {RTOL}, atol {ATOL})")
+    return worst
 
 
 def _shape(value) -> tuple[int, ...]:

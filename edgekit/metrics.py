@@ -20,16 +20,14 @@ A drop is `(source value − value) × points`: percentage points for the fracti
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from edgekit.errors import BadInput
+from edgekit.util import import_object
 
 MetricFn = Callable[[list[np.ndarray], "np.ndarray | None", "list[np.ndarray] | None"], float]
 PSNR_CAP_DB = 100.0
@@ -139,15 +137,7 @@ def load_metric(spec: str) -> Metric:
         return BUILT_IN[spec]
     if ":" not in spec:
         raise BadInput(f"unknown metric '{spec}' (built in: {', '.join(BUILT_IN)}; or package.module:function)")
-    module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # the user's own package in the current folder, as for models
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except ImportError as err:
-        raise BadInput(f"metric {spec}: cannot import module '{module_name}' ({err})") from err
-    except AttributeError as err:
-        raise BadInput(f"metric {spec}: module '{module_name}' has no '{attr}'") from err
+    fn = import_object(spec, "metric")
     if not callable(fn):
         raise BadInput(f"metric {spec} is not a function")
     points = getattr(fn, "points", 1.0)

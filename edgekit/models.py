@@ -6,9 +6,7 @@ integer inputs such as token ids and attention masks are first-class) and one ex
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BadInput
-from edgekit.util import sha256_bytes, sha256_file
+from edgekit.util import import_object, sha256_bytes, sha256_file
 
 DEMO_SPEC = "edgekit.demo:build"
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 2: "uint8", 3: "int8"}
@@ -131,15 +129,7 @@ def _torch_model(module, example: Any, spec: str, digest: str, shapes) -> Loaded
 
 
 def _load_factory(spec: str, shapes) -> LoadedModel:
-    module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # like uvicorn: the user's own package in the current folder
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except ImportError as err:
-        raise BadInput(f"model factory {spec}: cannot import module '{module_name}' ({err})") from err
-    except AttributeError as err:
-        raise BadInput(f"model factory {spec}: module '{module_name}' has no '{attr}'") from err
+    factory = import_object(spec, "model factory")
     try:
         result = factory()
     except Exception as err:  # the user's code: any failure is a bad input, said in one line

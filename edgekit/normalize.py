@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import BadInput, Failure, runtime_message
+from edgekit.graph import ATOL, RTOL, compare_outputs
 from edgekit.util import atomic_write_bytes, cache_dir, sha256_bytes
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 # Domains whose ops a runtime here knows: ONNX's own (checked against its schemas) and ONNX Runtime's.
 RUNTIME_DOMAINS = ("com.microsoft",)
-# Normalised vs source in ONNX Runtime: |normalised - source| <= ATOL + RTOL * |source|, elementwise.
-RTOL, ATOL = 1e-3, 1e-4
 VERSION = 1  # of this normalisation: part of the cache key
 
 
@@ -205,7 +204,7 @@ def normalize(path: Path, spec: str, asked: list[tuple[str | None, tuple[int, ..
         atomic_write_bytes(out, model.SerializeToString())
     model = onnx.load(str(out))
     ours = _run(str(out), feed, f"the normalised {spec}")
-    worst = _check(source, ours, spec)
+    worst = compare_outputs(ours, source, f"the normalised {spec}")
     if _opset(model) != before_opset:
         steps.append(f"opset {before_opset} → {_opset(model)} (onnx.version_converter)")
     dtypes = {v.name: v.type.tensor_type.elem_type for v in real_inputs(model)}
@@ -222,22 +221,6 @@ def _check_finite(proto, spec: str) -> None:
         array = numpy_helper.to_array(tensor)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadInput(f"model {spec}: weight '{name}' holds NaN or Inf values")
-
-
-def _check(source: list[np.ndarray], ours: list[np.ndarray], spec: str) -> float:
-    if len(source) != len(ours):
-        raise Failure(f"the normalised {spec} has {len(ours)} outputs, the source {len(source)}")
-    worst, within = 0.0, True
-    for a, b in zip(ours, source, strict=True):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if a.shape != b.shape:
-            raise Failure(f"the normalised {spec} gives output shape {a.shape}, the source {b.shape}")
-        diff = np.abs(a - b)
-        worst = max(worst, float(diff.max(initial=0.0)))
-        within &= bool(np.all(diff <= ATOL + RTOL * np.abs(b)))
-    if not within:
-        raise Failure(f"the normalised {spec} differs from the source model: max |diff| {worst:.3g} (rtol {RTOL}, atol {ATOL})")
-    return worst
 
 
 def _steps(proto, shapes: dict[str, tuple[int, ...]]) -> list[str]:

@@ -57,3 +57,22 @@ def sha256_file(path: Path) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def import_object(spec: str, what: str):
+    """`package.module:name` → that object, imported from the current folder too (like uvicorn: the user's
+    own package beside them); a missing module or name is one BadInput line naming `what` and `spec`."""
+    import importlib
+    import sys
+
+    from edgekit.errors import BadInput
+
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except ImportError as err:
+        raise BadInput(f"{what} {spec}: cannot import module '{module_name}' ({err})") from err
+    except AttributeError as err:
+        raise BadInput(f"{what} {spec}: module '{module_name}' has no '{attr}'") from err

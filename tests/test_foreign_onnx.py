@@ -393,6 +393,21 @@ def test_ppocr_classifier_deploys_int8_on_host(ppocr, tmp_path):
         assert report["accuracy"]["metric"]["source"] >= 0.9 and report["accuracy"]["metric"]["drop"] <= 0.05
 
 
+def test_ppocr_detector_deploys_int8_on_host_with_every_layer_verified(ppocr, tmp_path):
+    """OpenVINO renames the detector's depthwise convolutions when it folds their scales (Multiply_N):
+    they are still verified, by their shapes, not left unverified."""
+    data = random_npz(tmp_path / "det.npz", (1, 3, 96, 160), n=8)
+    result = run_cli("deploy", "--target", "host", "--model", str(ppocr(DET)), "--input-shape", "x:1,3,96,160",
+                     "--data", str(data), "--out", str(tmp_path / "run"), "--precision", "int8", "--method", "minmax",
+                     *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    precision = report["precision"]
+    assert precision["label"] == "int8" and len(precision["planned"]) == 62
+    assert precision["unverified"] == [] and precision["mismatches"] == {}
+    assert precision["executed"] == precision["planned"]
+
+
 def test_ppocr_detector_deploys_fp32_on_host(ppocr, tmp_path):
     data = random_npz(tmp_path / "det.npz", (1, 3, 96, 160), n=8)
     result = run_cli("deploy", "--target", "host", "--model", str(ppocr(DET)), "--input-shape", "x:1,3,96,160",

@@ -26,11 +26,17 @@ def _ov():
     return require("openvino", "openvino")
 
 
+# Runtime layer types that carry a model's weights, and the IR ops they come from.
+WEIGHTED_RUNTIME = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
+WEIGHTED_IR = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
+
+
 class OpenVINOEngine:
-    def __init__(self, compiled, request, per_layer_factory):
+    def __init__(self, compiled, request, per_layer_factory, model=None):
         self._compiled = compiled
         self._request = request
         self._per_layer_factory = per_layer_factory
+        self._model = model  # the IR as read (ops named after the ONNX nodes), for `executed`
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         # share_inputs avoids a copy per call; outputs are copied, the request reuses their buffers.
@@ -60,17 +66,44 @@ class OpenVINOEngine:
         kernels = {info.node_name: info.exec_type for info in request.profiling_info}
         wanted = set(layers)
         found: dict[str, Executed] = {}
+        unnamed: list = []  # weighted runtime layers no wanted ONNX layer's name reached
         for op in compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             if info["layerType"].astype(str) in ("Const", "Input", "Output", "Reorder"):
                 continue
             runtime_name = op.get_friendly_name()
             precision = RUNTIME_PRECISION.get(info["runtimePrecision"].astype(str), info["runtimePrecision"].astype(str))
+            claimed = False
             for original in info["originalLayersNames"].astype(str).split(","):
                 layer = _onnx_layer(original, wanted)
                 if layer is not None and layer not in found:
                     found[layer] = Executed(precision, runtime_name, kernels.get(runtime_name, ""))
+                    claimed = True
+            if not claimed and info["layerType"].astype(str) in WEIGHTED_RUNTIME:
+                unnamed.append((op, precision, runtime_name))
+        if self._model is not None and wanted - set(found):
+            found.update(self._by_shape(wanted - set(found), unnamed, kernels))
         return found
+
+    def _by_shape(self, missing: set[str], unnamed: list, kernels: dict) -> dict[str, Executed]:
+        """Layers whose name OpenVINO's transformations dropped (a convolution folded with the scales
+        around it is renamed Multiply_N): matched to the weighted runtime layers no name claimed by their
+        input and output shapes, in graph order among layers of the same shapes."""
+        def shapes(op) -> tuple[str, str]:
+            return str(op.input(0).get_partial_shape()), str(op.output(0).get_partial_shape())
+
+        waiting: dict[tuple[str, str], list[str]] = {}
+        for op in self._model.get_ordered_ops():
+            if op.get_type_name() in WEIGHTED_IR:
+                layer = _onnx_layer(op.get_friendly_name(), missing)
+                if layer is not None and layer not in {name for names in waiting.values() for name in names}:
+                    waiting.setdefault(shapes(op), []).append(layer)
+        matched = {}
+        for op, precision, runtime_name in unnamed:
+            queue = waiting.get(shapes(op))
+            if queue:
+                matched[queue.pop(0)] = Executed(precision, runtime_name, kernels.get(runtime_name, ""))
+        return matched
 
 
 def _onnx_layer(original: str, wanted: set[str]) -> str | None:
@@ -148,7 +181,7 @@ class OpenVINOBackend:
         except Exception as err:  # OpenVINO raises RuntimeError for a corrupt or mismatched IR
             raise BadInput(f"OpenVINO cannot load {artifact.path.name}: {runtime_message(err)}") from err
         return OpenVINOEngine(compiled, compiled.create_infer_request(),
-                              lambda: core.compile_model(model, device, {**config, "PERF_COUNT": "YES"}))
+                              lambda: core.compile_model(model, device, {**config, "PERF_COUNT": "YES"}), model)
 
 
 BACKEND = OpenVINOBackend()
