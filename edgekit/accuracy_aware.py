@@ -23,9 +23,9 @@ from edgekit.backends.base import Artifact, Backend
 from edgekit.calibrate.run import CalibrationResult
 from edgekit.data import Splits
 from edgekit.latency import Latency
-from edgekit.metrics import Metric
+from edgekit.metrics import Metric, stack_outputs
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import ProfileSettings, stack_outputs, time_interleaved
+from edgekit.profile import ProfileSettings, time_interleaved
 from edgekit.targets import Target
 
 LINEAR_STEPS = 4  # one layer back to float per step at first, then twice as many each step

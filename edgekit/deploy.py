@@ -6,7 +6,6 @@ available here, and a target that cannot be measured here gets a predicted laten
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
 import shutil
@@ -14,14 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import accuracy_aware, cost, graph, remote
+from edgekit import accuracy_aware, cost, graph, metrics, recipes, remote
 from edgekit import mixed as mixed_step
 from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
 from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
-from edgekit.data import Samples, Splits, demo_data, load_data, split
+from edgekit.data import Samples, Splits, demo_data, load_data
 from edgekit.errors import BadInput, EdgekitError, MissingRuntime
-from edgekit.metrics import Metric, choose_metric
+from edgekit.metrics import Metric
 from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
@@ -31,7 +30,6 @@ from edgekit.profile import (
     accuracy,
     profile_engine,
     side_by_side,
-    stack_outputs,
     time_rounds,
 )
 from edgekit.report import versions, write_reports
@@ -109,35 +107,9 @@ def choose_plan(request: DeployRequest, target: Target) -> PrecisionPlan:
         choose_precision(precision, target)
     return plan
 
-def with_recipe(request: DeployRequest) -> DeployRequest:
-    """A recipe's model, metric and input shapes, where the request does not name its own."""
-    if request.recipe is None:
-        return request
-    from edgekit.recipes import load_recipe
-
-    if request.data:
-        raise BadInput("--recipe says where the data comes from: leave out --data")
-    recipe = load_recipe(request.recipe)
-    return dataclasses.replace(request, model=request.model or recipe.model_spec(), metric=request.metric or recipe.metric,
-                               input_shapes=request.input_shapes or tuple(recipe.input_shape))
-
-
-def _split(request: DeployRequest, samples: Samples) -> Splits:
-    """The seeded three-way split, in the recipe's fractions when there is one."""
-    if request.recipe is None:
-        return split(samples)
-    from edgekit.recipes import load_recipe
-
-    return split(samples, tuple(load_recipe(request.recipe).split))
-
-
 def _data(request: DeployRequest, model: LoadedModel) -> Samples | None:
     if request.recipe is not None:
-        from edgekit.data import from_arrays
-        from edgekit.recipes import load_recipe, recipe_arrays
-
-        recipe = load_recipe(request.recipe)
-        return from_arrays(recipe_arrays(recipe), model.inputs, f"recipe {recipe.name} ({request.recipe})")
+        return recipes.recipe_samples(request.recipe, model.inputs)
     if request.data:
         return load_data(request.data, model.inputs)
     if model.spec == DEMO_SPEC:
@@ -164,21 +136,6 @@ def _accuracy_aware(request: DeployRequest, analysis: dict, calibration: Calibra
     return descent.plan, descent.qdq_path or onnx_path
 
 
-def task_metric(asked: str | None, model: LoadedModel, splits: Splits | None) -> Metric | None:
-    """The metric asked for, else the default the data suggests (`edgekit.metrics.choose_metric`),
-    judged on the source model's outputs for one calibration sample; None without data."""
-    if splits is None:
-        if asked:
-            raise BadInput(f"--metric {asked} needs data to be measured on: pass --data")
-        return None
-    calibration = splits.calibration
-    outputs = [graph.reference_outputs(model, calibration.sample(i)) for i in range(min(len(calibration), 8))]
-    metric = choose_metric(asked, calibration.labels, outputs[0])
-    stacked = stack_outputs(outputs)  # a metric that fails, fails now, not after the build
-    metric(stacked, None if calibration.labels is None else calibration.labels[: len(outputs)], stacked)
-    return metric
-
-
 def _target_summary(target: Target) -> dict:
     return {"name": target.name, "device": target.device, "vendor": target.vendor, "file": Path(target.file).name}
 
@@ -190,7 +147,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     The search passes its candidate directly: a loaded (pruned) model, its data and its plan, and
     `beside`, an engine (its name, its build) to time the new one side by side with (`side_by_side`)."""
     step("target")
-    request = with_recipe(request)
+    request = recipes.with_recipe(request)
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
     device = remote.device_for(request.device, target, request.devices_file, list(request.targets_dir)) if request.device else None
@@ -201,8 +158,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     step("model")
     model = model or load_model(request.model, list(request.input_shapes))
     samples = samples if samples is not None else _data(request, model)
-    splits: Splits | None = _split(request, samples) if samples is not None else None
-    metric = task_metric(request.metric, model, splits)
+    splits: Splits | None = recipes.recipe_split(request.recipe, samples) if samples is not None else None
+    metric = metrics.task_metric(request.metric, model, splits)
 
     run_dir = Path(request.out) if request.out else default_run_dir(model, target)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +327,7 @@ def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = la
     """`edgekit inspect --sensitivity`: export, calibrate every layer int8 on the calibration split,
     analyse each layer (`edgekit.calibrate.sensitivity`); sensitivity.json's content and its path."""
     step("target")
-    request = with_recipe(request)
+    request = recipes.with_recipe(request)
     target = load_target(request.target, list(request.targets_dir))
     sensitivity.check_target(target)
     if request.data is None and request.recipe is None and request.model not in (None, DEMO_SPEC):
@@ -378,8 +335,8 @@ def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = la
                        "calibration split sets the scales, the validation split measures each layer's accuracy)")
     step("model")
     model = load_model(request.model, list(request.input_shapes))
-    splits = _split(request, _data(request, model))
-    metric = task_metric(request.metric, model, splits)
+    splits = recipes.recipe_split(request.recipe, _data(request, model))
+    metric = metrics.task_metric(request.metric, model, splits)
     run_dir = Path(request.out) if request.out else default_run_dir(model, target)
     run_dir.mkdir(parents=True, exist_ok=True)
     step("export")

@@ -173,3 +173,26 @@ def _because(name: str, why: str) -> Metric:
     from dataclasses import replace
 
     return replace(BUILT_IN[name], why=f"default: {why}")
+
+
+def stack_outputs(per_sample: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per-sample output lists (batch 1 each) → one array per output, [N, *shape without batch]."""
+    return [np.concatenate([outs[k] for outs in per_sample]) for k in range(len(per_sample[0]))]
+
+
+def task_metric(asked: str | None, model, splits) -> Metric | None:
+    """The metric asked for, else the default the data suggests (`choose_metric`), for a loaded model and
+    its splits; tried once on the source model's outputs for up to 8 calibration samples, so that a user's
+    metric that fails, fails before the build. None without data."""
+    from edgekit import graph
+
+    if splits is None:
+        if asked:
+            raise BadInput(f"--metric {asked} needs data to be measured on: pass --data")
+        return None
+    calibration = splits.calibration
+    outputs = [graph.reference_outputs(model, calibration.sample(i)) for i in range(min(len(calibration), 8))]
+    metric = choose_metric(asked, calibration.labels, outputs[0])
+    stacked = stack_outputs(outputs)
+    metric(stacked, None if calibration.labels is None else calibration.labels[: len(outputs)], stacked)
+    return metric

@@ -18,7 +18,7 @@ from edgekit.backends.base import Engine, LayerTime
 from edgekit.data import Samples
 from edgekit.errors import BadInput, Failure
 from edgekit.latency import Latency
-from edgekit.metrics import Metric
+from edgekit.metrics import Metric, stack_outputs
 
 
 @dataclass(frozen=True)
@@ -187,11 +187,6 @@ def accuracy(engine: Engine, samples: Samples, reference: Callable[[dict], list[
         cosine=float(np.mean(cosines)),
         metric=judged,
     )
-
-
-def stack_outputs(per_sample: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Per-sample output lists (batch 1 each) → one array per output, [N, *shape without batch]."""
-    return [np.concatenate([outs[k] for outs in per_sample]) for k in range(len(per_sample[0]))]
 
 
 def metric_on(metric: Metric, engine_outputs: list[list[np.ndarray]], source_outputs: list[list[np.ndarray]],

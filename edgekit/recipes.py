@@ -145,3 +145,32 @@ def recipe_arrays(recipe: Recipe) -> dict[str, np.ndarray]:
         raise BadInput(f"recipe {recipe.name}: count {recipe.count} but {recipe.source} gives {n} samples")
     index = np.sort(np.random.default_rng(recipe.seed).choice(n, recipe.count, replace=False))
     return {k: v[index] for k, v in arrays.items()}
+
+
+def with_recipe(request):
+    """A deploy request (`edgekit.deploy.DeployRequest`) with the recipe's model, metric and input shapes
+    where the request names none of its own; the request as it is without a recipe."""
+    import dataclasses
+
+    if request.recipe is None:
+        return request
+    if request.data:
+        raise BadInput("--recipe says where the data comes from: leave out --data")
+    recipe = load_recipe(request.recipe)
+    return dataclasses.replace(request, model=request.model or recipe.model_spec(), metric=request.metric or recipe.metric,
+                               input_shapes=request.input_shapes or tuple(recipe.input_shape))
+
+
+def recipe_samples(path: Path, inputs):
+    """The recipe's samples matched to the model's inputs (`edgekit.data.Samples`)."""
+    from edgekit.data import from_arrays
+
+    recipe = load_recipe(path)
+    return from_arrays(recipe_arrays(recipe), inputs, f"recipe {recipe.name} ({path})")
+
+
+def recipe_split(path: Path | None, samples):
+    """The seeded three-way split, in the recipe's fractions when there is a recipe."""
+    from edgekit.data import split
+
+    return split(samples) if path is None else split(samples, tuple(load_recipe(path).split))

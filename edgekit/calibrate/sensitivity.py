@@ -254,29 +254,37 @@ def predicted_latency(table: list[graph.Layer], target: Target, plan: PrecisionP
 
 # ---- verdicts -------------------------------------------------------------------------------
 
-def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float,
-             metric: Metric | None = None) -> tuple[str, str]:
-    """harmful, slower or int8, and why (the thresholds above; accuracy first: a fast wrong layer is no gain).
-    A metric the user named decides harm alone: its drop from fp32 above 0.5 points (and one sample's worth
-    for top1/agreement); the default metric keeps the top-1 and output-error rules."""
+def _harm_by_metric(accuracy: dict, metric: Metric, samples: int) -> list[str]:
+    """A named metric's drop from fp32 above 0.5 points (and above one sample's worth for top1/agreement)."""
+    limit = max(TOP1_LOSS_PT, 100.0 / samples) if metric.name in ("top1", "agreement") else TOP1_LOSS_PT
+    drop = accuracy["metric_drop"]
+    return [f"{metric.name} {drop:.3g} points below fp32 (> {limit:.3g})"] if drop > limit else []
+
+
+def _harm(accuracy: dict, samples: int, median_error: float) -> list[str]:
+    """The default rules: top-1 loss (or disagreement) and the output error (thresholds above)."""
     one_sample = 100.0 / samples
     harmful = []
-    if metric is not None and not metric.why:
-        limit = max(TOP1_LOSS_PT, one_sample) if metric.name in ("top1", "agreement") else TOP1_LOSS_PT
-        if accuracy["metric_drop"] > limit:
-            harmful.append(f"{metric.name} {accuracy['metric_drop']:.3g} points below fp32 (> {limit:.3g})")
-    elif accuracy["top1_loss_pt"] is not None and accuracy["top1_loss_pt"] > max(TOP1_LOSS_PT, one_sample):
+    if accuracy["top1_loss_pt"] is not None and accuracy["top1_loss_pt"] > max(TOP1_LOSS_PT, one_sample):
         harmful.append(f"top-1 {accuracy['top1_loss_pt']:.2f} pt below fp32")
     elif accuracy["top1_loss_pt"] is None and accuracy["agreement"] is not None and \
             (1 - accuracy["agreement"]) * 100 > max(TOP1_LOSS_PT, one_sample):
         harmful.append(f"top-1 agrees with fp32 on {accuracy['agreement']:.1%} only")
     error = accuracy["output_error"]
-    if metric is not None and not metric.why:
-        pass
-    elif error > ERROR_CEILING:
+    if error > ERROR_CEILING:
         harmful.append(f"output error {error:.2g} > {ERROR_CEILING:g}")
     elif error > ERROR_FLOOR and error > ERROR_OUTLIER * median_error:
         harmful.append(f"output error {error:.2g}, over {ERROR_OUTLIER:g}x the median layer's ({median_error:.2g})")
+    return harmful
+
+
+def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float,
+             metric: Metric | None = None) -> tuple[str, str]:
+    """harmful, slower or int8, and why (the thresholds above; accuracy first: a fast wrong layer is no gain).
+    A metric the user named decides harm alone: its drop from fp32 above 0.5 points (and one sample's worth
+    for top1/agreement); the default metric keeps the top-1 and output-error rules."""
+    harmful = _harm_by_metric(accuracy, metric, samples) if metric is not None and not metric.why else \
+        _harm(accuracy, samples, median_error)
     if harmful:
         return "harmful", "; ".join(harmful)
     gain = latency.get("gain_ms")
