@@ -290,7 +290,7 @@ def bench_model(label: str, kind: str, args, work: Path) -> dict:
             row["ratio_to_openvino_fp32"] = _per_round(times[name], times[FP32], rounds, block_size)
         row["p50_over_floor"] = row["latency_ms"]["p50"] / floor["fp32" if name in (FP32, FP32_ORT) else "int8"]
     order = [FP32, FP32_ORT] + [n for n in rows if n not in (FP32, FP32_ORT)]
-    return {"model": label, "source_onnx": str(source), "normalised_onnx": str(onnx_path), "input": shape,
+    return {"model": label, "source_onnx": "/".join(Path(source).parts[-3:]), "normalised_onnx": Path(onnx_path).name, "input": shape,
             "normalization": loaded.normalization, "macs": graph.totals(layers)["macs"], "metric": metric.describe(),
             "data": samples.source, "splits": {k: len(getattr(splits, k)) for k in ("calibration", "validation", "test")},
             "rounds": rounds, "block": block_size, "roofline_floor_ms": floor, "rows": {n: rows[n] for n in order},
