@@ -265,8 +265,7 @@ def _select(writers: dict[str, QdqWriter], model, int8: list[str], samples: Samp
                 errors[name] = select.output_error(first, path, feeds)
                 continue
             outputs = select.all_outputs(path, feeds)
-            got = np.asarray(outputs[0], np.float64)
-            errors[name] = float(((got - reference[0]) ** 2).sum() / max(float((np.asarray(reference[0], np.float64) ** 2).sum()), 1e-30))
+            errors[name] = select.relative_error(reference[0], outputs[0])
             drops[name] = metric.drop(source, metric(outputs, labels, reference))
     return errors, drops
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.data import Samples
 from edgekit.errors import Failure, require, runtime_message
+from edgekit.metrics import stack_outputs
 
 MAX_SAMPLES = 128  # enough to rank a handful of variants; keeps selection fast on larger models
 
@@ -45,14 +46,17 @@ def outputs(model_or_path, feeds: list[dict]) -> list[np.ndarray]:
 def all_outputs(model_or_path, feeds: list[dict]) -> list[np.ndarray]:
     """Every output of the model over the feeds, one array per output stacked over them ([N, ...])."""
     session = _session(model_or_path)
-    runs = [session.run(None, feed) for feed in feeds]
-    return [np.concatenate([np.asarray(r[k]) for r in runs]) for k in range(len(runs[0]))]
+    return stack_outputs([[np.asarray(o) for o in session.run(None, feed)] for feed in feeds])
+
+
+def relative_error(reference, got) -> float:
+    """Sum of squared differences over the sum of squared reference values (arrays of one size)."""
+    reference, got = np.asarray(reference, np.float64), np.asarray(got, np.float64)
+    return float(((got - reference) ** 2).sum() / max(float((reference ** 2).sum()), 1e-30))
 
 
 def output_error(reference: list[np.ndarray], model_or_path, feeds: list[dict]) -> float:
     """Normalised mean squared error of the model's first output against `reference`
     (sum of squared differences over the sum of squared reference values)."""
     got = outputs(model_or_path, feeds)
-    num = sum(float(np.sum((g - r) ** 2)) for g, r in zip(got, reference, strict=True))
-    den = sum(float(np.sum(r ** 2)) for r in reference)
-    return num / max(den, 1e-30)
+    return relative_error(np.concatenate([np.ravel(r) for r in reference]), np.concatenate([np.ravel(g) for g in got]))

@@ -35,7 +35,7 @@ from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibra
 from edgekit.data import Splits
 from edgekit.errors import BadInput, MissingRuntime, require
 from edgekit.latency import Latency
-from edgekit.metrics import Metric
+from edgekit.metrics import Metric, stack_outputs
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings, time_interleaved
 from edgekit.targets import Target
@@ -91,7 +91,7 @@ def _compare(references: list[np.ndarray], outputs: list[np.ndarray], labels: np
     n = len(references[0])
     ref = np.asarray(references[0], np.float64).reshape(n, -1)
     ours = np.asarray(outputs[0], np.float64).reshape(n, -1)
-    result = {"output_error": float(((ours - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30)),
+    result = {"output_error": select.relative_error(ref, ours),
               "agreement": None, "top1": None}
     if ref.shape[1] > 1:
         result["agreement"] = float((ours.argmax(1) == ref.argmax(1)).mean())
@@ -355,8 +355,7 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
             latency = _measure(backend, target, threads or target.cores, settings, onnx_path, all_int8, float_p,
                                candidates, _aliases(model, nodes), macs, feeds[0], folder, device)
             engine = latency.pop("engines")["int8"]
-            runs = [engine.run(feed) for feed in feeds]
-            on_target = [np.concatenate([np.asarray(r[k]) for r in runs]) for k in range(len(runs[0]))]
+            on_target = stack_outputs([[np.asarray(o) for o in engine.run(feed)] for feed in feeds])
             whole["on_target"] = judged(reference, on_target, labels)
         else:
             latency = _predict(onnx_path, target, float_p, candidates, nodes, why_not or "no layer can be int8")
