@@ -160,6 +160,8 @@ def search(
                                                                "(sparsity and weight sharing, measured).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="Largest validation accuracy loss allowed, in points.")] = 1.0,
     strategy: Annotated[str, typer.Option(help="greedy (NetAdapt-style, default) or nsga (Optuna NSGA-II).")] = "greedy",
+    moves: Annotated[str, typer.Option(help="Structural moves the walk may take, comma-separated: prune (channels, "
+                                            "heads, FFN widths), drop (whole blocks), rank (low-rank layers).")] = "prune,drop,rank",
     trials: Annotated[int, typer.Option(help="Evaluate at most this many candidates.")] = 200,
     time_limit: Annotated[float, typer.Option("--time-limit", help="Stop walking after this many seconds.")] = 600.0,
     resume: Annotated[Path | None, typer.Option(help="Continue the search in this run directory.")] = None,
@@ -183,7 +185,7 @@ def search(
     request = SearchRequest(target=target, latency_budget_ms=latency_budget_ms, speedup=speedup, model=model, data=data, out=out_dir,
                             memory_budget_mb=memory_budget_mb, flash_budget_mb=flash_budget_mb,
                             max_accuracy_drop=max_accuracy_drop, strategy=strategy,
-                            trials=trials, time_limit_s=time_limit, resume=resume, storage=storage, backend=backend,
+                            moves=tuple(m.strip() for m in moves.split(",") if m.strip()), trials=trials, time_limit_s=time_limit, resume=resume, storage=storage, backend=backend,
                             final_finetune_s=finetune, calibration=CalibrationOptions(method),
                             settings=ProfileSettings(threads=threads), targets_dir=tuple(targets_dir or ()),
                             device=device, devices_file=devices, metric=metric)
@@ -193,6 +195,16 @@ def search(
         _print_json(result)
         return
     _print_search(result)
+
+
+def _move_text(move: dict) -> str:
+    if move["kind"] == "drop":
+        return f"{move['block']} dropped"
+    if move["kind"] == "rank":
+        return f"{move['layer']} rank {move['rank']}"
+    if move["kind"] == "heads":
+        return f"{move['group']} {move['heads']['to']}/{move['heads']['from']} heads"
+    return f"{move['group']} {move['to']}/{move['from']}"
 
 
 def _print_search(result: dict) -> None:
@@ -214,7 +226,7 @@ def _print_search(result: dict) -> None:
         table.add_row("flash (measured)", f"{f['compressed_mb']:.3f} MB compressed of {f['raw_mb']:.3f} MB, budget {f['budget_mb']} MB: "
                       f"{'met' if f['met'] else 'MISSED'}; sparsity {f['action']['sparsity']:.0%}"
                       + (f", {f['action']['clusters']} shared values per layer" if f["action"]["clusters"] else ""))
-    table.add_row("channels kept", ", ".join(f"{g} {k}" for g, k in result["chosen"]["keep"].items()))
+    table.add_row("moves", ", ".join(_move_text(m) for m in result["chosen"].get("moves") or []) or "none")
     planned = result["chosen"]["precision"] or {}
     table.add_row("precision", _precision_counts(planned))
     for r in result["rounds"]:

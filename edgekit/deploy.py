@@ -142,10 +142,12 @@ def _target_summary(target: Target) -> dict:
 
 def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None, *,
            model: LoadedModel | None = None, samples: Samples | None = None, plan: PrecisionPlan | None = None,
-           beside: tuple[str, Artifact] | None = None) -> dict:
+           beside: tuple[str, Artifact] | None = None, original: LoadedModel | None = None) -> dict:
     """Run the whole pipeline and return report.json's content; the run directory holds the rest.
-    The search passes its candidate directly: a loaded (pruned) model, its data and its plan, and
-    `beside`, an engine (its name, its build) to time the new one side by side with (`side_by_side`)."""
+    The search passes its candidate directly: a loaded (pruned) model, its data and its plan,
+    `beside`, an engine (its name, its build) to time the new one side by side with (`side_by_side`), and
+    `original`, the model the test metric compares with (else the model built: a pruned model compared with
+    itself would hide what pruning cost, for metrics such as cosine that need no labels)."""
     step("target")
     request = recipes.with_recipe(request)
     target = load_target(request.target, list(request.targets_dir))
@@ -289,11 +291,11 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         if splits is not None and (availability.run or availability.check):
             step("check")
             where = f"this machine, the same engine with {backend_name}" if availability.run else availability.check_how
-            report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, where, metric)
+            report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, original or model, where, metric)
         report["status"] = f"complete; measured on device {device.name} through its agent"
     elif target.local and availability.run and request.measure:
         step("profile")
-        reference = functools.partial(graph.reference_outputs, model)
+        reference = functools.partial(graph.reference_outputs, original or model)
         source = f"measured on {target.name} ({target.device}) with {backend_name}"
         if beside is not None and side_by_side is None:
             step("side by side")
@@ -314,7 +316,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         report["status"] = "complete"
     elif availability.check and request.measure and splits is not None:
         step("check")  # the device is not here, but its model's arithmetic is: accuracy, latency predicted
-        report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, model, availability.check_how, metric)
+        report["accuracy"] = _checked_here(backend, artifact, target, threads, splits, original or model,
+                                           availability.check_how, metric)
         report["status"] += f"; accuracy checked here ({availability.check_how})"
     _add_budget(report)
     step("report")

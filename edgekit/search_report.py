@@ -179,6 +179,9 @@ def _summary(result: dict) -> list[tuple[str, object]]:
                                 f"{_pt(None if None in (val, val0) else 100 * (val0 - val))})"),
         ("test accuracy", f"{_pct(acc.get('test'))} (original {_pct(acc.get('test_original'))}, drop {_pt(acc.get('test_drop_pt'))})"),
         ("channels kept (pruned groups)", ", ".join(pruned) or ("none pruned" if chosen.get("keep") else DASH)),
+        ("blocks dropped, layers factorized", ", ".join(
+            [f"{m['block']} dropped" for m in chosen.get("moves") or [] if m["kind"] == "drop"]
+            + [f"{m['layer']} rank {m['rank']}" for m in chosen.get("moves") or [] if m["kind"] == "rank"]) or DASH),
         ("precision (layers)", " · ".join(f"{precisions.count(k)} {k}" for k in sorted(set(precisions))) or DASH),
         ("search time", DASH if result.get("seconds") is None else f"{result['seconds']:g} s"),
         ("trials", result.get("trials", DASH)),

@@ -175,7 +175,11 @@ def _validate(path: Path, data: dict) -> Target:
     if data.pop("detect", False):
         from edgekit.host import detect_host_figures
 
+        # detection fills the machine's figures; precisions the file states stay (a host limited to fp32)
+        stated = data.get("precisions")
         data = _merge(data, detect_host_figures())
+        if stated is not None:
+            data["precisions"] = stated
     try:
         return Target.model_validate({**data, "file": str(path)})
     except ValidationError as err:

@@ -54,9 +54,37 @@ def _split(layer, rank: int):
     return nn.Sequential(first, second).train(layer.training)
 
 
+def _composed(pair):
+    """The single layer a factorized pair computes (so a pair can be factorized again, to a lower rank)."""
+    import torch
+    import torch.nn as nn
+
+    first, second = pair
+    n_in, rank = _shape(first)
+    _, n_out = _shape(second)
+    if isinstance(first, nn.Linear):
+        layer = nn.Linear(n_in, n_out, bias=second.bias is not None)
+    else:
+        layer = nn.Conv2d(n_in, n_out, 1, first.stride, first.padding, bias=second.bias is not None,
+                          padding_mode=first.padding_mode)
+    with torch.no_grad():
+        weight = second.weight.reshape(n_out, rank) @ first.weight.reshape(rank, n_in)
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+        if second.bias is not None:
+            layer.bias.copy_(second.bias)
+    return layer.train(first.training)
+
+
+def _is_pair(layer) -> bool:
+    import torch.nn as nn
+
+    return isinstance(layer, nn.Sequential) and len(layer) == 2 and type(layer[0]) is type(layer[1]) \
+        and isinstance(layer[0], (nn.Linear, nn.Conv2d))
+
+
 def factorize(module, names: dict[str, int]):
-    """A deep copy where each named layer becomes Sequential(rank-r layer, output layer); the original
-    module is not touched."""
+    """A deep copy where each named layer becomes Sequential(rank-r layer, output layer); a layer that is
+    such a pair already is factorized again from the product it computes. The original is not touched."""
     model = copy.deepcopy(module)
     for name, rank in names.items():
         if not name:
@@ -66,5 +94,6 @@ def factorize(module, names: dict[str, int]):
         except AttributeError as err:
             raise BadInput(f"low-rank: '{name}' is not a module of the model") from err
         parent_name, _, attr = name.rpartition(".")
+        layer = _composed(layer) if _is_pair(layer) else layer
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, _split(layer, rank))
     return model

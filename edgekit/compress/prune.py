@@ -5,8 +5,15 @@ depthwise convolution that follows it, of every tensor added to it at a residual
 channel of every consumer. Torch-Pruning traces the model once and groups those couplings; edgekit
 names each group by the first Conv/Linear (in module order) whose output channels drive it, and
 prunes a group by keeping its largest L2-magnitude channels, so the model stays runnable and as close
-to the original as magnitude can tell without data. Groups whose channels are split further on
-(attention heads, `chunk`) are left out: any index set would not keep the split even.
+to the original as magnitude can tell without data.
+
+Attention is pruned in whole heads. Torch-Pruning couples a layer's q/k/v projections (separate, as in
+BERT and ViT, or one fused `qkv`, as in timm) with the output projection's inputs; when the module
+holding them names its head count (`num_attention_heads`, `num_heads`, `n_heads`), the group's unit is
+one head: the same heads leave q, k, v and o, ranked by their summed L2 magnitude, and the module's head
+count (and `all_head_size`) is set to what is left, so reshapes by head size keep working. Other groups
+whose channels are split further on (`chunk`, a fused projection without a head count) are left out:
+any index set would not keep the split even.
 """
 
 from __future__ import annotations
@@ -27,10 +34,35 @@ class PruneGroup:
     channels: int
     modules: tuple[str, ...]  # every named layer the group's channels run through (outputs and inputs)
     macs_share: float | None = None  # fraction of the model's MACs in those layers (shared layers count for each)
+    kind: str = "channels"  # "channels" (convolutions), "features" (Linear widths: an FFN's), "heads" (attention)
+    unit: int = 1  # channels pruned together: the root's channels per head for "heads", else 1
+
+    @property
+    def heads(self) -> int | None:
+        return self.channels // self.unit if self.kind == "heads" else None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "channels": self.channels, "modules": list(self.modules),
-                "macs_share": self.macs_share}
+                "macs_share": self.macs_share, "kind": self.kind, "unit": self.unit, "heads": self.heads}
+
+
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "n_head")
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """How a head group's root channels split into heads: `fused` slices (q, k, v in one projection)
+    of `width` channels, each `count` heads of `width // count` channels."""
+
+    owner: str  # the attention module's qualified name (holds the head count)
+    attr: str
+    count: int
+    width: int
+    fused: int
+
+    def channels(self, head: int) -> list[int]:
+        size = self.width // self.count
+        return [s * self.width + head * size + j for s in range(self.fused) for j in range(size)]
 
 
 @dataclass
@@ -41,6 +73,7 @@ class _Graph:
     model: Any
     roots: dict[str, Any] = field(default_factory=dict)  # group name → root module
     groups: dict[str, PruneGroup] = field(default_factory=dict)
+    heads: dict[str, _Heads] = field(default_factory=dict)  # head groups' split
 
 
 def _layer_types():
@@ -100,6 +133,23 @@ def _output_layers(dg) -> set:
     return found
 
 
+def _head_split(model, drivers: list[str], lengths: list[int], channels: int) -> _Heads | None:
+    """The head split of a group whose out-channel drivers are all projections of one attention module
+    that names its head count; None for any other group."""
+    owners = {name.rpartition(".")[0] for name in drivers}
+    if len(owners) != 1:
+        return None
+    owner = owners.pop()
+    module = model.get_submodule(owner)
+    attr = next((a for a in HEAD_COUNT_ATTRS if isinstance(getattr(module, a, None), int)), None)
+    if attr is None:
+        return None
+    count, width = getattr(module, attr), min(lengths)
+    if count < 1 or width % count or channels % width:
+        return None
+    return _Heads(owner, attr, count, width, channels // width)
+
+
 def _trace(model, example_inputs: tuple, ignored: tuple[str, ...] | list[str]) -> _Graph:
     """Trace `model` (modified in place by later pruning: pass a copy) and collect its groups."""
     import torch
@@ -135,16 +185,22 @@ def _trace(model, example_inputs: tuple, ignored: tuple[str, ...] | list[str]) -
         plain = [m for m in drivers if not _depthwise(m)] or drivers
         root = min(plain, key=lambda m: order[names[m]])
         channels = dg.get_out_channels(root)
-        if any(len(idxs) < channels for _, idxs in group):
-            continue  # the channels are split (attention heads, chunk): arbitrary indices would break the split
+        heads = _head_split(model, [names[m] for m in drivers], [len(idxs) for _, idxs in group], channels)
+        if heads is None and any(len(idxs) < channels for _, idxs in group):
+            continue  # the channels are split (chunk, fused q/k/v without a head count): arbitrary indices would break it
         modules = tuple(sorted(set(members), key=order.__getitem__))
-        found.append((names[root], root, channels, modules))
+        found.append((names[root], root, channels, modules, heads))
     macs = count_macs(model, example_inputs)
     total = sum(macs.values()) or 1
-    for name, root, channels, modules in sorted(found, key=lambda f: order[f[0]]):
+    for name, root, channels, modules, heads in sorted(found, key=lambda f: order[f[0]]):
         share = sum(macs.get(m, 0) for m in modules) / total
         graph.roots[name] = root
-        graph.groups[name] = PruneGroup(name, int(channels), modules, round(share, 6))
+        if heads is not None:
+            graph.heads[name] = heads
+            kind, unit = "heads", channels // heads.count
+        else:
+            kind, unit = ("features" if isinstance(root, _layer_types()[1]) else "channels"), 1
+        graph.groups[name] = PruneGroup(name, int(channels), modules, round(share, 6), kind, unit)
     return graph
 
 
@@ -153,15 +209,49 @@ def prune_groups(module, example_inputs: tuple, *, ignored: tuple[str, ...] = ()
     return list(_trace(copy.deepcopy(module), tuple(example_inputs), ignored).groups.values())
 
 
-def prune(module, example_inputs: tuple, keep: dict[str, int], *, ignored: tuple[str, ...] = ()):
+def output_layers(module, example_inputs: tuple) -> list[str]:
+    """The Conv/Linear layers whose outputs are the model's (classifiers): never pruned nor factorized."""
+    import torch
+    import torch_pruning as tp
+
+    model = copy.deepcopy(module)
+    names = {m: n for n, m in model.named_modules()}
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example_inputs), verbose=False)
+    found = _output_layers(dg)
+    return [n for m, n in names.items() if m in found]
+
+
+def _named_like(graph: _Graph, keep: dict[str, int], like) -> dict[str, int]:
+    """`keep` by this model's group names: a name of `like` (the unchanged model's groups) that this model
+    no longer has (its root was dropped or factorized) is the group sharing most of its layers."""
+    reference = {g.name: g for g in like}
+    out = {}
+    for name, count in keep.items():
+        if name not in graph.groups and name in reference:
+            wanted = reference[name].modules
+
+            def shared(group, wanted=wanted) -> int:
+                return sum(any(m == w or m.startswith(w + ".") for m in group.modules) for w in wanted)
+
+            best = max(graph.groups.values(), key=shared, default=None)
+            if best is not None and shared(best) > 0:
+                name = best.name
+        out[name] = count
+    return out
+
+
+def prune(module, example_inputs: tuple, keep: dict[str, int], *, ignored: tuple[str, ...] = (), like=()):
     """A pruned deep copy, in eval mode: group `name` keeps exactly `keep[name]` channels (its largest
-    by group L2 magnitude), groups not named stay whole. The original module is not touched."""
+    by group L2 magnitude), groups not named stay whole. The original module is not touched. `like`:
+    the groups of the model before blocks were dropped or layers factorized, whose names `keep` may use."""
     import torch
     import torch_pruning as tp
 
     example_inputs = tuple(example_inputs)
     model = copy.deepcopy(module)
     graph = _trace(model, example_inputs, ignored)
+    keep = _named_like(graph, keep, like) if like else keep
     for name, count in keep.items():
         group = graph.groups.get(name)
         if group is None:
@@ -169,6 +259,8 @@ def prune(module, example_inputs: tuple, keep: dict[str, int], *, ignored: tuple
             raise BadInput(f"prune: '{name}' is not a prunable group (groups: {known})")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= group.channels:
             raise BadInput(f"prune: group '{name}' has {group.channels} channels; keep {count!r} is not in 1..{group.channels}")
+        if count % group.unit:
+            raise BadInput(f"prune: group '{name}' is pruned in whole heads of {group.unit} channels; keep {count} is not a multiple")
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     drops = {}
     for name, count in keep.items():  # scored on the unpruned model, so the order of groups does not matter
@@ -180,10 +272,23 @@ def prune(module, example_inputs: tuple, keep: dict[str, int], *, ignored: tuple
         scores = importance(group)
         if scores is None:
             raise Failure(f"prune: group '{name}' has no weights to rank its channels by")
-        drops[name] = sorted(torch.argsort(scores, stable=True)[: channels - count].tolist())
+        heads = graph.heads.get(name)
+        if heads is None:
+            drops[name] = sorted(torch.argsort(scores, stable=True)[: channels - count].tolist())
+        else:  # whole heads, the weakest by summed magnitude
+            per_head = torch.stack([scores[heads.channels(h)].sum() for h in range(heads.count)])
+            weakest = torch.argsort(per_head, stable=True)[: (channels - count) // graph.groups[name].unit].tolist()
+            drops[name] = sorted(i for h in weakest for i in heads.channels(h))
     for name, drop in drops.items():
         root = graph.roots[name]
         graph.dg.get_pruning_group(root, graph.dg.get_pruner_of_module(root).prune_out_channels, drop).prune()
+        heads = graph.heads.get(name)
+        if heads is not None:  # the attention module's own count, so its reshapes by head size still add up
+            owner = model.get_submodule(heads.owner)
+            kept_heads = keep[name] // graph.groups[name].unit
+            setattr(owner, heads.attr, kept_heads)
+            if isinstance(getattr(owner, "all_head_size", None), int):
+                owner.all_head_size = kept_heads * (heads.width // heads.count)
     _check(model, graph, keep, example_inputs)
     model.eval()
     return model

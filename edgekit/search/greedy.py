@@ -17,10 +17,12 @@ redoing only the pruning and short fine-tune of each accepted proposal, not the 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgekit.errors import Failure
 from edgekit.search.study import Evaluation, Trials
 
 STEPS = 6  # the latency gap to the budget is closed in about this many slices
@@ -54,7 +56,8 @@ class Walk:
 
     def __init__(self, *, groups: list, choices: dict[str, tuple[int, ...]],
                  with_keep: Callable, prune: Callable, predict: Callable, finetune: Callable, accuracy: Callable,
-                 precision_moves: Callable = lambda candidate: [], penalty: Callable = lambda candidate: 0.0) -> None:
+                 precision_moves: Callable = lambda candidate: [], penalty: Callable = lambda candidate: 0.0,
+                 moves: tuple = (), active: Callable = lambda candidate, group: True) -> None:
         self.groups, self.choices = groups, choices
         self.with_keep = with_keep  # (candidate, group name, keep) → candidate
         self.prune = prune  # (module, {group: keep}) → pruned copy
@@ -63,10 +66,30 @@ class Walk:
         self.accuracy = accuracy  # (module) → validation accuracy of its float weights
         self.precision_moves = precision_moves  # (candidate) → [(candidate with one layer's precision changed, layer)]
         self.penalty = penalty  # (candidate) → accuracy its precisions are estimated to cost beyond the float weights'
+        self.moves = tuple(moves)  # Move: whole blocks dropped, layers factorized (beside the groups' channels)
+        self.active = active  # (candidate, group) → False once the group's layers were all dropped
+        self.skipped: dict[str, dict] = {}  # candidate key → the move and why it could not be built
+
+    def skip(self, candidate, move: str, reason: str) -> None:
+        """A move whose model does not run or export: left out with the reason (search.json), the walk goes on."""
+        self.skipped.setdefault(candidate.key(), {"key": candidate.key(), "move": move, "reason": reason})
 
     def score(self, candidate, module) -> float:
         """Validation accuracy of the module, less what the candidate's precision moves are estimated to cost."""
         return self.accuracy(module) - self.penalty(candidate)
+
+
+@dataclass(frozen=True)
+class Move:
+    """A structural move beside channel pruning, on one layer or block: `values(candidate)` are the
+    settings below the current one, ascending (a rank ladder; (0,) for dropping); `candidate(c, v)` and
+    `module(m, v)` make the moved candidate and, from the current module, its model."""
+
+    kind: str  # "rank" or "drop"
+    name: str  # the layer or block
+    values: Callable
+    candidate: Callable
+    module: Callable
 
 
 def kept(candidate, group) -> int:
@@ -74,17 +97,49 @@ def kept(candidate, group) -> int:
     return candidate.keep.get(group.name, group.channels)
 
 
-def _proposal(walk: Walk, state: State, group, slice_ms: float):
-    """The largest aligned keep of `group` below its current one saving ≥ slice_ms (else the smallest)."""
+def _proposal(walk: Walk, state: State, values: list[int], make: Callable, build: Callable, label: Callable,
+              slice_ms: float):
+    """The largest of `values` (ascending, all below the current setting) saving ≥ slice_ms, else the
+    smallest. Predicted latency falls with the setting (channels kept, rank), so it is found by bisection:
+    a prediction exports the candidate for its layer table (0.1 s for a CNN, 1.5 s for a BERT through
+    torch.export), and an FFN offers dozens of aligned widths."""
+    if not values:
+        return None
+
+    def made(value):
+        candidate = make(value)
+        try:  # the candidate must run and export before it is timed
+            module = build(value)
+            return (candidate, module, *walk.predict(candidate, module))
+        except Failure as err:
+            walk.skip(candidate, label(value), str(err))
+            return None
+
+    best = made(values[0])
+    if best is None or state.latency_ms - best[2] < slice_ms:
+        return best  # even the smallest saves less than a slice (or cannot be built)
+    low, high = 0, len(values) - 1  # values[low] saves a slice; is a larger one enough too?
+    while low < high:
+        middle = (low + high + 1) // 2
+        tried = made(values[middle])
+        if tried is not None and state.latency_ms - tried[2] >= slice_ms:
+            best, low = tried, middle
+        else:
+            high = middle - 1
+    return best
+
+
+def _group_proposal(walk: Walk, state: State, group, slice_ms: float):
     current = kept(state.candidate, group)
-    smaller = sorted((k for k in walk.choices[group.name] if k < current), reverse=True)
-    for keep in smaller:
-        candidate = walk.with_keep(state.candidate, group.name, keep)
-        module = walk.prune(state.module, {group.name: keep})
-        latency, memory = walk.predict(candidate, module)
-        if state.latency_ms - latency >= slice_ms or keep == smaller[-1]:
-            return candidate, module, latency, memory
-    return None
+    return _proposal(walk, state, sorted(k for k in walk.choices[group.name] if k < current),
+                     lambda keep: walk.with_keep(state.candidate, group.name, keep),
+                     lambda keep: walk.prune(state.module, {group.name: keep}),
+                     lambda keep: f"{group.name} → {keep}", slice_ms)
+
+
+def _move_proposal(walk: Walk, state: State, move: Move, slice_ms: float):
+    return _proposal(walk, state, list(move.values(state.candidate)), lambda v: move.candidate(state.candidate, v),
+                     lambda v: move.module(state.module, v), lambda v: f"{move.kind} {move.name} → {v}", slice_ms)
 
 
 def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: float, max_trials: int,
@@ -98,11 +153,19 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
         if time.monotonic() > deadline:
             return state, "time"
         proposals = []
-        for group in walk.groups:
-            made = _proposal(walk, state, group, slice_ms)
+        options = [(group.name, group, {"group": group.name}) for group in walk.groups
+                   if walk.active(state.candidate, group)]
+        options += [(move.name, move, {"move": move.kind, "layer": move.name}) for move in walk.moves]
+        for name, what, attrs in options:
+            group = what if "group" in attrs else None
+            made = (_group_proposal(walk, state, group, slice_ms) if group is not None
+                    else _move_proposal(walk, state, what, slice_ms))
             if made is None:
                 continue
             candidate, module, latency, memory = made
+            value = kept(candidate, group) if group is not None else _setting(candidate, attrs)
+            rebuild = (functools.partial(walk.prune, state.module, {group.name: value}) if group is not None
+                       else functools.partial(what.module, state.module, value))
             evaluation = trials.get(candidate.key())
             if evaluation is None:
                 if len(trials) >= max_trials:
@@ -110,17 +173,19 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
                 walk.finetune(module)
                 evaluation = trials.record(Evaluation(candidate.key(), candidate.as_dict(), latency, "predicted",
                                                       walk.score(candidate, module),
-                                                      {"step": state.step + 1, "group": group.name,
-                                                       "keep": kept(candidate, group), "memory_mb": memory}))
-                progress(f"step {state.step + 1}: {group.name} → {kept(candidate, group)} channels: "
-                         f"{latency:.3f} ms predicted, accuracy {evaluation.accuracy:.4f}")
+                                                      {"step": state.step + 1, **attrs, "keep" if group is not None
+                                                       else "value": value, "memory_mb": memory}))
+                shown = f"{value} channels" if group is not None else (
+                    "dropped" if attrs["move"] == "drop" else f"rank {value}")
+                progress(f"step {state.step + 1}: {name} → {shown}: {latency:.3f} ms predicted, "
+                         f"accuracy {evaluation.accuracy:.4f}")
             else:
                 module = None  # replayed from storage: rebuilt only if chosen
             # the latency predicted now, not the stored one: the cost model may have learnt since (closed loop)
             saved = state.latency_ms - latency if state.latency_ms > budget.latency_ms else state.memory_mb - memory
             if saved > 0:
-                proposals.append((max(state.accuracy - evaluation.accuracy, 0.0) / saved, -evaluation.accuracy,
-                                  group.name, group, candidate, module, evaluation, latency, memory))
+                proposals.append((_lost(state, evaluation) / saved, -saved, -evaluation.accuracy,
+                                  name, rebuild, candidate, module, evaluation, latency, memory))
         for candidate, layer in walk.precision_moves(state.candidate):  # same weights: nothing to fine-tune
             latency, memory = walk.predict(candidate, state.module)
             evaluation = trials.get(candidate.key())
@@ -135,11 +200,11 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
                          f"accuracy {evaluation.accuracy:.4f} (estimated from its sensitivity)")
             saved = state.latency_ms - latency if state.latency_ms > budget.latency_ms else state.memory_mb - memory
             if saved > 0:
-                proposals.append((max(state.accuracy - evaluation.accuracy, 0.0) / saved, -evaluation.accuracy,
+                proposals.append((_lost(state, evaluation) / saved, -saved, -evaluation.accuracy,
                                   layer, None, candidate, state.module, evaluation, latency, memory))
         if not proposals:
             return state, "exhausted"
-        allowed = [p for p in proposals if p[6].accuracy >= floor_accuracy]
+        allowed = [p for p in proposals if p[7].accuracy >= floor_accuracy]
         if not allowed:  # every move would cost more accuracy than allowed: try milder cuts before giving up
             if slice_ms / 2 < MIN_SLICE * state.latency_ms:
                 return state, "accuracy"
@@ -147,13 +212,27 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
             progress(f"step {state.step + 1}: every move falls below the accuracy floor; trying cuts of "
                      f"{slice_ms:.3f} ms")
             continue
-        *_, group, candidate, module, evaluation, latency, memory = min(allowed, key=lambda p: p[:3])
-        if module is None:  # replay: the same seeded pruning and fine-tune give the same weights (group is not None:
-            # a precision move carries the current module)
-            module = walk.prune(state.module, {group.name: kept(candidate, group)})
+        *_, rebuild, candidate, module, evaluation, latency, memory = min(allowed, key=lambda p: p[:4])
+        if module is None:  # replay: the same seeded pruning and fine-tune give the same weights (a precision
+            # move carries the current module)
+            module = rebuild()
             walk.finetune(module)
         state = State(candidate, module, latency, memory, evaluation.accuracy, state.step + 1)
     return state, "met"
+
+
+LOSS_RESOLUTION = 1e-4  # accuracy differences below this (0.01 pt) are noise: lossless moves rank by what they save
+
+
+def _lost(state: State, evaluation: Evaluation) -> float:
+    """The accuracy a move costs, rounded to LOSS_RESOLUTION (so that among moves that cost nothing, the one
+    saving the most goes first, not the one whose accuracy is higher by float noise)."""
+    return max(round((state.accuracy - evaluation.accuracy) / LOSS_RESOLUTION) * LOSS_RESOLUTION, 0.0)
+
+
+def _setting(candidate, attrs: dict) -> int:
+    """A structural move's value in `candidate`: the rank, or 0 for a dropped block."""
+    return 0 if attrs["move"] == "drop" else candidate.rank[attrs["layer"]]
 
 
 def _moved(walk: Walk, state: State, candidate) -> float:

@@ -26,7 +26,7 @@ from edgekit import cost, graph
 from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.data import load_data, split
-from edgekit.errors import BadInput
+from edgekit.errors import BadInput, Failure
 from edgekit.metrics import Metric, choose_metric
 from edgekit.models import load_model
 from edgekit.plan import PrecisionPlan
@@ -39,6 +39,7 @@ from edgekit.targets import load_target
 from edgekit.util import write_json
 
 STRATEGIES = ("greedy", "nsga")
+MOVES = ("prune", "drop", "rank")  # channels/heads/FFN widths, whole blocks, low-rank layers (the greedy walk)
 MAX_ROUNDS = 4  # closed-loop rounds: build, measure, tighten
 STEP_FINETUNE_S = 5.0  # distillation of each proposal
 # A proposal's accuracy after its short distillation understates what the chosen candidate's longer one
@@ -79,8 +80,12 @@ class SearchRequest:
     devices_file: Path | None = None
     speedup: float | None = None  # instead of a budget in ms: at least this many times faster than the original
     metric: str | None = None  # what accuracy means (edgekit.metrics); default: chosen from the data
+    moves: tuple[str, ...] = MOVES  # the structural moves the walk may take (NSGA-II samples channel counts)
 
     def __post_init__(self) -> None:
+        unknown = [m for m in self.moves if m not in MOVES]
+        if unknown or not self.moves:
+            raise BadInput(f"--moves: {', '.join(unknown) or 'none given'} (known: {', '.join(MOVES)})")
         if (self.latency_budget_ms is None) == (self.speedup is None):
             raise BadInput("give the budget as --latency-budget-ms or as --speedup (one of the two)")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
@@ -184,11 +189,27 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     costly = _int8_costs(analysis, plan) if not fixed else {}
     model_cost = cost.CostModel(target, backend_name, table=_device_table(target, backend_name, device))
     fast_reference = evaluate.fast_layer_table(teacher, loaded)
-    evaluate.rename_by_order(reference, fast_reference)  # the fast export lines up with the real one
+
+    fast_to_reference = evaluate.rename_by_order(reference, fast_reference)
 
     def precisions_of(candidate, layers) -> dict[str, str]:
-        names = evaluate.rename_by_order(reference, layers)
+        if not candidate.structural:
+            names = evaluate.rename_by_order(reference, layers)
+        else:  # the graph changed: through the fast export's scoped names
+            names = {ours: fast_to_reference[theirs]
+                     for ours, theirs in evaluate.carry_names(fast_reference, layers).items()}
         return {ours: candidate.precision.get(theirs, candidate.default_precision) for ours, theirs in names.items()}
+
+    def built_precisions(candidate, module, built_layers) -> dict[str, str]:
+        """Precisions by the built export's layer names (torch.export names: matched by graph order, through
+        the fast export's scoped names where the graph changed)."""
+        if not candidate.structural:
+            names = evaluate.rename_by_order(reference, built_layers)
+            return {ours: candidate.precision.get(theirs, candidate.default_precision) for ours, theirs in names.items()}
+        fast = evaluate.fast_layer_table(module, loaded)
+        of_fast = precisions_of(candidate, fast)
+        return {ours: of_fast.get(theirs, candidate.default_precision)
+                for ours, theirs in evaluate.rename_by_order(fast, built_layers).items()}
 
     def predict(candidate, module) -> tuple[float, float]:
         if design is not None:
@@ -209,14 +230,15 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
                         precisions_of, deploy, DeployRequest, anchor)
 
     walk = greedy.Walk(
-        groups=list(space.groups), choices=dict(space.choices),
+        groups=list(space.groups) if "prune" in request.moves else [], choices=dict(space.choices),
         with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
-        prune=lambda m, keep: prune(m, example, keep), predict=predict, finetune=finetune, accuracy=accuracy,
+        prune=lambda m, keep: prune(m, example, keep, like=space.groups), predict=predict, finetune=finetune, accuracy=accuracy,
         precision_moves=(lambda c: fixed_point.moves(c, list(space.layers), target)) if fixed else (
             lambda c: [(dataclasses.replace(c, precision={**c.precision, layer: "int8"}), layer)
                        for layer in costly if c.precision.get(layer) != "int8"]),
         penalty=(lambda c: fixed_point.penalty(c, analysis)) if fixed else (
-            lambda c: sum(loss for layer, loss in costly.items() if c.precision.get(layer) == "int8")))
+            lambda c: sum(loss for layer, loss in costly.items() if c.precision.get(layer) == "int8")),
+        moves=() if fixed else structure_moves(space, request.moves), active=lambda c, g: spaces.active(g, c))
     start_candidate = spaces.Candidate(keep={}, precision=dict(plan.layers), default_precision=plan.default)
     latency, memory = predict(start_candidate, teacher)
     state = start = greedy.State(start_candidate, teacher, latency, memory, base_accuracy)
@@ -244,7 +266,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
             progress(f"round {number + 1}: no further move within the accuracy floor ({stopped})")
             break
         built = _build_and_measure(state, loaded, teacher, samples, splits, request, budget_ms, target, run_dir / f"round-{number + 1}",
-                                   reference, progress, distill, deploy, DeployRequest, accuracy, anchor)
+                                   built_precisions, progress, distill, deploy, DeployRequest, accuracy, anchor)
         measured = anchor.judge(built.report) if anchor else None
         round_ = Round(walk_budget.latency_ms, stopped, state.candidate.as_dict(), state.latency_ms,
                        measured.ms if measured else None, built.validation, measured.as_dict() if measured else None,
@@ -268,6 +290,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
             budget_ms, state.latency_ms, round_.measured_ms, model_cost.errors()))
     result = _result(request, target, backend_name, loaded, splits, teacher, base_accuracy, rounds, trials, model_cost,
                      started, run_dir, space, anchor, budget_ms)
+    result["skipped"] = list(walk.skipped.values())  # moves whose model did not run or export, and why
     if design is not None:
         result["cost_model"] = {"source": "hls4ml design estimate (edgekit/backends/hls4ml_estimate.py), predicted",
                                 "widths": analysis}
@@ -414,21 +437,20 @@ class _Built:
 
 
 def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchRequest, budget_ms: float, target, folder: Path,
-                       reference, progress, distill, deploy, DeployRequest, accuracy, anchor: Anchor | None) -> _Built:
+                       built_precisions, progress, distill, deploy, DeployRequest, accuracy, anchor: Anchor | None) -> _Built:
     """Distil the chosen candidate longer, then deploy it like any model: export, calibrate its plan,
     build with the real backend, measure on the device (or predict where the device is not here)."""
     import copy
 
     candidate = state.candidate
     module = copy.deepcopy(state.module)
-    if candidate.keep:  # nothing pruned: the original weights are the best there are
+    if candidate.keep or candidate.structural:  # nothing changed: the original weights are the best there are
         progress(f"distilling the chosen candidate ({request.final_finetune_s:.0f} s at most)")
         distill(module, teacher, final_inputs(splits), seconds=request.final_finetune_s, seed=0)
     pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#{candidate.key()}")
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
-    names = evaluate.rename_by_order(reference, graph.layer_table(onnx_path))
-    precisions = {ours: candidate.precision.get(theirs, candidate.default_precision) for ours, theirs in names.items()}
+    precisions = built_precisions(candidate, module, graph.layer_table(onnx_path))
     plan = PrecisionPlan(candidate.default_precision, precisions)
     flash = None
     if request.flash_budget_mb is not None:
@@ -443,7 +465,7 @@ def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchR
                                    calibration=request.calibration, settings=request.settings, metric=request.metric,
                                    targets_dir=request.targets_dir, device=request.device, devices_file=request.devices_file)
     report = deploy(deploy_request, model=pruned, samples=samples, plan=plan,  # deploy splits it the same way
-                    beside=anchor.beside() if anchor else None)
+                    beside=anchor.beside() if anchor else None, original=loaded)
     if flash is not None:
         from edgekit.compress.shrink import stored_size
 
@@ -506,6 +528,60 @@ def _shrink(pruned, teacher, samples, splits, plan: PrecisionPlan, request: Sear
                            seconds=request.final_finetune_s)
 
 
+def _moves(space, candidate: dict) -> list[dict]:
+    """The chosen candidate's structural moves, by kind: attention heads, FFN (Linear) widths, channels."""
+    moves = []
+    for group in space.groups:
+        kept = candidate["keep"].get(group.name, group.channels)
+        if kept < group.channels:
+            move = {"group": group.name, "kind": group.kind, "from": group.channels, "to": kept}
+            if group.heads:
+                move["heads"] = {"from": group.heads, "to": kept // group.unit}
+            moves.append(move)
+    moves += [{"block": block, "kind": "drop"} for block in candidate.get("drop", [])]
+    moves += [{"layer": layer, "kind": "rank", "rank": rank} for layer, rank in candidate.get("rank", {}).items()]
+    return moves
+
+
+def structure_moves(space, allowed=MOVES) -> tuple:
+    """The walk's moves beside channel pruning: each droppable block, each factorizable layer's rank ladder."""
+    from edgekit.compress.drop import drop_blocks
+    from edgekit.compress.lowrank import factorize
+
+    def dropped(candidate, name: str) -> bool:
+        return any(name == b or name.startswith(b + ".") for b in candidate.drop)
+
+    def ranks(layer: str):
+        """One rung down the ladder per step, each about half the cost of the last (a rank costs
+        r·(in+out) MACs per position; the ladder ends where the pair costs what the layer did), so a
+        step prices one export per factorizable layer, not a bisection over dozens of ranks."""
+        ladder = space.lowrank[layer]
+
+        def below(c):
+            current = c.rank.get(layer)
+            if dropped(c, layer) or current == ladder[0]:
+                return []
+            top = ladder[-1] if current is None else current
+            half = [r for r in ladder if r <= top // 2] or [ladder[0]]
+            return [half[-1]] if current is None or half[-1] < current else []
+        return below
+
+    def factorized(layer: str):
+        def make(module, rank: int):
+            try:
+                return factorize(module, {layer: rank})
+            except BadInput as err:  # pruned below the rank: not this move
+                raise Failure(str(err)) from err
+        return make
+
+    moves = [greedy.Move("drop", block, lambda c, b=block: [] if dropped(c, b) else [0],
+                         lambda c, _, b=block: dataclasses.replace(c, drop=(*c.drop, b)),
+                         lambda m, _, b=block: drop_blocks(m, [b])) for block in space.droppable if "drop" in allowed]
+    moves += [] if "rank" not in allowed else [greedy.Move("rank", layer, ranks(layer), lambda c, r, n=layer: dataclasses.replace(c, rank={**c.rank, n: r}),
+                          factorized(layer)) for layer in space.lowrank]
+    return tuple(moves)
+
+
 def _result(request: SearchRequest, target, backend_name: str, loaded, splits, teacher, base_accuracy: float,
             rounds: list[Round], trials: Trials, model_cost, started: float, run_dir: Path, space,
             anchor: Anchor | None, budget_ms: float) -> dict:
@@ -539,11 +615,13 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
         "metric": {**metric.describe(), "scale": "accuracy values below are the metric × points / 100"},
         "accuracy": {"validation": last.accuracy_validation, "validation_original": base_accuracy,
                      # the final distillation trains on the validation inputs (unlabelled): the test split is the held-out figure
-                     "validation_held_out": not last.candidate["keep"],
+                     "validation_held_out": not (last.candidate["keep"] or last.candidate.get("drop")
+                                                 or last.candidate.get("rank")),
                      "within_max_drop": last.accuracy_validation >= base_accuracy - request.max_accuracy_drop / 100 - 1e-9,
                      "test": test, "test_original": original_test,
                      "test_drop_pt": None if test is None else round(100 * (original_test - test), 3)},
         "chosen": {"keep": {g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
+                   "moves": _moves(space, last.candidate),
                    "precision": last.report.get("precision", {}).get("planned"),
                    "candidate": last.candidate, "run_dir": str(run_dir / f"round-{shipped + 1}")},
         "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"} |

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from edgekit.errors import Failure
 from edgekit.search.greedy import Budget, State, Walk, kept
 from edgekit.search.study import Evaluation, Trials
 
@@ -38,8 +39,14 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
         for group in walk.groups:
             candidate = walk.with_keep(candidate, group.name,
                                        trial.suggest_categorical(group.name, list(walk.choices[group.name])))
-        module = walk.prune(start.module, {g.name: kept(candidate, g) for g in walk.groups})
-        latency, memory = walk.predict(candidate, module)
+        try:  # the candidate must run and export before it is timed
+            module = walk.prune(start.module, {g.name: kept(candidate, g) for g in walk.groups})
+            latency, memory = walk.predict(candidate, module)
+        except Failure as err:
+            walk.skip(candidate, f"trial {trial.number}", str(err))
+            trials.fail(trial)
+            progress(f"trial {trial.number}: skipped, {err}")
+            continue
         over = max(latency - budget.latency_ms, 0.0) / budget.latency_ms
         if budget.memory_mb is not None:
             over += max(memory - budget.memory_mb, 0.0) / budget.memory_mb

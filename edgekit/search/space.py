@@ -62,11 +62,14 @@ def align(channels: int, alignment: int, total: int) -> int:
 
 def keep_choices(group: PruneGroup, alignment: int, min_keep: float = 0.25) -> tuple[int, ...]:
     """Allowed kept counts for a group, ascending: multiples of `alignment` from about
-    min_keep * channels, and the whole group."""
+    min_keep * channels, and the whole group. An attention group keeps whole heads (at least one):
+    a head's width is the kernel's inner dimension, so the count of heads needs no alignment."""
     if not 0 < min_keep <= 1:
         raise BadInput(f"min_keep must be in (0, 1], not {min_keep}")
     if alignment < 1:
         raise BadInput(f"alignment must be positive, not {alignment}")
+    if group.heads:
+        return tuple(k * group.unit for k in range(max(1, math.ceil(min_keep * group.heads)), group.heads + 1))
     start = max(alignment, math.ceil(min_keep * group.channels / alignment) * alignment)
     return (*range(start, group.channels, alignment), group.channels)
 
@@ -82,26 +85,43 @@ def alignment_for(target: Target, precisions) -> int:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One point of the space: kept channels per group (omitted: all) and a precision per ONNX layer
-    (omitted: `default_precision`). Hashable; `key()` names it stably for caches and Optuna."""
+    """One point of the space: kept channels per group (omitted: all), a precision per ONNX layer
+    (omitted: `default_precision`), blocks dropped and layers factorized to a rank. Hashable; `key()`
+    names it stably for caches and Optuna (a candidate without drops or ranks keys as it always did)."""
 
     keep: Mapping[str, int] = field(default_factory=FrozenMap)
     precision: Mapping[str, str] = field(default_factory=FrozenMap)
     default_precision: str = "fp32"
+    drop: tuple[str, ...] = ()
+    rank: Mapping[str, int] = field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", FrozenMap(self.keep))
         object.__setattr__(self, "precision", FrozenMap(self.precision))
+        object.__setattr__(self, "drop", tuple(sorted(set(self.drop))))
+        object.__setattr__(self, "rank", FrozenMap(self.rank))
+
+    @property
+    def structural(self) -> bool:
+        """Whether the candidate changes the graph (drops or factorizations), not only channel counts."""
+        return bool(self.drop or self.rank)
 
     def as_dict(self) -> dict:
-        return {"keep": dict(self.keep), "precision": dict(self.precision), "default_precision": self.default_precision}
+        out = {"keep": dict(self.keep), "precision": dict(self.precision), "default_precision": self.default_precision}
+        if self.drop:
+            out["drop"] = list(self.drop)
+        if self.rank:
+            out["rank"] = dict(self.rank)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Candidate:
         try:
             keep = {str(k): int(v) for k, v in dict(data.get("keep") or {}).items()}
             precision = {str(k): str(v) for k, v in dict(data.get("precision") or {}).items()}
-            return cls(keep, precision, str(data.get("default_precision", "fp32")))
+            rank = {str(k): int(v) for k, v in dict(data.get("rank") or {}).items()}
+            return cls(keep, precision, str(data.get("default_precision", "fp32")),
+                       tuple(str(b) for b in data.get("drop") or ()), rank)
         except (TypeError, ValueError, AttributeError) as err:
             raise BadInput(f"not a candidate: {err}") from err
 
@@ -119,11 +139,12 @@ class Space:
     precisions: tuple[str, ...]  # the target's supported precisions
     alignment: int = 1
     lowrank: Mapping[str, tuple[int, ...]] = field(default_factory=FrozenMap)  # module → ranks that save MACs
+    droppable: tuple[str, ...] = ()  # residual blocks that can be removed whole (edgekit.compress.drop)
 
     def as_dict(self) -> dict:
         return {"groups": [g.as_dict() for g in self.groups], "choices": {k: list(v) for k, v in self.choices.items()},
                 "layers": list(self.layers), "precisions": list(self.precisions), "alignment": self.alignment,
-                "lowrank": {k: list(v) for k, v in self.lowrank.items()}}
+                "lowrank": {k: list(v) for k, v in self.lowrank.items()}, "droppable": list(self.droppable)}
 
     def candidate(self, keep: Mapping[str, int] | None = None, precision: Mapping[str, str] | None = None,
                   default_precision: str | None = None) -> Candidate:
@@ -151,6 +172,11 @@ class Space:
         keep = {g.name: min(self.choices[g.name], key=lambda c, g=g: (abs(c - ratio * g.channels), -c))
                 for g in self.groups}
         return self.candidate(keep, None, default_precision)
+
+
+def active(group: PruneGroup, candidate: Candidate) -> bool:
+    """Whether any of the group's layers is still there (not inside a dropped block)."""
+    return any(not any(m == b or m.startswith(b + ".") for b in candidate.drop) for m in group.modules)
 
 
 def example_tensors(loaded: LoadedModel) -> tuple:
@@ -183,9 +209,10 @@ def _lowrank_choices(module, alignment: int) -> FrozenMap:
 
 
 def build_space(loaded_model: LoadedModel, onnx_path: Path, target: Target, *, min_keep: float = 0.25,
-                ignored: tuple[str, ...] = (), lowrank: bool = False) -> Space:
+                ignored: tuple[str, ...] = (), lowrank: bool = True, drop: bool = True) -> Space:
     """The space for one model on one target. ONNX and TorchScript models cannot be pruned here: their
-    space holds precisions only."""
+    space holds precisions only. Low-rank ranks are multiples of the alignment that save MACs; a layer
+    whose output is the model's (a classifier) is never factorized."""
     import onnx
 
     from edgekit.calibrate.qdq import quantizable_layers
@@ -198,12 +225,20 @@ def build_space(loaded_model: LoadedModel, onnx_path: Path, target: Target, *, m
         raise BadInput(f"{onnx_path} is not a readable ONNX model ({type(err).__name__})") from err
     groups: tuple[PruneGroup, ...] = ()
     ranks = FrozenMap()
+    blocks: tuple[str, ...] = ()
     if _prunable(loaded_model):
-        groups = tuple(prune_groups(loaded_model.module, example_tensors(loaded_model), ignored=tuple(ignored)))
+        from edgekit.compress.drop import droppable_blocks
+        from edgekit.compress.prune import output_layers
+
+        example = example_tensors(loaded_model)
+        groups = tuple(prune_groups(loaded_model.module, example, ignored=tuple(ignored)))
         if lowrank:
-            ranks = _lowrank_choices(loaded_model.module, alignment)
+            outputs = set(output_layers(loaded_model.module, example)) | set(ignored)
+            ranks = FrozenMap({n: r for n, r in _lowrank_choices(loaded_model.module, alignment).items() if n not in outputs})
+        if drop:
+            blocks = tuple(droppable_blocks(loaded_model.module, example))
     choices = FrozenMap({g.name: keep_choices(g, alignment, min_keep) for g in groups})
-    return Space(groups, choices, layers, precisions, alignment, ranks)
+    return Space(groups, choices, layers, precisions, alignment, ranks, blocks)
 
 
 def _state_sha256(module) -> str:
@@ -219,12 +254,29 @@ def materialize(loaded_model: LoadedModel, candidate: Candidate) -> LoadedModel:
     """The candidate's model: a pruned copy (the original untouched), same inputs and example, spec
     suffixed `#pruned`, sha256 of the pruned weights. A candidate that prunes nothing gives the model
     itself, not a copy. Precisions are the build's business, not this."""
-    if not candidate.keep:
+    if not candidate.keep and not candidate.structural:
         return loaded_model
     if not _prunable(loaded_model):
         raise BadInput(f"model {loaded_model.spec}: only a PyTorch nn.Module can be pruned")
-    module = prune(loaded_model.module, example_tensors(loaded_model), dict(candidate.keep))
+    module = apply(loaded_model.module, example_tensors(loaded_model), candidate)
     return replace(loaded_model, spec=f"{loaded_model.spec}#pruned", module=module, sha256=_state_sha256(module))
+
+
+def apply(module, example: tuple, candidate: Candidate, groups: tuple[PruneGroup, ...] = ()):
+    """The candidate's structure on a copy of `module`: channels pruned first (group names are the
+    unchanged model's), then layers factorized, then blocks dropped. `groups`: the space's, to find a
+    group again in a model already changed (edgekit.compress.prune.prune's `like`)."""
+    from edgekit.compress.drop import drop_blocks
+    from edgekit.compress.lowrank import factorize
+
+    out = module
+    if candidate.keep:
+        out = prune(out, example, dict(candidate.keep), like=groups)
+    if candidate.rank:
+        out = factorize(out, dict(candidate.rank))
+    if candidate.drop:
+        out = drop_blocks(out, candidate.drop)
+    return out.eval() if out is not module else out
 
 
 def layer_names_map(original_onnx: Path, pruned_onnx: Path) -> dict[str, str]:

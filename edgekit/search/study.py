@@ -99,6 +99,12 @@ class Trials:
         """A running trial (for samplers that suggest parameters, e.g. NSGA-II)."""
         return self.study.ask()
 
+    def fail(self, trial) -> None:
+        """A started trial whose candidate could not be built: failed in storage, never retried as is."""
+        import optuna
+
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
     def record(self, evaluation: Evaluation, trial=None) -> Evaluation:
         """Store a finished evaluation (in `trial` when a sampler made it)."""
         trial = trial if trial is not None else self.study.ask()

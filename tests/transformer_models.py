@@ -1,0 +1,46 @@
+"""Transformer models built the way users build them, for the search's tests: a Hugging Face
+`transformers` BertModel from a config (random weights: nothing is downloaded), and its data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+VOCAB, SEQ = 1000, 64
+
+
+def bert():
+    """A small BERT encoder (2 layers, hidden 256, 4 heads, FFN 1024), eager attention; the output is
+    the last hidden state (no pooler), so the metric compares embeddings."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=VOCAB, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=1024, max_position_embeddings=SEQ, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    model.config.return_dict = False
+    ids = torch.ones(1, SEQ, dtype=torch.int64)
+    return model, {"input_ids": ids, "attention_mask": torch.ones(1, SEQ, dtype=torch.int64)}
+
+
+def bert_data(n: int = 300) -> dict[str, np.ndarray]:
+    """Random token sequences of random lengths, padded with 0 and masked."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, VOCAB, (n, SEQ), dtype=np.int64)
+    lengths = rng.integers(8, SEQ + 1, n)
+    mask = (np.arange(SEQ)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def encoder():
+    """examples/encoder.py at a size whose latency is compute, not per-op overhead (2 layers, hidden 256,
+    4 heads, sequence 64): pruning can halve it."""
+    from examples.encoder import build
+
+    return build(layers=2, dim=256, heads=4, seq=SEQ)
+
+
+def encoder_data(n: int = 300) -> dict[str, np.ndarray]:
+    from examples.encoder import data
+
+    return data(n, SEQ)
