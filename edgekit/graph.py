@@ -132,7 +132,7 @@ def _session(path: str, mtime_ns: int):
 def _quiet():
     """torch.onnx prints progress and warnings; keep the user's terminal for edgekit's own output."""
     level = logging.getLogger("torch").level
-    logging.getLogger("torch").setLevel(logging.ERROR)
+    logging.getLogger("torch").setLevel(logging.CRITICAL)  # a failed export is reported by its exception
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield

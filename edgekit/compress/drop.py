@@ -1,8 +1,9 @@
 """Layer dropping: a whole residual block (a transformer layer, a ResNet block whose shapes allow it)
 replaced by a pass-through of its input.
 
-A block can go when it is an element of an nn.ModuleList or nn.Sequential, runs once per forward, holds
-at least one Conv/Linear, and returns one tensor shaped as its first input: then the model around it
+A block can go when it is a composite element of an nn.ModuleList or nn.Sequential (a lone Linear 64→64 in
+a Sequential is a layer, not a block), runs once per forward, holds at least one Conv/Linear, and returns
+one tensor shaped as its first input: then the model around it
 still adds up, and what is lost is the block's own contribution (what the search prices by its
 validation metric after a short distillation). Blocks whose shortcut changes the shape are kept.
 """
@@ -40,8 +41,9 @@ def droppable_blocks(module, example_inputs: tuple) -> list[str]:
 
     parents = [m for m in module.modules() if isinstance(m, (nn.ModuleList, nn.Sequential))]
     names = {m: n for n, m in module.named_modules()}
-    blocks = [child for parent in parents for child in parent.children()
-              if any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in child.modules())]
+    blocks = [child for parent in parents for child in parent.children()  # composite: a layer alone is no block
+              if any(True for _ in child.children())
+              and any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in child.modules())]
     calls: dict[str, list[bool]] = {}
 
     def hook(block, inputs, output) -> None:

@@ -139,7 +139,7 @@ def _group_proposal(walk: Walk, state: State, group, slice_ms: float):
 
 def _move_proposal(walk: Walk, state: State, move: Move, slice_ms: float):
     return _proposal(walk, state, list(move.values(state.candidate)), lambda v: move.candidate(state.candidate, v),
-                     lambda v: move.module(state.module, v), lambda v: f"{move.kind} {move.name} → {v}", slice_ms)
+                     lambda v: move.module(state.module, v), lambda v: f"drop {move.name}" if move.kind == "drop" else f"rank {move.name} → {v}", slice_ms)
 
 
 def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: float, max_trials: int,

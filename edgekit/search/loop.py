@@ -13,6 +13,7 @@ A target that cannot be measured here is searched on the cost model alone; its l
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import time
@@ -225,6 +226,50 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     def accuracy(module) -> float:
         return evaluate.score(evaluate.outputs(module, splits.validation, loaded), splits.validation, validation_ref, metric)
 
+    def int8_validation(built: _Built) -> float | None:
+        """The built Q/DQ model's metric on the validation split, in ONNX Runtime (None: nothing is int8)."""
+        qdq = built.folder / "model.int8.onnx"
+        if fixed or not qdq.exists() or "int8" not in set(built.precisions.values()) | {built.report.get("precision", {}).get("label")}:
+            return None
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"])
+        out = np.concatenate([session.run(None, splits.validation.sample(i))[0] for i in range(len(splits.validation))])
+        return evaluate.score(out, splits.validation, validation_ref, metric)
+
+    def with_qat(built: _Built, state) -> _Built:
+        """Quantization-aware fine-tuning when post-training int8 puts the candidate below the allowed drop
+        on validation (and time allows one more distillation and build): built in `qat/` beside it, kept if
+        its int8 metric is higher; search.json reports both."""
+        from edgekit.calibrate.run import symmetric_activations
+        from edgekit.compress.qat import qat
+
+        ptq = int8_validation(built)
+        if ptq is None:
+            return built
+        floor = base_accuracy - request.max_accuracy_drop / 100
+        built.report["qat"] = {"ptq_validation": ptq, "floor": floor, "tried": False}
+        if ptq >= floor or time.monotonic() + request.final_finetune_s + BUILD_RESERVE_S > deadline:
+            return built
+        progress(f"post-training int8 is {100 * (base_accuracy - ptq):.2f} pt below the original on validation: "
+                 f"quantization-aware fine-tuning ({request.final_finetune_s:.0f} s at most)")
+        module = copy.deepcopy(built.module)
+        report = qat(module, teacher, final_inputs(splits), method=built.report.get("calibration", {}).get("method") or "mse",
+                     symmetric=symmetric_activations(target), weight_bits=target.quantization.weight_bits,
+                     seconds=request.final_finetune_s)
+        trained = _build_and_measure(state, loaded, teacher, samples, splits, request, budget_ms, target,
+                                     built.folder / "qat", built_precisions, progress, distill, deploy, DeployRequest,
+                                     accuracy, anchor, finetuned=module)
+        after = int8_validation(trained)
+        kept = after is not None and after > ptq
+        record = {"ptq_validation": ptq, "qat_validation": after, "floor": floor, "tried": True, "kept": kept,
+                  "folder": "qat", **report.as_dict()}
+        progress(f"quantization-aware fine-tuning: validation {ptq:.4f} → {after:.4f} ({'kept' if kept else 'not kept'})")
+        chosen = trained if kept else built
+        chosen.report["qat"] = record
+        write_json(chosen.folder / "report.json", chosen.report)
+        return chosen
+
     if (target.local or device is not None) and model_cost.table.measured and not trials.evaluations():
         _calibrate_cost(model_cost, run_dir, loaded, teacher, samples, space, plan, reference, request, progress,
                         precisions_of, deploy, DeployRequest, anchor)
@@ -267,6 +312,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
             break
         built = _build_and_measure(state, loaded, teacher, samples, splits, request, budget_ms, target, run_dir / f"round-{number + 1}",
                                    built_precisions, progress, distill, deploy, DeployRequest, accuracy, anchor)
+        built = with_qat(built, state)
         measured = anchor.judge(built.report) if anchor else None
         round_ = Round(walk_budget.latency_ms, stopped, state.candidate.as_dict(), state.latency_ms,
                        measured.ms if measured else None, built.validation, measured.as_dict() if measured else None,
@@ -434,17 +480,20 @@ class _Built:
     onnx_path: Path
     precisions: dict[str, str]  # by the built ONNX's layer names
     validation: float  # accuracy of the distilled model on the validation split (fp32 weights)
+    module: object = None  # the distilled module that was built
+    folder: Path | None = None
 
 
 def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchRequest, budget_ms: float, target, folder: Path,
-                       built_precisions, progress, distill, deploy, DeployRequest, accuracy, anchor: Anchor | None) -> _Built:
+                       built_precisions, progress, distill, deploy, DeployRequest, accuracy, anchor: Anchor | None,
+                       finetuned=None) -> _Built:
     """Distil the chosen candidate longer, then deploy it like any model: export, calibrate its plan,
     build with the real backend, measure on the device (or predict where the device is not here)."""
     import copy
 
     candidate = state.candidate
-    module = copy.deepcopy(state.module)
-    if candidate.keep or candidate.structural:  # nothing changed: the original weights are the best there are
+    module = copy.deepcopy(finetuned if finetuned is not None else state.module)
+    if finetuned is None and (candidate.keep or candidate.structural):  # unchanged: the original weights are the best
         progress(f"distilling the chosen candidate ({request.final_finetune_s:.0f} s at most)")
         distill(module, teacher, final_inputs(splits), seconds=request.final_finetune_s, seed=0)
     pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#{candidate.key()}")
@@ -476,7 +525,7 @@ def _build_and_measure(state, loaded, teacher, samples, splits, request: SearchR
                            "action": flash.action.as_dict(), "ladder": [
                                {**step.action.as_dict(), "compressed_mb": round(step.compressed_mb, 6), "met": step.met}
                                for step in flash.steps]}
-    return _Built(report, onnx_path, precisions, accuracy(module))
+    return _Built(report, onnx_path, precisions, accuracy(module), module, folder)
 
 
 def _checkable(request: SearchRequest, target) -> bool:
@@ -606,6 +655,7 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
                    "met": judged is not None and judged <= budget_ms and (flash is None or flash["met"]),
                    "judged_on": "measured" if last.measured_ms is not None else "predicted"},
         "flash": flash,
+        "qat": last.report.get("qat"),  # post-training vs quantization-aware int8 on validation, when int8 fell short
         "latency_ms": {"predicted": last.predicted_ms, "measured": last.measured_ms, "side_by_side": last.measurement,
                        "original_ms": anchor.p50_ms if anchor else None, "how": None if anchor is None else (
                            "measured: the candidate timed side by side with the original float engine, in alternating "
@@ -623,7 +673,8 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
         "chosen": {"keep": {g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
                    "moves": _moves(space, last.candidate),
                    "precision": last.report.get("precision", {}).get("planned"),
-                   "candidate": last.candidate, "run_dir": str(run_dir / f"round-{shipped + 1}")},
+                   "candidate": last.candidate, "run_dir": str(run_dir / f"round-{shipped + 1}"
+                                                                  / ("qat" if (last.report.get("qat") or {}).get("kept") else ""))},
         "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"} |
                    {"cost_model_error": None if r.measured_ms is None else round(r.predicted_ms / r.measured_ms - 1, 4)}
                    for r in rounds],
