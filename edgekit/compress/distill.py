@@ -102,12 +102,15 @@ def _is_classifier(out) -> bool:
     return out.dim() == 2 and out.shape[1] > 1 and out.is_floating_point()
 
 
-def _loss(student_out, teacher_out, temperature: float):
+OBJECTIVES = ("auto", "mse")  # auto: KL for class scores, MSE otherwise; mse: MSE on every output
+
+
+def _loss(student_out, teacher_out, temperature: float, objective: str = "auto"):
     import torch.nn.functional as F
 
     total = 0.0
     for s, t in zip(_flat(student_out), _flat(teacher_out), strict=True):
-        if _is_classifier(t):
+        if objective == "auto" and _is_classifier(t):
             log_p = F.log_softmax(s / temperature, dim=1)
             q = F.softmax(t / temperature, dim=1)
             total = total + F.kl_div(log_p, q, reduction="batchmean") * temperature**2
@@ -126,26 +129,32 @@ def default_lr(model) -> float:
     return 1e-4 if any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()) else 1e-3
 
 
-def _plain_loss(student, teacher, tensors: list, temperature: float) -> float:
+def _plain_loss(student, teacher, tensors: list, temperature: float, objective: str = "auto") -> float:
     import torch
 
     args = [t[:CHECK_SAMPLES] for t in tensors]
     student.eval()
     with torch.no_grad():
-        return float(_loss(student(*args), teacher(*args), temperature))
+        return float(_loss(student(*args), teacher(*args), temperature, objective))
 
 
 def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float = 60, epochs: int = 30,
-            lr: float | None = None, temperature: float = 2.0, batch: int = 32, seed: int = 0) -> DistillReport:
+            lr: float | None = None, temperature: float = 2.0, batch: int = 32, seed: int = 0,
+            objective: str = "auto") -> DistillReport:
     """Train `student` in place to match `teacher` on `inputs` ([N, ...] arrays in the model's input
     order); returns when `epochs` are done or `seconds` are spent, whichever comes first (at least one
     step runs). The student comes back in eval mode; the teacher is put in eval mode and only read.
-    The same seed and thread count give the same weights. `lr`: default_lr(student) unless given."""
+    The same seed and thread count give the same weights. `lr`: default_lr(student) unless given.
+    `objective`: "mse" where the task metric compares outputs as vectors (cosine, relative MSE): the KL of
+    a random head's near-uniform class scores is too flat to train on (a 2-layer encoder's QAT only ever
+    made it worse)."""
     import copy
 
     import torch
 
     lr = default_lr(student) if lr is None else lr
+    if objective not in OBJECTIVES:
+        raise BadInput(f"distill: objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
     n = _check(inputs, seconds, epochs, lr, temperature, batch)
     if student is teacher:
         raise BadInput("distill: the student must be a copy, not the teacher itself")
@@ -153,7 +162,7 @@ def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float =
     per_epoch = len(_batches(torch.arange(n), batch))
     planned = epochs * per_epoch
     teacher.eval()
-    before = _plain_loss(student, teacher, tensors, temperature)
+    before = _plain_loss(student, teacher, tensors, temperature, objective)
     start_state = copy.deepcopy(student.state_dict())
     losses: list[float] = []
     stopped_by = "epochs"
@@ -169,7 +178,7 @@ def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float =
                 args = [_augment(a, generator) if a.dim() == 4 and a.is_floating_point() else a for a in args]
                 with torch.no_grad():
                     target = teacher(*args)
-                loss = _loss(student(*args), target, temperature)
+                loss = _loss(student(*args), target, temperature, objective)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -182,7 +191,7 @@ def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float =
                     break
             if stopped_by == "time":
                 break
-    kept = _plain_loss(student, teacher, tensors, temperature) <= before
+    kept = _plain_loss(student, teacher, tensors, temperature, objective) <= before
     if not kept:
         student.load_state_dict(start_state)
     student.eval()
@@ -195,6 +204,6 @@ def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float =
         first_loss=float(np.mean(losses[:per_epoch])),
         last_loss=float(np.mean(losses[-per_epoch:])),
         stopped_by=stopped_by,
-        loss="kl" if _is_classifier(probe) else "mse",
+        loss="kl" if objective == "auto" and _is_classifier(probe) else "mse",
         kept=kept,
     )

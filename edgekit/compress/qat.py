@@ -122,7 +122,7 @@ def fake_quantized(layers: dict[str, object], activations: dict[str, QParams], w
 
 def qat(student, teacher, inputs: dict[str, np.ndarray], *, method: str = "mse", symmetric: bool = False,
         weight_bits: int = 8, seconds: float = 60.0, epochs: int = 100, lr: float | None = None, layers=None,
-        seed: int = 0) -> QatReport:
+        seed: int = 0, objective: str = "auto") -> QatReport:
     """Fine-tune `student` in place through fake quantization, distilled from `teacher` on `inputs`;
     `layers` (module names) limits it to the layers the plan makes int8 (default: every Conv/Linear).
     `lr`: LR_FACTOR × distillation's default unless given."""
@@ -136,5 +136,5 @@ def qat(student, teacher, inputs: dict[str, np.ndarray], *, method: str = "mse",
         activations = activation_qparams(student, inputs, found, method=method, symmetric=symmetric)
         with fake_quantized(found, activations, weight_bits):
             report = distill(student, teacher, inputs, seconds=seconds / STAGES, epochs=max(1, epochs // STAGES),
-                             lr=lr, seed=seed + stage)
+                             lr=lr, seed=seed + stage, objective=objective)
     return QatReport(len(found), method, weight_bits, report)

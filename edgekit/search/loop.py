@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -40,7 +41,8 @@ from edgekit.targets import load_target
 from edgekit.util import write_json
 
 STRATEGIES = ("greedy", "nsga")
-MOVES = ("prune", "drop", "rank")  # channels/heads/FFN widths, whole blocks, low-rank layers (the greedy walk)
+MOVES = ("prune", "drop", "rank")
+VECTOR_METRICS = ("cosine", "rel-mse", "psnr")  # outputs compared as vectors: distilled by MSE, not KL  # channels/heads/FFN widths, whole blocks, low-rank layers (the greedy walk)
 MAX_ROUNDS = 4  # closed-loop rounds: build, measure, tighten
 STEP_FINETUNE_S = 5.0  # distillation of each proposal
 # A proposal's accuracy after its short distillation understates what the chosen candidate's longer one
@@ -220,6 +222,9 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
         memory = cost.estimate_memory(layers, precisions, candidate.default_precision).total_mb
         return model_cost.predict(layers, precisions, candidate.default_precision).p50, memory
 
+    objective = "mse" if metric.name in VECTOR_METRICS else "auto"  # what distillation minimises
+    distill = functools.partial(distill, objective=objective)
+
     def finetune(module) -> None:
         distill(module, teacher, splits.calibration.inputs, seconds=request.step_finetune_s, seed=0)
 
@@ -256,7 +261,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
         module = copy.deepcopy(built.module)
         report = qat(module, teacher, final_inputs(splits), method=built.report.get("calibration", {}).get("method") or "mse",
                      symmetric=symmetric_activations(target), weight_bits=target.quantization.weight_bits,
-                     seconds=request.final_finetune_s)
+                     seconds=request.final_finetune_s, objective=objective)
         trained = _build_and_measure(state, loaded, teacher, samples, splits, request, budget_ms, target,
                                      built.folder / "qat", built_precisions, progress, distill, deploy, DeployRequest,
                                      accuracy, anchor, finetuned=module)
