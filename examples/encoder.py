@@ -8,7 +8,10 @@ before training (normal, std 0.02). The attention is written as timm writes it (
 whole heads; `build_base` is a realistic size for benchmarks (6 layers, hidden 384, sequence 64).
 
     edgekit deploy --target host --model examples.encoder:build --data examples.encoder:data
-    edgekit search --target host --model examples.encoder:build --data examples.encoder:data --speedup 2 --metric cosine
+
+At the default size a run takes 0.14 ms, mostly per-op overhead: a search cannot halve it (measured,
+`--speedup 2 --metric cosine`: 0.95× after pruning 2 of 4 heads). The search's tests use it at hidden
+256 and sequence 64 (tests/transformer_models.py), where pruning heads and FFN widths does halve it.
 """
 
 from __future__ import annotations

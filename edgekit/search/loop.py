@@ -28,21 +28,21 @@ from edgekit import cost, graph
 from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.data import load_data, split
-from edgekit.errors import BadInput, Failure
+from edgekit.errors import BadInput
 from edgekit.metrics import Metric, choose_metric
 from edgekit.models import load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings
 from edgekit.search import evaluate, fixed_point, greedy, nsga
 from edgekit.search.anchor import Anchor, timed_original
+from edgekit.search.moves import MOVES, chosen_moves, structure_moves
 from edgekit.search.study import Evaluation, Trials
 from edgekit.search_report import write_search_report
 from edgekit.targets import load_target
 from edgekit.util import write_json
 
 STRATEGIES = ("greedy", "nsga")
-MOVES = ("prune", "drop", "rank")
-VECTOR_METRICS = ("cosine", "rel-mse", "psnr")  # outputs compared as vectors: distilled by MSE, not KL  # channels/heads/FFN widths, whole blocks, low-rank layers (the greedy walk)
+VECTOR_METRICS = ("cosine", "rel-mse", "psnr")  # outputs compared as vectors: distilled by MSE, not KL
 MAX_ROUNDS = 4  # closed-loop rounds: build, measure, tighten
 STEP_FINETUNE_S = 5.0  # distillation of each proposal
 # A proposal's accuracy after its short distillation understates what the chosen candidate's longer one
@@ -582,60 +582,6 @@ def _shrink(pruned, teacher, samples, splits, plan: PrecisionPlan, request: Sear
                            seconds=request.final_finetune_s)
 
 
-def _moves(space, candidate: dict) -> list[dict]:
-    """The chosen candidate's structural moves, by kind: attention heads, FFN (Linear) widths, channels."""
-    moves = []
-    for group in space.groups:
-        kept = candidate["keep"].get(group.name, group.channels)
-        if kept < group.channels:
-            move = {"group": group.name, "kind": group.kind, "from": group.channels, "to": kept}
-            if group.heads:
-                move["heads"] = {"from": group.heads, "to": kept // group.unit}
-            moves.append(move)
-    moves += [{"block": block, "kind": "drop"} for block in candidate.get("drop", [])]
-    moves += [{"layer": layer, "kind": "rank", "rank": rank} for layer, rank in candidate.get("rank", {}).items()]
-    return moves
-
-
-def structure_moves(space, allowed=MOVES) -> tuple:
-    """The walk's moves beside channel pruning: each droppable block, each factorizable layer's rank ladder."""
-    from edgekit.compress.drop import drop_blocks
-    from edgekit.compress.lowrank import factorize
-
-    def dropped(candidate, name: str) -> bool:
-        return any(name == b or name.startswith(b + ".") for b in candidate.drop)
-
-    def ranks(layer: str):
-        """One rung down the ladder per step, each about half the cost of the last (a rank costs
-        r·(in+out) MACs per position; the ladder ends where the pair costs what the layer did), so a
-        step prices one export per factorizable layer, not a bisection over dozens of ranks."""
-        ladder = space.lowrank[layer]
-
-        def below(c):
-            current = c.rank.get(layer)
-            if dropped(c, layer) or current == ladder[0]:
-                return []
-            top = ladder[-1] if current is None else current
-            half = [r for r in ladder if r <= top // 2] or [ladder[0]]
-            return [half[-1]] if current is None or half[-1] < current else []
-        return below
-
-    def factorized(layer: str):
-        def make(module, rank: int):
-            try:
-                return factorize(module, {layer: rank})
-            except BadInput as err:  # pruned below the rank: not this move
-                raise Failure(str(err)) from err
-        return make
-
-    moves = [greedy.Move("drop", block, lambda c, b=block: [] if dropped(c, b) else [0],
-                         lambda c, _, b=block: dataclasses.replace(c, drop=(*c.drop, b)),
-                         lambda m, _, b=block: drop_blocks(m, [b])) for block in space.droppable if "drop" in allowed]
-    moves += [] if "rank" not in allowed else [greedy.Move("rank", layer, ranks(layer), lambda c, r, n=layer: dataclasses.replace(c, rank={**c.rank, n: r}),
-                          factorized(layer)) for layer in space.lowrank]
-    return tuple(moves)
-
-
 def _result(request: SearchRequest, target, backend_name: str, loaded, splits, teacher, base_accuracy: float,
             rounds: list[Round], trials: Trials, model_cost, started: float, run_dir: Path, space,
             anchor: Anchor | None, budget_ms: float) -> dict:
@@ -676,7 +622,7 @@ def _result(request: SearchRequest, target, backend_name: str, loaded, splits, t
                      "test": test, "test_original": original_test,
                      "test_drop_pt": None if test is None else round(100 * (original_test - test), 3)},
         "chosen": {"keep": {g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
-                   "moves": _moves(space, last.candidate),
+                   "moves": chosen_moves(space, last.candidate),
                    "precision": last.report.get("precision", {}).get("planned"),
                    "candidate": last.candidate, "run_dir": str(run_dir / f"round-{shipped + 1}"
                                                                   / ("qat" if (last.report.get("qat") or {}).get("kept") else ""))},
