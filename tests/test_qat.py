@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from edgekit import graph
 from edgekit.calibrate.run import CalibrationOptions, calibrate
@@ -22,39 +20,22 @@ from edgekit.errors import BadInput
 from edgekit.models import InputSpec, LoadedModel
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import load_target
+from tests import qat_models
+from tests.qat_models import _digits
 
-OUTLIER = 64.0
 OPTIONS = CalibrationOptions(method="minmax", equalization="off")  # equalization would undo the outliers itself
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x, y = (d.data / 16).astype(np.float32), d.target
-    order = np.random.default_rng(0).permutation(len(x))
-    return x, y, order[:1200], order[1200:]
+    """Inputs, labels, the 1200 samples tests/qat_models.py trains on, and the rest (the test split)."""
+    x, y = _digits()
+    return x, y, np.arange(1200), np.arange(1200, len(x))
 
 
 @pytest.fixture(scope="module")
-def outlier_mlp(digits):
-    x, y, train, _ = digits
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
-    inputs, labels = torch.from_numpy(x[train]), torch.from_numpy(y[train])
-    for _ in range(300):
-        loss = nn.functional.cross_entropy(model(inputs), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        for channel in (0, 1):
-            model[0].weight[channel] *= OUTLIER
-            model[0].bias[channel] *= OUTLIER
-            model[2].weight[:, channel] /= OUTLIER
-    return model.eval()
+def outlier_mlp():
+    return qat_models.outlier_mlp()[0]
 
 
 def _int8_accuracy(module, digits, folder) -> tuple[float, float]:
