@@ -43,6 +43,13 @@ def machine() -> dict:
             "date": dt.date.today().isoformat(), "versions": versions()}
 
 
+def int8_isa(machine: dict) -> str:
+    """What int8 runs on here, from the CPU's flags (never assumed): AMX, VNNI, or AVX2 without either."""
+    isa = machine["isa"]
+    found = [f for f in isa if "vnni" in f or f.startswith("amx")]
+    return f"int8 with {', '.join(found)}" if found else "no VNNI or AMX: int8 uses AVX2" if "avx2" in isa else "no AVX2"
+
+
 def timing_args(parser) -> None:
     """The options every benchmark shares: interleaved rounds, block size, threads, model filter, output."""
     from pathlib import Path

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import interleaved, percentiles, run_models, timing_args
+from common import int8_isa, interleaved, percentiles, run_models, timing_args
 
 from edgekit import cost, graph
 from edgekit.backends.base import Artifact, get_backend
@@ -142,7 +142,7 @@ def to_markdown(report: dict) -> str:
     m = report["machine"]
     v = m["versions"]
     lines = [f"# Post-training int8 in OpenVINO: edgekit vs NNCF vs ONNX Runtime, {m['date']}", "",
-             f"Machine: {m['cpu']}, ISA {', '.join(m['isa'])} (no VNNI: int8 uses AVX2), {m['cores']} cores, threads {report['threads']}; "
+             f"Machine: {m['cpu']}, ISA {', '.join(m['isa'])} ({int8_isa(m)}), {m['cores']} cores, threads {report['threads']}; "
              f"measured peaks {m['peak_gops']} GOPS. OpenVINO {v.get('openvino')}, NNCF {v.get('nncf')}, ONNX Runtime {v.get('onnxruntime')}. "
              f"Latency: {report['rounds']} interleaved rounds × {report['block']} inferences per engine, batch 1, all measured; "
              "ratio = int8 p50 / fp32 p50 per round (below 1: int8 is faster). Accuracy on the test split (never seen by calibration).", ""]

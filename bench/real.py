@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-from common import interleaved, percentiles, run_models, timing_args
+from common import int8_isa, interleaved, percentiles, run_models, timing_args
 
 from edgekit import cost, graph, ocr_zoo
 from edgekit.backends.base import Artifact, get_backend
@@ -326,10 +326,9 @@ def _note(name: str, row: dict, defaults: int | None = None) -> str:
 def to_markdown(report: dict) -> str:
     m = report["machine"]
     v = m["versions"]
-    vnni = [f for f in m["isa"] if "vnni" in f]
     lines = [f"# Int8 on real pretrained models (PaddleOCR via rapidocr): edgekit vs NNCF vs ONNX Runtime, {m['date']}", "",
              f"Machine: {m['cpu']}, ISA {', '.join(m['isa'])} "
-             f"({'VNNI: ' + ', '.join(vnni) if vnni else 'no VNNI: int8 uses AVX2'}), {m['cores']} cores, "
+             f"({int8_isa(m)}), {m['cores']} cores, "
              f"threads {report['threads']} for every engine (OpenVINO CPU: latency hint, 1 stream; ONNX Runtime: intra-op {report['threads']}, "
              f"inter-op 1); measured peaks {', '.join(f'{p} {g:.0f}' for p, g in m['peak_gops'].items())} GOPS. OpenVINO {v.get('openvino')}, NNCF {v.get('nncf')}, "
              f"ONNX Runtime {v.get('onnxruntime')}, edgekit {v.get('edgekit')}. Shared 2-core machine: absolute times drift; the "

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import BUDGET_MISSED, EdgekitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the fastest version of a model that meets its budget on a device, and ship it.")
@@ -53,6 +53,16 @@ RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="A data recipe 
 InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="[NAME:]D1,D2,..[:DTYPE], repeatable (TorchScript, factories without examples).")]
 
 
+def _folder_or_new(path: Path | None) -> Path | None:
+    """--out names a folder to write into (made if missing): an existing file there is a mistake, not a crash."""
+    for part in () if path is None else (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            from edgekit.errors import BadInput
+
+            raise BadInput(f"--out {path}: {part} is a file; name a folder (it is made if missing)")
+    return path
+
+
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     STATE["debug"] = debug
@@ -81,7 +91,8 @@ def deploy(
     target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or YAML file.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help=".onnx, .pt/.ts, .pt2 or pkg.module:factory (default: the digits demo).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help=".npz, a folder of .npy or images, or pkg.module:factory.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_folder_or_new,
+                                                 help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 for every layer, or mixed: int8 where the sensitivity analysis "
                                                       "finds it harmless and faster, never slower than fp32 (default: fp32 where the target runs it).")] = None,
     plan: PlanFile = None,
@@ -142,8 +153,9 @@ def deploy(
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if as_json:
         _print_json(report)
-        return
-    _print_summary(report)
+    else:
+        _print_summary(report)
+    _exit_on_missed_budget((report.get("budget") or {}).get("met", True))
 
 
 @app.command()
@@ -154,7 +166,8 @@ def search(
                                                        "the original float model, timed side by side on the device.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="PyTorch model: pkg.module:factory, .pt/.ts or .pt2 (default: the digits demo).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data: split into calibration, validation and test.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-search-TIME).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_folder_or_new,
+                                                 help="Run directory (default runs/MODEL-TARGET-search-TIME).")] = None,
     memory_budget_mb: Annotated[float | None, typer.Option(help="Weights + peak activations must fit in this many MB.")] = None,
     flash_budget_mb: Annotated[float | None, typer.Option(help="The shipped engine's files, compressed, must fit in this many MB "
                                                                "(sparsity and weight sharing, measured).")] = None,
@@ -193,8 +206,16 @@ def search(
         result = run_search(request, progress=lambda line: (status.update(f"[bold]{line}[/]…"), err.print(f"  {line}")))
     if as_json:
         _print_json(result)
-        return
-    _print_search(result)
+    else:
+        _print_search(result)
+    _exit_on_missed_budget(result["budget"]["met"])
+
+
+def _exit_on_missed_budget(met: bool) -> None:
+    """A script or CI job must tell a missed budget from success without reading the report (README: Errors)."""
+    if not met:
+        err.print(f"edgekit: the budget was missed (exit {BUDGET_MISSED})", soft_wrap=True)
+        raise typer.Exit(BUDGET_MISSED)
 
 
 def _move_text(move: dict) -> str:
@@ -243,7 +264,8 @@ def calibrate(
     target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or YAML file.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model spec (default: the digits demo).")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Calibration data (default: the demo's digits).")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_folder_or_new,
+                                                 help="Run directory (default runs/MODEL-TARGET-TIME).")] = None,
     precision: Annotated[str, typer.Option(help="int8 (every layer the plan allows) or mixed (the sensitivity analysis decides).")] = "int8",
     plan: PlanFile = None,
     method: Method = "auto",
@@ -284,8 +306,7 @@ def calibrate(
         out.print(f"  kept float: {layer}: {why}")
     if "mixed" in report["precision"]:
         out.print(f"mixed: {_mixed_line(report['precision']['mixed'])}")
-    for warning in cal["warnings"]:
-        err.print(f"[yellow]warning:[/] {warning}")
+    _print_warnings(report)
     for name, path in report["artifacts"].items():
         if isinstance(path, str):
             out.print(f"  {name:<26} {Path(report['run_dir']) / path}")
@@ -354,6 +375,13 @@ def _print_summary(report: dict) -> None:
     table.add_row("status", escape(report["status"]))
     table.add_row("run directory", report["run_dir"])
     out.print(table)
+    _print_warnings(report)
+
+
+def _print_warnings(report: dict) -> None:
+    """Weak data and calibration: one line each, on stderr (also in report.json)."""
+    for warning in (report.get("data") or {}).get("warnings", []) + (report.get("calibration") or {}).get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 @app.command()
@@ -364,7 +392,8 @@ def inspect(
                                               "latency gain on the target; writes sensitivity.json.")] = False,
     target: Annotated[str, typer.Option("--target", "-t", help="Target for --sensitivity.")] = "host",
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data for --sensitivity (default: the demo's digits).")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Where --sensitivity writes (default runs/MODEL-TARGET-TIME).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_folder_or_new,
+                                                 help="Where --sensitivity writes (default runs/MODEL-TARGET-TIME).")] = None,
     backend: Annotated[str | None, typer.Option(help="Measure with this backend instead of the target's.")] = None,
     method: Method = "auto",
     calibration_samples: CalSamples = None,
@@ -489,7 +518,8 @@ def profile(
 @fleet_app.command("build")
 def fleet_build(
     manifest: Annotated[Path, typer.Argument(help="fleet.yaml: the device classes, their models, data and budgets.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where the bundles, signatures and OTA artifacts go.")] = Path("dist"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", callback=_folder_or_new,
+                                          help="Where the bundles, signatures and OTA artifacts go.")] = Path("dist"),
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (a local Ray instance, or $RAY_ADDRESS).")] = "local",
     jobs: Annotated[int, typer.Option(help="Local builds at once (measured builds need the machine to themselves: keep 1).")] = 1,
     key: Annotated[Path | None, typer.Option("--key", help="ed25519 signing key (default: the fleet's signing_key, made if missing).")] = None,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.data_checks import check_range, check_samples
 from edgekit.errors import BadInput
 from edgekit.models import InputSpec
 from edgekit.util import sha256_bytes
@@ -31,13 +32,14 @@ class Samples:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    warnings: tuple[str, ...] = ()  # weak data (edgekit.data_checks), carried into every report
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
     def subset(self, index: np.ndarray, part: str) -> Samples:
         labels = None if self.labels is None else self.labels[index]
-        return Samples({k: v[index] for k, v in self.inputs.items()}, labels, f"{self.source}[{part}]")
+        return Samples({k: v[index] for k, v in self.inputs.items()}, labels, f"{self.source}[{part}]", self.warnings)
 
     def sample(self, i: int) -> dict[str, np.ndarray]:
         """One sample as a batch of one, ready for a runtime."""
@@ -92,7 +94,7 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: tuple[InputSpec, ...], sou
         raise BadInput(f"data {source}: {len(labels)} labels for {len(next(iter(inputs.values())))} samples")
     if len(next(iter(inputs.values()))) == 0:
         raise BadInput(f"data {source}: no samples")
-    return Samples(inputs, labels, source)
+    return Samples(inputs, labels, source, check_samples(inputs, source))
 
 
 def _conform(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
@@ -110,6 +112,7 @@ def _conform(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
             raise BadInput(f"data {source}: input '{spec.name}' is {spec.dtype} but the data holds non-integer values")
     if want.kind == "f" and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise BadInput(f"data {source}: input '{spec.name}' holds NaN or Inf values")
+    check_range(array, want, spec.name, source)
     return np.ascontiguousarray(array.astype(want, copy=False))
 
 

@@ -7,9 +7,11 @@ folder; the rest of the set (never seen in training) is the demo's calibration/v
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
-from edgekit.util import cache_dir, sha256_bytes
+from edgekit.util import atomic_write_bytes, cache_dir, sha256_bytes
 
 RECIPE = "digits-cnn-v1: c16-c32-pool-c64-c64-gap-fc10, bn, adamw lr=3e-3 cosine, 24 epochs, bs=64, seed=0"
 TRAIN_FRACTION = 0.55
@@ -92,10 +94,9 @@ def trained(model, train, path) -> None:
         train(model)
     finally:
         torch.set_num_threads(threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # a unique temp file: processes training at once do not collide
 
 
 def build():

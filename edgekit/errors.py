@@ -1,6 +1,9 @@
 """Errors users see: one line, a stable exit code, never a traceback (unless --debug)."""
 
 
+BUDGET_MISSED = 3  # deploy and search: the run completed but a budget was not met (a script's signal)
+
+
 class EdgekitError(Exception):
     """Base of every error meant for the user; the CLI prints `str(err)` on one line."""
 

@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgekit-cache"))
+def _isolated_cache(tmp_path_factory, worker_id):
+    """One fresh cache per run, shared by pytest-xdist's workers (the demo is trained and the host's peaks
+    measured once, not once per worker); every cache write is atomic, so workers may race on it."""
+    run_root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    cache = run_root / "edgekit-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["EDGEKIT_CACHE_DIR"] = str(cache)
     os.environ.pop("EDGEKIT_TARGETS_PATH", None)
     yield
 

@@ -8,19 +8,15 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
+from edgekit.agent.client import AgentClient, AgentRefused, AgentUnreachable, JobFailed
+from edgekit.errors import Failure
+from edgekit.util import sha256_bytes
+from tests.agents import Agent, multipart
 from tests.conftest import run_cli
-
-httpx = pytest.importorskip("httpx", reason="httpx (edgekit[agent]) is not installed")
-pytest.importorskip("fastapi", reason="fastapi (edgekit[agent]) is not installed")
-pytest.importorskip("uvicorn", reason="uvicorn (edgekit[agent]) is not installed")
-
-from edgekit.agent.client import AgentClient, AgentRefused, AgentUnreachable, JobFailed  # noqa: E402
-from edgekit.errors import Failure  # noqa: E402
-from edgekit.util import sha256_bytes  # noqa: E402
-from tests.agents import Agent, multipart  # noqa: E402
 
 SHORT = {"duration": 0.2, "repeats": 30, "warmup_s": 0.05, "layer_runs": 5}
 TINY = {"duration": 0, "repeats": 5, "warmup": 0, "warmup_s": 0, "layer_runs": 0}
@@ -82,8 +78,6 @@ def ir(tmp_path_factory, demo_onnx) -> Path:
 @pytest.fixture(scope="module")
 def tflite(tmp_path_factory, demo_model, demo_onnx) -> Path:
     """The demo as an fp32 .tflite, converted from the PyTorch module as for a Raspberry Pi."""
-    pytest.importorskip("litert_torch", reason="litert-torch (edgekit[tflite]) is not installed")
-    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (edgekit[tflite]) is not installed")
     from edgekit.backends.base import BuildContext, get_backend
     from edgekit.plan import PrecisionPlan
     from edgekit.targets import load_target

@@ -25,6 +25,10 @@ def _files(tmp_path, demo_onnx):
     import numpy as np
 
     np.savez(tmp_path / "wrong-shape.npz", x=np.zeros((10, 3, 32, 32), np.float32))
+    np.savez(tmp_path / "zeros.npz", x=np.zeros((60, 1, 8, 8), np.float32))
+    np.savez(tmp_path / "near-constant.npz", x=1 + 1e-9 * np.random.default_rng(0).random((60, 1, 8, 8)))
+    np.savez(tmp_path / "one-repeated.npz", x=np.repeat(np.random.default_rng(0).random((1, 1, 8, 8)), 40, axis=0))
+    (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.xml").write_text("<net><layers>")
     (tmp_path / "broken.bin").write_bytes(b"")
@@ -49,6 +53,11 @@ CASES = {
     "corrupt engine file": (["profile", "{d}/broken.xml", "-t", "host"], 2, "OpenVINO cannot load broken.xml: not a valid IR"),
     "engine file with a bad layer": (["profile", "{d}/bad-layer.xml", "-t", "host"], 2, "missing mandatory attribute"),
     "missing module": (["inspect", "no_such_pkg.models:build"], 2, "cannot import module"),
+    "calibration data all zeros": (["deploy", "-t", "host", "--precision", "int8", "--data", "{d}/zeros.npz"], 2, "nothing varies"),
+    "near-constant data": (["deploy", "-t", "host", "--data", "{d}/near-constant.npz"], 2, "nothing varies"),
+    "one sample repeated": (["deploy", "-t", "host", "--data", "{d}/one-repeated.npz"], 2, "all 40 samples are the same sample"),
+    "--out is a file": (["deploy", "-t", "host", "--out", "{d}/a-file"], 2, "is a file; name a folder"),
+    "--out under a file": (["search", "-t", "host", "--speedup", "2", "--out", "{d}/a-file/run"], 2, "is a file; name a folder"),
 }
 
 

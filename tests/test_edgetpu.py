@@ -13,9 +13,6 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytest.importorskip("litert_torch", reason="litert-torch (edgekit[tflite]) is not installed")
-pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (edgekit[tflite]) is not installed")
-
 # edgetpu_compiler -s prints this layout (the header, the memory lines, the per-operator table); the
 # figures below are this test's own.
 COMPILER_LOG = """Edge TPU Compiler version 16.0.384591198
@@ -109,7 +106,7 @@ def test_a_float_model_falls_back_from_its_first_op(tpu_run):
     assert result["first_cpu_op"]["index"] == 0 and "float32" in result["first_cpu_op"]["why"] and result["mapped"] == 0
 
 
-def test_compiler_log_parsing_with_a_fake_compiler_on_path(tpu_run, demo_model, tmp_path, monkeypatch):
+def test_compiler_log_parsing_with_a_standin_script_for_edgetpu_compiler(tpu_run, demo_model, tmp_path, monkeypatch):
     """The compiler branch. edgetpu_compiler cannot be installed here, so a script stands in for it ONLY to
     test that edgekit runs it as documented and parses its log: it prints the log above and copies the
     model to *_edgetpu.tflite; nothing it returns is checked as if a TPU had compiled it."""

@@ -9,12 +9,9 @@ import tarfile
 import pytest
 
 from edgekit.errors import BadInput, Failure
+from edgekit.fleet import bundle as bundles
+from edgekit.fleet import ota
 from tests.conftest import run_cli
-
-pytest.importorskip("cryptography", reason="cryptography (edgekit[fleet]) is not installed")
-
-from edgekit.fleet import bundle as bundles  # noqa: E402
-from edgekit.fleet import ota  # noqa: E402
 
 TWO_CLASSES = """\
 fleet: test-fleet
@@ -199,7 +196,6 @@ def test_a_failing_class_does_not_stop_the_others(fleet, tmp_path):
 
 @pytest.mark.slow
 def test_ray_runs_the_same_builds_as_tasks(tmp_path):
-    pytest.importorskip("ray", reason="ray (edgekit[ray]) is not installed")
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text("fleet: ray-fleet\nota: []\nclasses:\n  gateway:\n    target: host\n    version: '3'\n"
                         "  gateway-copy:\n    target: host\n    version: '3'\n")

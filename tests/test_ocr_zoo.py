@@ -6,14 +6,11 @@ import hashlib
 import math
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
-pytest.importorskip("rapidocr_onnxruntime", reason="the OCR zoo's models ship in rapidocr-onnxruntime: pip install 'edgekit[zoo]'")
-
-import onnxruntime as ort  # noqa: E402
-
-from edgekit import ocr_zoo  # noqa: E402
-from edgekit.errors import BadInput, MissingRuntime  # noqa: E402
+from edgekit import ocr_zoo
+from edgekit.errors import BadInput, MissingRuntime
 
 
 def sha(*arrays: np.ndarray) -> str:
@@ -32,7 +29,7 @@ def test_the_models_are_the_wheels_onnx_files():
         ocr_zoo.model_path("ppocr-xyz")
 
 
-def test_without_the_package_the_error_names_the_extra(monkeypatch):
+def test_without_the_package_the_error_names_the_extra_standin_find_spec(monkeypatch):
     monkeypatch.setattr(ocr_zoo.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingRuntime, match=r"pip install 'edgekit\[zoo\]'"):
         ocr_zoo.model_path("ppocr-cls")

@@ -80,7 +80,7 @@ def test_qat_refuses_what_it_cannot_do(outlier_mlp, digits):
 
 
 @pytest.mark.slow
-def test_the_search_falls_back_to_qat_when_its_int8_falls_below_the_floor(tmp_path, monkeypatch):
+def test_the_search_falls_back_to_qat_when_a_standin_all_int8_plan_falls_below_the_floor(tmp_path, monkeypatch):
     """The outlier MLP, unpruned (a budget it meets as it is), with every layer int8. The sensitivity analysis would keep the outlier layer float
     (int8 costs it accuracy), so the plan is forced to all-int8 here: it stands in for a budget that only
     int8 everywhere meets. With no accuracy drop allowed, post-training int8 falls below the floor."""

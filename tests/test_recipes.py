@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,10 +15,7 @@ from edgekit.recipes import load_recipe, recipe_arrays
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_ZOO = importlib.util.find_spec("rapidocr_onnxruntime") is None
-SHIPPED = [pytest.param(path, marks=pytest.mark.skipif(NO_ZOO and path.stem.startswith("ppocr"),
-                                                       reason="needs rapidocr-onnxruntime: pip install 'edgekit[zoo]'"))
-           for path in sorted((ROOT / "calibration").glob("*.yaml"))]
+SHIPPED = sorted((ROOT / "calibration").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

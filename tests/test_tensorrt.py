@@ -225,7 +225,7 @@ class _Recorder:
         self.Builder, self.OnnxParser = lambda logger: builder(), Parser
 
 
-def test_python_build_asks_tensorrt_what_the_trtexec_line_spells(tmp_path):
+def test_python_build_on_a_recording_standin_for_tensorrt_spells_the_trtexec_line(tmp_path):
     spec = trt_backend.BuildSpec(int8=True, fp16=True, layers={"conv_a": "fp16", "conv_b": "fp32"},
                                  outputs={"conv_a": "fp16"}, workspace_mb=512, optimization_level=4)
     (tmp_path / "tensorrt").mkdir()

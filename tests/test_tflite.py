@@ -11,9 +11,6 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytest.importorskip("litert_torch", reason="litert-torch (edgekit[tflite]) is not installed")
-pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (edgekit[tflite]) is not installed")
-
 
 @pytest.fixture(scope="module")
 def rpi5_int8(tmp_path_factory):

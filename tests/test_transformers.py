@@ -27,8 +27,6 @@ from edgekit.search.loop import SearchRequest, search
 from edgekit.search.space import Candidate, example_tensors, keep_choices
 from tests.conftest import ROOT
 
-pytest.importorskip("transformers")  # in the [dev] extra
-
 
 @pytest.fixture(scope="module")
 def bert():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgekit.errors import BadInput, MissingRuntime
+from edgekit.errors import BadInput
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
 
@@ -117,15 +117,12 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "tensorrt": ("edgekit.backends.tensorrt", "tensorrt"),
     "hls4ml": ("edgekit.backends.hls4ml", "fpga"),
 }
-NOT_YET: dict[str, str] = {}
 
 
 def get_backend(name: str) -> Backend:
     if name in BACKENDS:
         module, _ = BACKENDS[name]
         return importlib.import_module(module).BACKEND
-    if name in NOT_YET:
-        raise MissingRuntime(f"the '{name}' backend is not in edgekit {_version()} yet")
     raise BadInput(f"unknown backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
 
 

@@ -96,7 +96,7 @@ def notes(version: str, width: int, choices, prepared: Prepared, est: dict, samp
         "ranges": f"observed on the calibration split ({samples} samples, the split edgekit's "
                   "int8 scales come from); hls4ml converts the PyTorch module, not the Q/DQ ONNX",
         "estimate": {k: est[k] for k in ("used", "capacity", "percent", "fits", "latency_ms", "interval_cycles", "clock_mhz")},
-        "predicted_latency_ms": Latency.predicted(est["latency_ms"], f"hls4ml design estimate at {est['clock_mhz']:.0f} MHz "
+        "predicted_latency_ms": Latency.predicted(est["latency_ms"], f"edgekit's estimate of the hls4ml design at {est['clock_mhz']:.0f} MHz "
                                                   "(cycles per layer, layers not overlapped)").as_dict(),
         "per_layer_times": "none measured: a C simulation has no per-layer timer (predicted cycles per layer: hls4ml_estimate.json)",
         "summary": [f"hls4ml {version}: {len(choices)} layers in {_widths(choices)}-bit fixed point, "

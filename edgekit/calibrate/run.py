@@ -137,7 +137,7 @@ def _take(samples: Samples, asked: int | None, warnings: list[str]) -> Samples:
     elif asked is not None:
         samples = samples.subset(np.arange(asked), f"first {asked}")
     if len(samples) < FEW_SAMPLES:
-        warnings.append(f"only {len(samples)} calibration samples: scales may not represent the data (≥ {FEW_SAMPLES} advised)")
+        warnings.append(f"only {len(samples)} calibration sample(s): scales may not represent the data (≥ {FEW_SAMPLES} advised)")
     return samples
 
 

@@ -4,7 +4,7 @@ A layer's width changes no weight, so nothing is fine-tuned; its price is estima
 other targets, from a sensitivity table: the validation accuracy lost when that layer alone runs in the
 narrower width, simulated in PyTorch with the formats hls4ml is given (weights and results rounded to
 nearest and saturated in ap_fixed<W,I>, I from the observed ranges: edgekit.backends.hls4ml_config).
-The latency is hls4ml's design estimate: the candidate converted with the same config the build writes
+The latency is edgekit's estimate of the hls4ml design (hls4ml_estimate.py): the candidate converted with the same config the build writes
 (reuse factors from the DSP budget, folded until the BRAM fits), without compiling, about 0.2 s each.
 Narrower words shrink weight ROMs, stream FIFOs and line buffers, so fewer folds: lower latency. The
 candidate the search ships is then built and checked in hls4ml's C simulation, bit-accurate.
@@ -54,7 +54,7 @@ def _prepared(module, loaded: LoadedModel, calibration: dict[str, np.ndarray]):
 
 
 class DesignCost:
-    """Latency and on-chip memory of a candidate, from hls4ml's design estimate (predicted)."""
+    """Latency and on-chip memory of a candidate, from edgekit's estimate of the hls4ml design (predicted)."""
 
     def __init__(self, target: Target, loaded: LoadedModel, calibration: dict[str, np.ndarray]) -> None:
         from edgekit.backends.hls4ml import _hls4ml

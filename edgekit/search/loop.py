@@ -159,6 +159,8 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
         raise BadInput(f"the search needs data for {loaded.spec}: pass --data (calibration, validation and test splits are made from it)")
     samples = load_data(request.data, loaded.inputs) if request.data else demo_data(loaded.inputs)
     splits = split(samples)
+    for warning in samples.warnings:
+        progress(f"warning: {warning}")
     run_dir = _run_dir(request, loaded.name, target.name)
     strategy = nsga if request.strategy == "nsga" else greedy
     trials = Trials(run_dir, request.storage, resume=request.resume is not None,
@@ -171,7 +173,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     if not onnx_path.exists():
         graph.export_onnx(loaded, onnx_path)
     reference = graph.layer_table(onnx_path)
-    fixed = fixed_point.is_fixed_point(target)  # FPGA: bit widths, hls4ml's design estimate
+    fixed = fixed_point.is_fixed_point(target)  # FPGA: bit widths, edgekit's estimate of the hls4ml design
     anchor = None if fixed else timed_original(onnx_path, sensitivity.float_precision(target), target, backend_name,
                                                run_dir, splits.test.sample(0), request.settings, device)
     space = spaces.build_space(loaded, onnx_path, target)
@@ -342,8 +344,9 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     result = _result(request, target, backend_name, loaded, splits, teacher, base_accuracy, rounds, trials, model_cost,
                      started, run_dir, space, anchor, budget_ms)
     result["skipped"] = list(walk.skipped.values())  # moves whose model did not run or export, and why
+    result["warnings"] = list(samples.warnings)
     if design is not None:
-        result["cost_model"] = {"source": "hls4ml design estimate (edgekit/backends/hls4ml_estimate.py), predicted",
+        result["cost_model"] = {"source": "edgekit's estimate of the hls4ml design (edgekit/backends/hls4ml_estimate.py), predicted",
                                 "widths": analysis}
     write_json(run_dir / "search.json", result)
     write_search_report(run_dir, result)

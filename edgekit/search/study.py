@@ -3,7 +3,7 @@
 Every candidate the search evaluates is one Optuna trial: objectives (predicted or measured latency
 in ms, to minimise; validation accuracy, to maximise) and, as user attributes, the candidate itself and
 everything the report needs. The storage is SQLite in the run directory unless `--storage` names
-another (e.g. `postgresql://…`, so several workers share one study). A trial is written when it
+another Optuna storage URL (only SQLite is tested). A trial is written when it
 finishes, so kill -9 loses at most the trial that was running; on resume that trial is marked failed
 and the strategy, which is deterministic given its evaluations, replays the finished ones from storage.
 """
