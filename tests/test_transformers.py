@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -167,20 +165,3 @@ def test_search_meets_a_speedup_budget_on_a_transformer_with_head_and_ffn_moves(
     assert result["metric"]["name"] == "cosine" and result["accuracy"]["test"] < 1.0
     assert result["accuracy"]["test_drop_pt"] <= 5.0 + 3.0  # within the allowed drop and the walk's slack
     assert result["skipped"] == []
-
-
-@pytest.mark.slow
-def test_layer_dropping_and_low_rank_moves_win_where_they_should(tmp_path):
-    """tests/structure_models.py: a residual block that adds almost nothing and a rank-16 wide layer. Both
-    moves are in the space, and the walk takes them over channel pruning (nearly free, most of the work)."""
-    result = search(SearchRequest(model="tests.structure_models:redundant", data="tests.structure_models:redundant_data",
-                                  out=tmp_path, **{**SEARCH, "max_accuracy_drop": 1.0}))
-    space = json.loads((tmp_path / "space.json").read_text())
-    assert space["droppable"] == ["blocks.0", "blocks.1"] and "wide" in space["lowrank"] and "head" not in space["lowrank"]
-    moves = result["chosen"]["moves"]
-    assert {"block": "blocks.1", "kind": "drop"} in moves, moves
-    assert any(m["kind"] == "rank" and m["layer"] == "wide" and m["rank"] >= 16 for m in moves), moves
-    assert result["budget"]["met"] and result["budget"]["judged_on"] == "measured"
-    assert result["accuracy"]["test_drop_pt"] <= 1.0
-    built = json.loads((Path(result["chosen"]["run_dir"]) / "report.json").read_text())
-    assert built["status"] == "complete"
