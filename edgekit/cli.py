@@ -53,13 +53,14 @@ RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="A data recipe 
 InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="[NAME:]D1,D2,..[:DTYPE], repeatable (TorchScript, factories without examples).")]
 
 
-def _folder_or_new(path: Path | None) -> Path | None:
-    """--out names a folder to write into (made if missing): an existing file there is a mistake, not a crash."""
-    for part in () if path is None else (path, *path.parents):
-        if part.exists() and not part.is_dir():
-            from edgekit.errors import BadInput
+def _folder_or_new(param: typer.CallbackParam, path: Path | None) -> Path | None:
+    """--out (or --cache) names a folder to write into, made if missing: a file there, or a folder that
+    cannot be written, is one line before any work, not a crash after it."""
+    if path is None:
+        return None
+    from edgekit.user_files import check_folder
 
-            raise BadInput(f"--out {path}: {part} is a file; name a folder (it is made if missing)")
+    check_folder(path, param.opts[0] if param.opts else f"--{param.name}")
     return path
 
 
@@ -523,7 +524,8 @@ def fleet_build(
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (a local Ray instance, or $RAY_ADDRESS).")] = "local",
     jobs: Annotated[int, typer.Option(help="Local builds at once (measured builds need the machine to themselves: keep 1).")] = 1,
     key: Annotated[Path | None, typer.Option("--key", help="ed25519 signing key (default: the fleet's signing_key, made if missing).")] = None,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Build cache folder (default: the user cache).")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", callback=_folder_or_new,
+                                               help="Build cache folder (default: the user cache).")] = None,
     as_json: JsonOut = False,
 ) -> None:
     """Build every class of the fleet once per distinct build, judge its budgets, bundle, sign, export OTA."""
@@ -614,8 +616,9 @@ def bundle_verify(
         _print_json(manifest)
         return
     count = len(manifest["files"])
+    target = manifest.get("target")
     out.print(f"{file.name}: signature good; {count} file{'s' if count != 1 else ''}, each matching its sha256 "
-              f"({manifest.get('class')} {manifest.get('version')} for {manifest.get('target', {}).get('name')})")
+              f"({manifest.get('class')} {manifest.get('version')} for {target.get('name') if isinstance(target, dict) else target})")
 
 
 @devices_app.command("list")

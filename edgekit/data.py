@@ -8,8 +8,6 @@ validation or test.
 
 from __future__ import annotations
 
-import importlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 from edgekit.data_checks import check_range, check_samples
 from edgekit.errors import BadInput
 from edgekit.models import InputSpec
-from edgekit.util import sha256_bytes
+from edgekit.util import import_object, sha256_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")
 LABEL_KEYS = ("y", "labels", "label", "targets")
@@ -72,10 +70,40 @@ def split(samples: Samples, fractions: tuple[float, float, float] = SPLIT_FRACTI
     return Splits(*(samples.subset(np.sort(i), p) for i, p in ((cal, "calibration"), (val, "validation"), (test, "test"))))
 
 
+def as_numbers(value, what: str, source: str) -> np.ndarray:
+    """An array of numbers (or booleans) from what a file or a factory gave; text, objects, complex
+    numbers and ragged lists are one line naming the source."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise BadInput(f"data {source}: {what} is not a regular array (its items differ in shape); "
+                       "give one array [N, ...] of samples that are all the same shape") from None
+    if array.dtype.kind not in "biuf":
+        held = _KINDS.get(array.dtype.kind, str(array.dtype))
+        raise BadInput(f"data {source}: {what} holds {held} ({array.dtype}), not real numbers")
+    return array
+
+
+_KINDS = {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers", "M": "dates", "m": "durations",
+          "V": "records"}
+
+
+def as_labels(value, source: str) -> np.ndarray | None:
+    """Labels: numbers, one entry (a class, a mask, ...) per sample, all finite; None: no labels."""
+    if value is None:  # a factory's (inputs, None)
+        return None
+    labels = as_numbers(value, "labels", source)
+    if labels.ndim == 0:
+        raise BadInput(f"data {source}: labels is a single value ({labels}); give one label per sample")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise BadInput(f"data {source}: labels hold NaN or Inf values")
+    return labels
+
+
 def from_arrays(arrays: dict[str, np.ndarray], specs: tuple[InputSpec, ...], source: str) -> Samples:
     """Match named (or single) arrays to the model's inputs, check shapes and dtypes."""
     arrays = dict(arrays)
-    labels = next((np.asarray(arrays.pop(k)) for k in LABEL_KEYS if k in arrays), None)
+    labels = as_labels(next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None), source)
     inputs: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name in arrays:
@@ -86,7 +114,7 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: tuple[InputSpec, ...], sou
             array = next(arrays[k] for k in ("x", "inputs", "input") if k in arrays)
         else:
             raise BadInput(f"data {source}: no array for model input '{spec.name}' (found: {', '.join(arrays) or 'none'})")
-        inputs[spec.name] = _conform(np.asarray(array), spec, source)
+        inputs[spec.name] = _conform(as_numbers(array, f"input '{spec.name}'", source), spec, source)
     counts = {len(a) for a in inputs.values()}
     if len(counts) != 1:
         raise BadInput(f"data {source}: inputs have different sample counts {sorted(counts)}")
@@ -116,30 +144,50 @@ def _conform(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     return np.ascontiguousarray(array.astype(want, copy=False))
 
 
-def _npz(path: Path) -> dict[str, np.ndarray]:
+def _unreadable(path: Path, what: str, err: Exception) -> BadInput:
+    if path.is_file() and path.stat().st_size == 0:
+        why = "the file is empty"
+    elif "pickle" in str(err):
+        why = "it holds pickled Python objects; edgekit reads plain arrays of numbers only"
+    else:
+        why = " ".join(str(err).split())[:160] or type(err).__name__
+    return BadInput(f"data {path}: not a readable {what} ({why})")
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """An .npz's arrays by name (never pickles)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as err:
-        raise BadInput(f"data {path}: not a readable .npz archive ({err})") from err
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file (click would print only "Aborted.")
+        raise _unreadable(path, ".npz archive", err) from None
+
+
+def _npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise _unreadable(path, ".npy array", err) from None
+    if not isinstance(array, np.ndarray):  # np.load reads an .npz by its contents, whatever the suffix
+        array.close()
+        raise BadInput(f"data {path}: an .npz archive named .npy; name it .npz")
+    return array
 
 
 def _npy_folder(folder: Path, files: list[Path]) -> dict[str, np.ndarray]:
-    try:
-        arrays = [np.load(f, allow_pickle=False) for f in files if f.name != "labels.npy"]
-    except (OSError, ValueError) as err:
-        raise BadInput(f"data {folder}: unreadable .npy file ({err})") from err
+    arrays = [_npy(f) for f in files if f.name != "labels.npy"]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise BadInput(f"data {folder}: .npy files have different shapes {sorted(shapes)[:3]}")
     out = {"x": np.stack(arrays)}
     if (folder / "labels.npy").is_file():
-        out["labels"] = np.load(folder / "labels.npy", allow_pickle=False)
+        out["labels"] = _npy(folder / "labels.npy")
     return out
 
 
 def _image_folder(folder: Path, spec: InputSpec) -> dict[str, np.ndarray]:
-    """Images resized to the input's H x W, scaled to [0, 1], NCHW; class sub-folders become labels."""
+    """Images resized to the input's H x W, scaled to [0, 1], NCHW; class sub-folders (one level, no
+    deeper) become labels, and then every image must be in one."""
     from PIL import Image
 
     if len(spec.shape) != 4 or spec.shape[1] not in (1, 3):
@@ -149,7 +197,16 @@ def _image_folder(folder: Path, spec: InputSpec) -> dict[str, np.ndarray]:
     entries = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir())] if classes else [
         (f, -1) for f in sorted(folder.iterdir())
     ]
-    entries = [(f, label) for f, label in entries if f.suffix.lower() in IMAGE_SUFFIXES]
+    entries = [(f, label) for f, label in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if classes:
+        loose = [f.name for f in sorted(folder.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in entries)]
+        if loose:
+            raise BadInput(f"data {folder}: images beside class folders ({loose[0]}, ...): put every image in its "
+                           f"class folder ({', '.join(classes[:3])}), or use a folder without sub-folders")
+        if empty:
+            raise BadInput(f"data {folder}: class folder(s) {', '.join(empty[:3])} hold no images (class folders "
+                           "hold the images themselves, one level down, no deeper)")
     images = []
     for path, _ in entries:
         try:
@@ -165,18 +222,15 @@ def _image_folder(folder: Path, spec: InputSpec) -> dict[str, np.ndarray]:
     return out
 
 
-def _factory(spec: str) -> dict[str, np.ndarray]:
-    module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+def factory_arrays(factory, spec: str, what: str, **kwargs) -> dict:
+    """What a user's data factory returns, as named arrays (inputs, and "labels" when it gave
+    (inputs, labels)); its failures are one line naming it."""
     try:
-        result = getattr(importlib.import_module(module_name), attr)()
-    except (ImportError, AttributeError) as err:
-        raise BadInput(f"data factory {spec}: cannot load it ({err})") from err
-    except Exception as err:
-        raise BadInput(f"data factory {spec} raised {type(err).__name__}: {err}") from err
+        result = factory(**kwargs)
+    except Exception as err:  # the user's code: any failure is a bad input, said in one line
+        raise BadInput(f"{what} {spec} raised {type(err).__name__}: {err}") from err
     if isinstance(result, dict):
-        return result
+        return dict(result)
     if isinstance(result, tuple) and len(result) == 2:
         inputs, labels = result
         arrays = dict(inputs) if isinstance(inputs, dict) else {"x": inputs}
@@ -189,9 +243,9 @@ def load_data(spec: str, inputs: tuple[InputSpec, ...]) -> Samples:
     path = Path(spec)
     if path.is_file():
         if path.suffix == ".npz":
-            return from_arrays(_npz(path), inputs, spec)
+            return from_arrays(read_npz(path), inputs, spec)
         if path.suffix == ".npy":
-            return from_arrays({"x": np.load(path, allow_pickle=False)}, inputs, spec)
+            return from_arrays({"x": _npy(path)}, inputs, spec)
         raise BadInput(f"data {spec}: unknown file type '{path.suffix}' (use .npz, .npy, a folder, or pkg.module:factory)")
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.is_file())
@@ -204,7 +258,7 @@ def load_data(spec: str, inputs: tuple[InputSpec, ...]) -> Samples:
             return from_arrays(_image_folder(path, inputs[0]), inputs, spec)
         raise BadInput(f"data folder {spec} holds no .npy or image files")
     if ":" in spec and not path.exists():
-        return from_arrays(_factory(spec), inputs, spec)
+        return from_arrays(factory_arrays(import_object(spec, "data factory"), spec, "data factory"), inputs, spec)
     raise BadInput(f"data not found: {spec}")
 
 

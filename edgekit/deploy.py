@@ -366,14 +366,9 @@ def quantizable_layers(onnx_path: Path) -> list[str]:
 
 def load_plan(path: Path, default: str | None = None) -> PrecisionPlan:
     """A plan file: YAML or JSON, either {layer: precision} or {default: P, layers: {layer: precision}}."""
-    import yaml
+    from edgekit.user_files import read_yaml
 
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise BadInput(f"cannot read plan file {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise BadInput(f"plan file {path} is not valid YAML/JSON: {getattr(err, 'problem', err)}") from err
+    data = read_yaml(path, "plan file")
     if not isinstance(data, dict):
         raise BadInput(f"plan file {path}: expected a mapping of layer: precision")
     if "layers" in data:

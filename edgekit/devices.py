@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgekit.errors import BadInput
+from edgekit.user_files import read_yaml
 
 ENV = "EDGEKIT_DEVICES"
 DEFAULT_FILE = "devices.yaml"
@@ -35,8 +35,17 @@ class Device(BaseModel):
     @field_validator("url")
     @classmethod
     def _http(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises on a port out of range)
+        except ValueError as err:
+            raise ValueError(f"url {url!r} is not a valid URL ({err})") from None
+        if not parts.hostname:
+            raise ValueError(f"url {url!r} names no host")
         return url.rstrip("/")
 
     def token(self) -> str:
@@ -76,20 +85,19 @@ def load_inventory(path: Path | str | None = None) -> Inventory:
         how = "--devices" if path else f"${ENV}" if os.environ.get(ENV) else f"./{DEFAULT_FILE}"
         raise BadInput(f"device inventory not found: {where} (from {how}; it lists devices as "
                        "devices: [{name, target, url, token_file}])")
-    try:
-        data = yaml.safe_load(where.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise BadInput(f"{where}: not valid YAML ({' '.join(str(err).split())[:160]})") from None
+    data = read_yaml(where, "device inventory") or {}
     if not isinstance(data, dict):
         raise BadInput(f"{where}: expected a mapping with a 'devices' list")
-    base = where.resolve().parent
+    entries = data.get("devices") or ()
+    if isinstance(entries, list):
+        base = where.resolve().parent
+        entries = [_with_token_path(entry, base) for entry in entries]
     try:
-        devices = [Device.model_validate(_with_token_path(entry, base)) for entry in data.get("devices") or []]
-        inventory = Inventory(devices=tuple(devices), file=str(where))
+        inventory = Inventory.model_validate({"devices": entries, "file": str(where)})
     except ValidationError as err:
         first = err.errors()[0]
         place = ".".join(str(p) for p in first["loc"])
-        raise BadInput(f"{where}: devices.{place}: {first['msg']}") from None
+        raise BadInput(f"{where}: {place}: {first['msg'].removeprefix('Value error, ')}") from None
     names = [d.name for d in inventory.devices]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:

@@ -138,8 +138,6 @@ def load_metric(spec: str) -> Metric:
     if ":" not in spec:
         raise BadInput(f"unknown metric '{spec}' (built in: {', '.join(BUILT_IN)}; or package.module:function)")
     fn = import_object(spec, "metric")
-    if not callable(fn):
-        raise BadInput(f"metric {spec} is not a function")
     points = getattr(fn, "points", 1.0)
     if not isinstance(points, (int, float)) or not points > 0:
         raise BadInput(f"metric {spec}: its 'points' attribute must be a positive number, got {points!r}")

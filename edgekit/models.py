@@ -7,6 +7,7 @@ integer inputs such as token ids and attention masks are first-class) and one ex
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from edgekit.errors import BadInput
 from edgekit.util import import_object, sha256_bytes, sha256_file
 
 DEMO_SPEC = "edgekit.demo:build"
+MAX_INPUT_ELEMENTS = 2**31  # one input's elements: beyond this, a typo (an example would not fit in memory)
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 2: "uint8", 3: "int8"}
 
 
@@ -67,6 +69,9 @@ def parse_input_shapes(texts: list[str] | None) -> list[tuple[str | None, tuple[
             raise BadInput(f"--input-shape '{text}': expected [NAME:]D1,D2,...[:DTYPE], e.g. ids:1,128:int64") from err
         if any(d <= 0 for d in shape):
             raise BadInput(f"--input-shape '{text}': every dimension must be positive")
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise BadInput(f"--input-shape '{text}': {math.prod(shape):,} elements in one input, more than edgekit "
+                           f"takes ({MAX_INPUT_ELEMENTS:,}); check the dimensions")
         out.append((name, shape, dtype))
     return out
 
@@ -135,7 +140,10 @@ def _load_factory(spec: str, shapes) -> LoadedModel:
     except Exception as err:  # the user's code: any failure is a bad input, said in one line
         raise BadInput(f"model factory {spec} raised {type(err).__name__}: {err}") from err
     module, example = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
-    source = inspect.getsourcefile(factory) or spec
+    try:
+        source = inspect.getsourcefile(factory) or spec
+    except TypeError:  # a callable object without Python source (an instance with __call__ in C)
+        source = spec
     digest = sha256_file(Path(source)) if Path(source).is_file() else sha256_bytes(spec.encode())
     return _torch_model(module, example, spec, digest, shapes)
 

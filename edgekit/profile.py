@@ -7,6 +7,7 @@ single-batch inferences and at least 1 s, whichever is longer; threads = the tar
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,8 +35,8 @@ class ProfileSettings:
         for name in ("warmup", "repeats", "layer_runs"):
             if getattr(self, name) < (1 if name == "repeats" else 0):
                 raise BadInput(f"--{name.replace('_', '-')} must be {'positive' if name == 'repeats' else 'zero or more'}, got {getattr(self, name)}")
-        if self.min_time_s < 0 or self.warmup_s < 0:
-            raise BadInput(f"--duration must be zero or more, got {self.min_time_s}")
+        if not (0 <= self.min_time_s < math.inf and 0 <= self.warmup_s < math.inf):
+            raise BadInput(f"--duration is seconds, zero or more; got {self.min_time_s}")
         if self.threads is not None and self.threads < 1:
             raise BadInput(f"--threads must be positive, got {self.threads}")
 

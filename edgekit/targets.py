@@ -12,11 +12,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from edgekit.errors import BadInput
 from edgekit.plan import FIXED_POINT
+from edgekit.user_files import read_yaml
 
 # Floats, and integer widths: int8 everywhere, int4..int16 where a backend builds fixed point (FPGAs).
 Precision = Literal[("fp32", "fp16", "bf16", *FIXED_POINT)]
@@ -50,8 +50,8 @@ class Precisions(Frozen):
 class OpLimits(Frozen):
     supported: tuple[str, ...] | None = Field(None, description="ONNX op types the accelerator runs; None = any")
     unsupported: tuple[str, ...] = ()
-    int8_only: bool = False
-    static_shapes: bool = False
+    int8_only: StrictBool = False
+    static_shapes: StrictBool = False
     max_tensor_mb: float | None = None
     notes: str = ""
 
@@ -62,7 +62,7 @@ class Quantization(Frozen):
 
     activations: Literal["symmetric", "asymmetric"] = "asymmetric"
     weights: Literal["per_channel_symmetric"] = "per_channel_symmetric"
-    activation_matmul: bool = Field(False, description="int8 MatMul of two activations (attention) runs in int8")
+    activation_matmul: StrictBool = Field(False, description="int8 MatMul of two activations (attention) runs in int8")
     weight_bits: Literal[7, 8] = Field(8, description=(
         "7 on x86 CPUs without VNNI: their u8 x s8 dot product (vpmaddubsw) adds pairs of products into a "
         "saturating int16, which 8-bit weights overflow (255 x 127 x 2 > 32767); ±63 weights never do "
@@ -137,14 +137,7 @@ def search_dirs(extra: list[Path] | None = None) -> list[Path]:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from err
-    except OSError as err:
-        raise BadInput(f"cannot read target file {path}: {err.strerror}") from err
+    data = read_yaml(path, "target file")
     if not isinstance(data, dict):
         raise BadInput(f"{path}: a target file must be a mapping of fields, got {type(data).__name__}")
     return data
@@ -172,7 +165,10 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def _validate(path: Path, data: dict) -> Target:
-    if data.pop("detect", False):
+    detect = data.pop("detect", False)
+    if not isinstance(detect, bool):  # read before the schema (it adds figures): strict like its StrictBool fields
+        raise BadInput(f"{path}: field 'detect': true or false, not {detect!r}")
+    if detect:
         from edgekit.host import detect_host_figures
 
         # detection fills the machine's figures; precisions the file states stay (a host limited to fp32)

@@ -60,19 +60,33 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def import_object(spec: str, what: str):
-    """`package.module:name` → that object, imported from the current folder too (like uvicorn: the user's
-    own package beside them); a missing module or name is one BadInput line naming `what` and `spec`."""
+    """`package.module:name` → that callable, imported from the current folder too (like uvicorn: the user's
+    own package beside them); a spec of another form, a module that is missing or fails to import, a
+    missing name, or one that is not a Python callable, is one BadInput line naming `what` and `spec`."""
     import importlib
+    import inspect
+    import re
     import sys
 
     from edgekit.errors import BadInput
 
     module_name, _, attr = spec.partition(":")
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name) or not attr.isidentifier():
+        raise BadInput(f"{what} {spec}: expected package.module:name (the module's full dotted name, "
+                       "no leading '.'; a Python name after the ':')")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        module = importlib.import_module(module_name)
     except ImportError as err:
         raise BadInput(f"{what} {spec}: cannot import module '{module_name}' ({err})") from err
+    except Exception as err:  # the user's module failed while importing: their code, one line
+        raise BadInput(f"{what} {spec}: importing '{module_name}' raised {type(err).__name__}: {err}") from err
+    try:
+        found = getattr(module, attr)
     except AttributeError as err:
         raise BadInput(f"{what} {spec}: module '{module_name}' has no '{attr}'") from err
+    if not callable(found) or inspect.isbuiltin(found):  # a built-in (os:getcwd) is nobody's factory or metric
+        kind = "a built-in function" if callable(found) else f"a {type(found).__name__}"
+        raise BadInput(f"{what} {spec} is {kind}; name a Python function")
+    return found

@@ -167,6 +167,7 @@ def test_the_ota_tool_refuses_a_flipped_byte(fleet, tmp_path, kind):
     ("version: 1.0.0", "version: ../1", "version"),
     ("precision: int8", "precision: fp8", "fp8"),
     ("precision: int8", "precision: int8\n    metric: nonsense", "unknown metric 'nonsense'"),
+    ("version: 1.0.0", "version: 1.0", "quote it: '1.0'"),
 ])
 def test_a_bad_manifest_is_one_line_naming_the_class(tmp_path, old, new, words):
     (tmp_path / "fleet.yaml").write_text(TWO_CLASSES.replace(old, new, 1))
@@ -236,4 +237,14 @@ def test_class_devices_are_checked_against_the_inventory(tmp_path):
         load_fleet(tmp_path / "fleet.yaml")
     (tmp_path / "fleet.yaml").write_text("devices_file: devices.yaml\n" + text.replace("target: rpi5", "target: rpi4"))
     with pytest.raises(BadInput, match=r"class .camera-pi.: device .pi-1. is a rpi5 \(http://10.0.0.2:8700\), not a rpi4"):
+        load_fleet(tmp_path / "fleet.yaml")
+
+
+def test_class_devices_need_an_inventory_to_be_found_in(tmp_path, monkeypatch):
+    from edgekit.fleet.manifest import load_fleet
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGEKIT_DEVICES", raising=False)
+    (tmp_path / "fleet.yaml").write_text(TWO_CLASSES.replace("version: 2.1.0", "version: 2.1.0\n    devices: [pi-1]"))
+    with pytest.raises(BadInput, match="class 'camera-pi' lists devices but there is no inventory"):
         load_fleet(tmp_path / "fleet.yaml")

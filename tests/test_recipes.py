@@ -71,7 +71,7 @@ def test_a_file_that_is_not_a_recipe(tmp_path):
     with pytest.raises(BadInput, match="list.yaml: expected a mapping"):
         load_recipe(tmp_path / "list.yaml")
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
-    with pytest.raises(BadInput, match="broken.yaml: not a readable YAML file"):
+    with pytest.raises(BadInput, match="broken.yaml: not valid YAML"):
         load_recipe(tmp_path / "broken.yaml")
 
 

@@ -5,12 +5,12 @@ and arrays loaded by their runtimes."""
 from __future__ import annotations
 
 import hmac
-import os
 import re
 import secrets
 from pathlib import Path
 
 from edgekit.errors import BadInput
+from edgekit.user_files import check_new_file, read_text, write_file
 from edgekit.util import sha256_file
 
 __all__ = ["UPLOAD_SUFFIXES", "load_token", "new_token_file", "safe_name", "sha256_file", "token_ok"]
@@ -23,12 +23,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def load_token(path: Path) -> str:
     """The token in `path` (surrounding whitespace dropped): there is no way to run the agent without one."""
     path = Path(path).expanduser()
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise BadInput(f"token file not found: {path} (make one with `edgekit agent token {path}`)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInput(f"cannot read the token file {path}: {err}") from err
+    if not path.exists():
+        raise BadInput(f"token file not found: {path} (make one with `edgekit agent token {path}`)")
+    token = read_text(path, "token file").strip()
     if not token:
         raise BadInput(f"the token file {path} is empty (make one with `edgekit agent token {path} --force`)")
     if len(token) < 16:
@@ -38,15 +35,10 @@ def load_token(path: Path) -> str:
 
 def new_token_file(path: Path, *, force: bool = False) -> Path:
     """Write a new random token readable by its owner only (0600); an existing file is kept unless `force`."""
-    path = Path(path).expanduser()
+    path = check_new_file(path, "token file")
     if path.exists() and not force:
         raise BadInput(f"{path} exists: pass --force to replace its token")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # an existing file keeps its old mode through O_CREAT
-        handle.write(secrets.token_urlsafe(32) + "\n")
-    return path
+    return write_file(path, (secrets.token_urlsafe(32) + "\n").encode(), "token file", mode=0o600)
 
 
 def token_ok(header_value: str | None, token: str) -> bool:

@@ -6,6 +6,7 @@ checked before anything is written where a job can see it."""
 
 import hashlib
 import ipaddress
+import math
 import socket
 import stat
 import sys
@@ -19,6 +20,7 @@ from edgekit.agent.security import load_token, safe_name, token_ok
 from edgekit.agent.store import KEEP_FILES, JobStore, QueueFull
 from edgekit.agent.worker import Worker
 from edgekit.errors import BadInput, Failure, require
+from edgekit.user_files import check_folder
 
 DEFAULT_WORKDIR = Path("~/.edgekit/agent")
 SPEC_LIMIT = 256 * 1024  # the JSON spec field; files are bounded by max_upload_mb
@@ -231,10 +233,16 @@ def serve(*, host: str = "127.0.0.1", port: int = 8700, token_file: Path, workdi
           announce: Callable[[str], None] | None = None) -> None:
     """Run the agent until interrupted. A token is required: there is no way to run it open."""
     token = load_token(token_file)
-    if max_upload_mb <= 0 or max_queue < 1:
-        raise BadInput("--max-upload-mb must be positive and --max-queue at least 1")
+    if not 0 < max_upload_mb < math.inf:
+        raise BadInput(f"--max-upload-mb must be a positive number of MiB, got {max_upload_mb}")
+    if max_queue < 1:
+        raise BadInput(f"--max-queue must be at least 1, got {max_queue}")
+    if keep_files < 0:
+        raise BadInput(f"--keep-files must be zero or more, got {keep_files}")
+    if not 0 <= port <= 65535:
+        raise BadInput(f"--port must be 1 to 65535 (or 0: any free port), got {port}")
     uvicorn = require("uvicorn", "agent")
-    workdir = Path(workdir).expanduser()
+    workdir = check_folder(workdir, "--workdir")
     app = create_app(workdir, token, max_upload_mb=max_upload_mb, max_queue=max_queue, keep_files=keep_files)
     sock, loopback = _listen(host, port)
     say = announce or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))

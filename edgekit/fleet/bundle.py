@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 from edgekit.errors import BadInput, require
+from edgekit.user_files import check_new_file, read_bytes, write_file
 
 MANIFEST = "manifest.json"
 FORMAT = "edgekit-bundle/1"
@@ -29,29 +30,25 @@ def keygen(path: Path, *, force: bool = False) -> tuple[Path, Path]:
     """A new ed25519 key pair: PATH (private, PKCS#8 PEM, mode 0600) and PATH.pub (public, PEM)."""
     serialization = require("cryptography.hazmat.primitives.serialization", "fleet")
     ed25519 = require("cryptography.hazmat.primitives.asymmetric.ed25519", "fleet")
-    path = Path(path).expanduser()
-    public = path.with_name(path.name + ".pub")
+    path = check_new_file(path, "key")
+    public = check_new_file(path.with_name(path.name + ".pub"), "public key")  # both checked: never half a pair
     if path.exists() and not force:
         raise BadInput(f"{path} exists: pass --force to replace the key (bundles signed with it then fail to verify)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
-    os.chmod(path, 0o600)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    write_file(path, private_pem, "key", mode=0o600)
+    write_file(public, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo), "public key")
     return path, public
 
 
 def _load_key(path: Path):
     serialization = require("cryptography.hazmat.primitives.serialization", "fleet")
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise BadInput(f"key not found: {path} (make one with: edgekit bundle keygen {path})")
-    data = path.read_bytes()
+    data = read_bytes(path, "key")
     try:
         if b"PRIVATE KEY" in data:
             return serialization.load_pem_private_key(data, password=None)
@@ -120,10 +117,8 @@ def write_bundle(path: Path, files: dict[str, Path], manifest: dict) -> Path:
 
 def sign(path: Path, key_path: Path) -> Path:
     """PATH.sig: the raw 64-byte ed25519 signature of the whole file."""
-    signature = private_key(key_path).sign(Path(path).read_bytes())
-    sig = Path(str(path) + ".sig")
-    sig.write_bytes(signature)
-    return sig
+    sig = check_new_file(Path(str(path) + ".sig"), "signature")
+    return write_file(sig, private_key(key_path).sign(read_bytes(path, "bundle")), "signature")
 
 
 # ---- checking ---------------------------------------------------------------------------------------
@@ -135,13 +130,13 @@ def verify(path: Path, key_path: Path) -> dict:
     sig = Path(str(path) + ".sig")
     if not path.is_file():
         raise BadInput(f"bundle not found: {path}")
-    if not sig.is_file():
+    if not sig.exists():
         raise BadInput(f"{path.name}: no signature beside it ({sig.name})")
-    signature = sig.read_bytes()
+    signature = read_bytes(sig, "signature")
     if len(signature) != SIGNATURE_BYTES:
         raise BadInput(f"{sig.name}: not an ed25519 signature ({len(signature)} bytes, expected {SIGNATURE_BYTES})")
     try:
-        public_key(key_path).verify(signature, path.read_bytes())
+        public_key(key_path).verify(signature, read_bytes(path, "bundle"))
     except exceptions.InvalidSignature:
         raise BadInput(f"{path.name}: the signature does not match (the bundle or its .sig was changed, "
                        "or it was signed with another key)") from None
@@ -170,6 +165,8 @@ def check_contents(path: Path) -> dict:
         listed = manifest["files"]
     except (ValueError, KeyError, TypeError):
         raise BadInput(f"{path.name}: {MANIFEST} is not an edgekit bundle manifest") from None
+    if not (isinstance(listed, dict) and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in listed.values())):
+        raise BadInput(f"{path.name}: {MANIFEST}'s 'files' must map each file's name to its {{sha256, bytes}}")
     if set(listed) != set(contents):
         extra, missing = sorted(set(contents) - set(listed)), sorted(set(listed) - set(contents))
         raise BadInput(f"{path.name}: files do not match {MANIFEST} (unlisted: {extra or 'none'}, missing: {missing or 'none'})")

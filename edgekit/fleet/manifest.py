@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.errors import BadInput, EdgekitError
+from edgekit.user_files import read_yaml
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 VERSION = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"  # a file-name-safe version (semver fits)
@@ -83,18 +83,15 @@ def load_fleet(path: Path | str) -> Fleet:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"fleet manifest not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise BadInput(f"{path}: not valid YAML ({' '.join(str(err).split())[:160]})") from None
+    data = read_yaml(path, "fleet manifest")
     if not isinstance(data, dict):
         raise BadInput(f"{path}: expected a mapping with 'fleet' and 'classes'")
     base = path.resolve().parent
     for field in ("signing_key", "devices_file"):
-        if data.get(field):
+        if isinstance(data.get(field), str) and data[field]:
             given = Path(str(data[field])).expanduser()
             data[field] = given if given.is_absolute() else base / given
-    for spec in (data.get("classes") or {}).values():
+    for spec in data["classes"].values() if isinstance(data.get("classes"), dict) else ():  # else: Pydantic says what is wrong
         if isinstance(spec, dict):
             for field in ("model", "data"):
                 if isinstance(spec.get(field), str) and _is_path(spec[field]) and not Path(spec[field]).is_absolute():
@@ -106,7 +103,8 @@ def load_fleet(path: Path | str) -> Fleet:
         where = ".".join(str(p) for p in first["loc"])
         klass = first["loc"][1] if len(first["loc"]) > 1 and first["loc"][0] == "classes" else None
         prefix = f"class '{klass}': " if klass else ""
-        raise BadInput(f"{path}: {prefix}{where}: {first['msg'].removeprefix('Value error, ')}") from None
+        hint = f" (quote it: '{first['input']}')" if first["type"] == "string_type" and isinstance(first["input"], (int, float)) else ""
+        raise BadInput(f"{path}: {prefix}{where}: {first['msg'].removeprefix('Value error, ')}{hint}") from None
     check(fleet)
     return fleet
 
@@ -121,7 +119,7 @@ def _is_path(spec: str) -> bool:
 def check(fleet: Fleet) -> None:
     """Every class's target resolves and its files exist: one line naming the class otherwise."""
     from edgekit.deploy import choose_precision
-    from edgekit.devices import inventory_path, load_inventory
+    from edgekit.devices import DEFAULT_FILE, ENV, inventory_path, load_inventory
     from edgekit.metrics import load_metric
     from edgekit.remote import check_device
     from edgekit.targets import load_target
@@ -132,6 +130,10 @@ def check(fleet: Fleet) -> None:
         inventory = load_inventory(fleet.devices_file)
     elif listed and fleet.devices_file:
         raise BadInput(f"{fleet.file}: devices_file not found: {fleet.devices_file}")
+    elif listed:
+        name = next(n for n, k in fleet.classes.items() if k.devices)
+        raise BadInput(f"{fleet.file}: class '{name}' lists devices but there is no inventory to find them in "
+                       f"(give devices_file:, set ${ENV}, or put a {DEFAULT_FILE} in the working folder)")
     for name, klass in fleet.classes.items():
         try:
             target = load_target(klass.target, [])

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import functools
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from edgekit.profile import ProfileSettings
 from edgekit.search import evaluate, fixed_point, greedy, nsga
 from edgekit.search.anchor import Anchor, timed_original
 from edgekit.search.moves import MOVES, chosen_moves, structure_moves
-from edgekit.search.study import Evaluation, Trials
+from edgekit.search.study import DB_FILE, Evaluation, Trials
 from edgekit.search_report import write_search_report
 from edgekit.targets import load_target
 from edgekit.util import write_json
@@ -100,8 +101,11 @@ class SearchRequest:
                 raise BadInput(f"{option} must be positive, got {value}")
         if self.strategy not in STRATEGIES:
             raise BadInput(f"unknown strategy '{self.strategy}' (known: {', '.join(STRATEGIES)})")
-        if self.trials < 1 or self.time_limit_s <= 0:
+        if self.trials < 1 or not self.time_limit_s > 0:
             raise BadInput("--trials and --time-limit must be positive")
+        for option, value in (("--finetune", self.final_finetune_s), ("step fine-tuning", self.step_finetune_s)):
+            if not 0 <= value < math.inf:
+                raise BadInput(f"{option} is seconds of distillation, zero or more; got {value}")
         if not 0 <= self.max_accuracy_drop <= 100:
             raise BadInput(f"--max-accuracy-drop is in points, 0 to 100; got {self.max_accuracy_drop}")
 
@@ -124,6 +128,9 @@ def _run_dir(request: SearchRequest, name: str, target: str) -> Path:
     if request.resume is not None:
         if not Path(request.resume).is_dir():
             raise BadInput(f"--resume {request.resume}: no such run directory")
+        if request.storage is None and not (Path(request.resume) / DB_FILE).is_file():
+            raise BadInput(f"--resume {request.resume}: it holds no search ({DB_FILE}); start one there with "
+                           f"--out {request.resume}")
         return Path(request.resume)
     import datetime as dt
 
