@@ -31,8 +31,8 @@ devices_app = typer.Typer(no_args_is_help=True, help="The device inventory: real
 app.add_typer(devices_app, name="devices")
 agent_app = typer.Typer(no_args_is_help=True, help="The on-device agent: builds and measures engines on the device for a host.")
 app.add_typer(agent_app, name="agent")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines (paths, warnings) never wrapped mid-word; tables still fit the width
+err = Console(stderr=True, soft_wrap=True)
 STATE = {"debug": False}
 
 TargetsDir = Annotated[list[Path] | None, typer.Option("--targets-dir", help="Extra folder of target YAMLs (repeatable).")]

@@ -63,8 +63,9 @@ def test_qat_recovers_at_least_half_of_a_provoked_ptq_loss(outlier_mlp, digits, 
     student = copy.deepcopy(outlier_mlp)
     x, _, train, _ = digits
     report = qat(student, outlier_mlp, {"x": x[train[:300]]}, method=OPTIONS.method,
-                 weight_bits=load_target("host").quantization.weight_bits, seconds=20)
-    assert report.layers == 3 and report.weight_bits in (7, 8)
+                 weight_bits=load_target("host").quantization.weight_bits, seconds=300)
+    # bounded by its epochs (a few seconds), not by the clock: the same weights whatever the machine's load
+    assert report.distill.stopped_by == "epochs" and report.layers == 3 and report.weight_bits in (7, 8)
     assert not any("parametrizations" in name for name, _ in student.named_parameters())  # a plain model again
     _, recovered = _int8_accuracy(student, digits, tmp_path / "qat")
     assert recovered - ptq >= 0.5 * (fp32 - ptq), {"fp32": fp32, "ptq": ptq, "qat": recovered}
