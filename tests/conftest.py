@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory, worker_id):
+def _isolated_cache(tmp_path_factory):
     """One fresh cache per run, shared by pytest-xdist's workers (the demo is trained and the host's peaks
     measured once, not once per worker); every cache write is atomic, so workers may race on it."""
-    run_root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # set in xdist's workers; absent with -p no:xdist
+    run_root = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
     cache = run_root / "edgekit-cache"
     cache.mkdir(exist_ok=True)
     os.environ["EDGEKIT_CACHE_DIR"] = str(cache)
