@@ -68,12 +68,18 @@ def run_models(name: str, models: dict, bench_model, to_markdown, args) -> dict:
     from pathlib import Path
 
     results = []
+    here = machine()
     for label, spec in models.items():
         if args.only not in label:
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(bench_model(label, spec, args, Path(tmp)))
-    report = {"machine": machine(), "threads": args.threads, "rounds": args.rounds, "block": args.block, "results": results}
+            results.append({**bench_model(label, spec, args, Path(tmp)), "machine": here})
+    previous = args.out / f"{name}.json"
+    if args.only and previous.is_file():  # --only: the other models' sections stay as their own runs measured them
+        ran = {r["model"] for r in results}
+        kept = [r for r in json.loads(previous.read_text())["results"] if r["model"] not in ran]
+        results = [r for label in models for r in kept + results if r["model"] == label]
+    report = {"machine": here, "threads": args.threads, "rounds": args.rounds, "block": args.block, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (args.out / f"{name}.md").write_text(to_markdown(report))

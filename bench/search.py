@@ -17,7 +17,13 @@ ratios to fp32, median, min and max. Accuracy on the test split, which the searc
 The first search pays for the model's sensitivity analysis; the later ones reuse it (same model, same
 device), so their wall times are the walk, the closed loop and the final build.
 
-Writes bench/results/search.json and bench/results/search.md.
+Models: the zoo's ResNet-like and MobileNetV2-like (digits, top-1 against labels) and examples/encoder.py at
+its benchmark size (6 layers, hidden 384, 6 heads, sequence 64; random tokens, cosine against the fp32
+engine's outputs: the search, uniform pruning and NNCF are all judged by that metric, and distilled by MSE).
+The searches take every move (channels, heads and FFN widths, dropped blocks, low rank) and per-layer int8.
+
+Writes bench/results/search.json and bench/results/search.md; with --only, the other models' sections are
+kept from the last run (each section is its own side-by-side run, with its date and machine).
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ from pathlib import Path
 
 import numpy as np
 from common import block, interleaved, percentiles, run_models, timing_args, warm_up
-from ptq import DATA, MODELS, _load, _top1, nncf_int8
+from ptq import DATA, _load, nncf_int8
 
 from edgekit import cost, graph
 from edgekit.backends.base import get_backend
 from edgekit.calibrate.run import calibrate
 from edgekit.compress.distill import distill
 from edgekit.compress.prune import prune
-from edgekit.data import load_data, split
+from edgekit.data import Samples, load_data, split
+from edgekit.metrics import load_metric, stack_outputs
 from edgekit.models import load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.search import evaluate
@@ -45,8 +52,26 @@ from edgekit.search.space import build_space, example_tensors
 from edgekit.search_report import write_search_report
 from edgekit.targets import load_target
 
+# label: (model factory, data, the task metric the search and every row are judged by)
+SEARCHED = {
+    "resnet-like": ("edgekit.zoo:resnet", DATA, "top1"),
+    "mobilenetv2-like (depthwise)": ("edgekit.zoo:mobilenet", DATA, "top1"),
+    "encoder (6 layers, hidden 384, 6 heads, sequence 64)": ("examples.encoder:build_base", "examples.encoder:data_base",
+                                                             "cosine"),
+}
 
-def uniform(loaded, splits, onnx_path: Path, budget_ms: float, model_cost, finetune_s: float, work: Path) -> tuple[Path, dict]:
+
+def _outputs(engine, samples: Samples) -> list:
+    return stack_outputs([engine.run(samples.sample(i)) for i in range(len(samples))])
+
+
+def quality(metric, engine, samples: Samples, reference: list) -> float:
+    """The task metric on a split: top-1 against its labels, or cosine against the fp32 engine's outputs."""
+    return metric(_outputs(engine, samples), samples.labels, reference)
+
+
+def uniform(loaded, splits, onnx_path: Path, budget_ms: float, model_cost, finetune_s: float, work: Path,
+            objective: str = "auto") -> tuple[Path, dict]:
     """Every group the same ratio: the largest whose predicted int8 latency meets the budget."""
     import dataclasses
 
@@ -64,7 +89,7 @@ def uniform(loaded, splits, onnx_path: Path, budget_ms: float, model_cost, finet
         if predicted <= budget_ms:
             break
     ratio, candidate, module, predicted = chosen
-    distill(module, loaded.module, final_inputs(splits), seconds=finetune_s, seed=0)  # as the search's final one
+    distill(module, loaded.module, final_inputs(splits), seconds=finetune_s, seed=0, objective=objective)  # as the search's
     pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#uniform{ratio:.2f}")
     pruned_onnx = graph.export_onnx(pruned, work / "model.onnx")
     result = calibrate(pruned_onnx, splits.calibration, host, PrecisionPlan("int8"), work)
@@ -73,10 +98,12 @@ def uniform(loaded, splits, onnx_path: Path, budget_ms: float, model_cost, finet
     return artifact.path, {"ratio": ratio, "predicted_ms": predicted, "keep": dict(candidate.keep)}
 
 
-def bench_model(label: str, spec: str, args, work: Path) -> dict:
+def bench_model(label: str, searched: tuple[str, str, str], args, work: Path) -> dict:
+    spec, data, metric_name = searched
+    metric = load_metric(metric_name)
     host = load_target("host")
     loaded = load_model(spec)
-    samples = load_data(DATA, loaded.inputs)
+    samples = load_data(data, loaded.inputs)
     splits = split(samples)
     onnx_path = graph.export_onnx(loaded, work / "model.onnx")
     fp32_dir = work / "fp32"
@@ -97,9 +124,9 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
             shutil.copytree(first / "sensitivity", out / "sensitivity")
             shutil.copy(first / "model.onnx", out / "model.onnx")
         started = time.monotonic()
-        result = search(SearchRequest(target="host", speedup=1 / fraction, model=spec, data=DATA, out=out,
+        result = search(SearchRequest(target="host", speedup=1 / fraction, model=spec, data=data, out=out,
                                       max_accuracy_drop=args.max_drop, time_limit_s=args.time_limit,
-                                      final_finetune_s=args.finetune))
+                                      final_finetune_s=args.finetune, metric=metric_name))
         budget = result["budget"]["latency_ms"]
         first = first or out
         wall = time.monotonic() - started
@@ -113,23 +140,22 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
                       "cost_model_errors": [r["cost_model_error"] for r in result["rounds"]],
                       "cost_model_all_errors": result["cost_model"]["errors"], "search_met": result["budget"]["met"],
                       "validation_accuracy_search": result["accuracy"]["validation"],
-                      "keep": result["chosen"]["keep"], "int8_layers": sum(p == "int8" for p in (result["chosen"]["precision"] or {}).values())}
+                      "keep": result["chosen"]["keep"], "moves": result["chosen"]["moves"],
+                      "int8_layers": sum(p == "int8" for p in (result["chosen"]["precision"] or {}).values())}
         uname = f"uniform + int8, budget {fraction:.2f}·fp32"
         udir = work / f"uniform-{fraction}"
         udir.mkdir()
         model_cost = cost.CostModel(host)  # with what the searches taught it about this model
-        uxml, info = uniform(loaded, splits, onnx_path, budget, model_cost, args.finetune, udir)
+        uxml, info = uniform(loaded, splits, onnx_path, budget, model_cost, args.finetune, udir,
+                             "mse" if metric.name != "top1" else "auto")
         engines[uname] = _load(uxml, args.threads)
         rows[uname] = {"budget_ms": budget, "fraction": fraction, **info}
     test = splits.test
-    labels = np.asarray(test.labels)
-    reference = _top1(engines["fp32"], test)
+    reference = {part: _outputs(engines["fp32"], getattr(splits, part)) for part in ("test", "validation")}
     times, ratios = interleaved(engines, feed, args.rounds, args.block)
     for name, engine in engines.items():
-        top1 = reference if name == "fp32" else _top1(engine, test)
         row = rows[name]
-        row.update(accuracy=float(np.mean(top1 == labels)), agreement=float(np.mean(top1 == reference)),
-                   latency_ms=percentiles(times[name]))
+        row.update(accuracy=quality(metric, engine, test, reference["test"]), latency_ms=percentiles(times[name]))
         if name in ratios:
             r = ratios[name]
             row["ratio_over_fp32"] = {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r))}
@@ -138,7 +164,7 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
             # engine's per-round p50 ratio to fp32 in this interleaved timing, median, against the fraction.
             row["met"] = row["ratio_over_fp32"]["median"] <= row["fraction"]
             row["met_absolute"] = row["latency_ms"]["p50"] <= row["budget_ms"]
-        row["validation_accuracy"] = float(np.mean(_top1(engine, splits.validation) == np.asarray(splits.validation.labels)))
+        row["validation_accuracy"] = quality(metric, engine, splits.validation, reference["validation"])
     base = rows["fp32"]["accuracy"]
     for row in rows.values():
         row["accuracy_drop_pt"] = 100 * (base - row["accuracy"])
@@ -151,8 +177,8 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
         if fraction == args.report_budget:
             args.out.mkdir(parents=True, exist_ok=True)
             shutil.copy(page, args.out / "search-report.html")
-    return {"model": label, "spec": spec, "fp32_p50_ms": fp32_p50, "test_samples": len(test), "max_drop": args.max_drop,
-            "rows": rows}
+    return {"model": label, "spec": spec, "data": data, "metric": metric.describe(), "fp32_p50_ms": fp32_p50,
+            "test_samples": len(test), "max_drop": args.max_drop, "rows": rows}
 
 
 def to_markdown(report: dict) -> str:
@@ -168,10 +194,14 @@ def to_markdown(report: dict) -> str:
              "when the engine's ratio to fp32 in this final interleaved timing, taken apart from the search, is within f. "
              "Accuracy on the test split, never seen by the search.", ""]
     for r in report["results"]:
+        metric = r.get("metric", {"name": "top1", "unit": "top-1 accuracy (fraction)"})
+        run_on = r.get("machine", m)
         lines += [f"## {r['model']} (fp32 p50 {r['fp32_p50_ms']:.3f} ms; {r['test_samples']} test samples; searches with "
                   f"--max-accuracy-drop {r.get('max_drop', 1):g})", "",
-                  "| engine | p50 / p90 / p99 (ms) | met | ratio to fp32 | speed-up | test acc. | drop (pt) | search (s) | search: ratio, measured / budget (ms) | cost-model error |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"Run {run_on['date']} on {run_on['cpu']}; metric {metric['name']} ({metric['unit']}; for cosine the "
+                  "reference is the fp32 engine's outputs).", "",
+                  f"| engine | p50 / p90 / p99 (ms) | met | ratio to fp32 | speed-up | test {metric['name']} | drop (pt) | search (s) | search: ratio, measured / budget (ms) | cost-model error | moves |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, row in r["rows"].items():
             lat, ratio = row["latency_ms"], row.get("ratio_over_fp32")
             errors = ", ".join(f"{e:+.0%}" for e in row.get("cost_model_errors", []) if e is not None)
@@ -183,7 +213,8 @@ def to_markdown(report: dict) -> str:
                 + (f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "1") + " | "
                 + (f"{1 / ratio['median']:.2f}×" if ratio else "1×")
                 + f" | {100 * row['accuracy']:.2f} % | {row['accuracy_drop_pt']:+.2f} | "
-                + (f"{row['search_s']:.0f}" if "search_s" in row else "–") + f" | {searched_ms} | {errors or '–'} |")
+                + (f"{row['search_s']:.0f}" if "search_s" in row else "–") + f" | {searched_ms} | {errors or '–'} | "
+                + f"{_moves(row)} |")
         searched = [row for row in r["rows"].values() if "search_s" in row]
         errors = [abs(e) for row in searched for e in row.get("cost_model_errors", []) if e is not None]
         if searched:
@@ -193,6 +224,21 @@ def to_markdown(report: dict) -> str:
                       f"{max(row['search_s'] for row in searched):.0f} s."]
         lines.append("")
     return "\n".join(lines)
+
+
+def _moves(row: dict) -> str:
+    """What a search chose beside precisions: groups cut, blocks dropped, ranks; uniform: its ratio."""
+    if "ratio" in row:
+        return f"every group × {row['ratio']:.2f}"
+    shown = []
+    for move in row.get("moves") or []:
+        if move["kind"] == "drop":
+            shown.append(f"{move['block']} dropped")
+        elif move["kind"] == "rank":
+            shown.append(f"{move['layer']} rank {move['rank']}")
+        else:
+            shown.append(f"{move['group']} {move['to']}/{move['from']}")
+    return ", ".join(shown) or ("–" if "search_s" not in row else "none")
 
 
 def main() -> None:
@@ -208,7 +254,7 @@ def main() -> None:
                         help="The searches' --max-accuracy-drop (pt): the budget binds, accuracy is what it costs.")
     args = parser.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
-    run_models("search", MODELS, bench_model, to_markdown, args)
+    run_models("search", SEARCHED, bench_model, to_markdown, args)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,11 @@ def demo_onnx(tmp_path_factory, demo_model):
     from edgekit import graph
 
     return graph.export_onnx(demo_model, tmp_path_factory.mktemp("onnx") / "demo.onnx")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a slow test first, in their usual order: xdist hands files to its workers in collection
+    order, so the long files start at once and the short ones fill in around them (a long file collected
+    last would run alone while the other worker idles)."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the order within each part is kept
