@@ -215,7 +215,7 @@ def search(
 def _exit_on_missed_budget(met: bool) -> None:
     """A script or CI job must tell a missed budget from success without reading the report (README: Errors)."""
     if not met:
-        err.print(f"edgekit: the budget was missed (exit {BUDGET_MISSED})", soft_wrap=True)
+        err.print(f"edgekit: the budget was missed (exit {BUDGET_MISSED})")
         raise typer.Exit(BUDGET_MISSED)
 
 
@@ -382,7 +382,7 @@ def _print_summary(report: dict) -> None:
 def _print_warnings(report: dict) -> None:
     """Weak data and calibration: one line each, on stderr (also in report.json)."""
     for warning in (report.get("data") or {}).get("warnings", []) + (report.get("calibration") or {}).get("warnings", []):
-        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 @app.command()
@@ -702,7 +702,7 @@ def agent_token(
     from edgekit.agent.security import new_token_file
 
     path = new_token_file(file, force=force)
-    out.print(f"wrote a new token to {path} (mode 0600)", soft_wrap=True)
+    out.print(f"wrote a new token to {path} (mode 0600)")
 
 
 def main() -> None:

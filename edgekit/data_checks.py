@@ -38,8 +38,7 @@ def check_range(array: np.ndarray, dtype: np.dtype, name: str, source: str) -> N
 
 def _spread(array: np.ndarray) -> tuple[float, float]:
     """(max - min, the values' magnitude) of an input over every sample."""
-    values = array.astype(np.float64, copy=False)
-    low, high = float(values.min()), float(values.max())
+    low, high = float(array.min()), float(array.max())  # no float64 copy of the whole data set
     return high - low, max(abs(low), abs(high), 1.0)
 
 
