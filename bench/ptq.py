@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from common import int8_isa, interleaved, percentiles, run_models, timing_args
 
-from edgekit import cost, graph
+from edgekit import graph, roofline
 from edgekit.backends.base import Artifact, get_backend
 from edgekit.calibrate.run import CalibrationOptions, calibrate
 from edgekit.data import Samples, load_data, split
@@ -122,7 +122,7 @@ def bench_model(label: str, spec: str, args, work: Path) -> dict:
     reference = _top1(engines["fp32"], test)
     feed = test.sample(0)
     times, ratios = interleaved(engines, feed, args.rounds, args.block)
-    floor = {p: cost.predict_latency(layers, host, p).p50 for p in ("fp32", "int8")}
+    floor = {p: roofline.predict_latency(layers, host, p).p50 for p in ("fp32", "int8")}
     rows = {}
     for name, engine in engines.items():
         top1 = reference if name == "fp32" else _top1(engine, test)

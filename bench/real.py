@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from common import int8_isa, interleaved, percentiles, run_models, timing_args
 
-from edgekit import cost, graph, ocr_zoo
+from edgekit import graph, ocr_zoo, roofline
 from edgekit.backends.base import Artifact, get_backend
 from edgekit.data import Samples, from_arrays, split
 from edgekit.deploy import DeployRequest, deploy
@@ -275,7 +275,7 @@ def bench_model(label: str, kind: str, args, work: Path) -> dict:
     fp32_value = metric([reference], test.labels, None)
     print(f"[{label}] interleaved timing of {len(engines)} engines …", flush=True)
     times, _ = interleaved(engines, test.sample(0), rounds, block_size)
-    floor = {p: cost.predict_latency(layers, host, p).p50 for p in ("fp32", "int8")}
+    floor = {p: roofline.predict_latency(layers, host, p).p50 for p in ("fp32", "int8")}
     for name, row in rows.items():
         if name not in engines:
             continue

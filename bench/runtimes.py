@@ -19,7 +19,7 @@ import numpy as np
 from common import block as _block
 from common import run_models, timing_args, warm_up
 
-from edgekit import cost, graph
+from edgekit import graph, roofline
 from edgekit.backends.base import get_backend
 from edgekit.data import demo_data, load_data
 from edgekit.models import load_model
@@ -40,7 +40,7 @@ def bench_model(label: str, spec: str | None, data: str | None, args, work: Path
     feed = samples.sample(0)
     onnx_path = graph.export_onnx(model, work / f"{model.name}.onnx")
     layers = graph.layer_table(onnx_path)
-    floor = cost.predict_latency(layers, host, "fp32").p50
+    floor = roofline.predict_latency(layers, host, "fp32").p50
     engines = {}
     for name in ENGINES:
         backend = get_backend(name)

@@ -2,7 +2,7 @@
 
 Three levels, each correcting the one before:
 
-1. **Roofline** (`layer_costs`, `predict_latency`): each layer takes the longer of its compute time
+1. **Roofline** (`edgekit.roofline`): each layer takes the longer of its compute time
    at the target's peak rate for its precision and its memory time at the target's bandwidth. What a
    target that cannot run here gets.
 2. **Lookup table** (`edgekit.latency_table.LatencyTable`): each execution unit (a layer and what
@@ -32,9 +32,10 @@ import numpy as np
 from edgekit import fusion
 from edgekit.graph import Layer
 from edgekit.latency import Latency
+from edgekit.latency_table import LatencyTable
+from edgekit.roofline import BYTES_PER_VALUE
 from edgekit.targets import Target
 
-BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
 MIN_OBSERVATIONS = 3  # below this the calibration is the measured overheads alone
 MAX_OBSERVATIONS = 300  # the latest observations the calibration is fitted on
 FEATURES = ("sum_ms", "units", "transitions", "transitions_m", "one")
@@ -47,30 +48,6 @@ PRIOR_WEIGHT = 0.1
 # observations (a loaded machine) must not fit a model in which the kernels' time counts for nothing
 # (a = 0 makes every pruned candidate look as fast as the original, and the search stops pruning).
 LOWER = {"sum_ms": 0.5, "units": 0.0, "transitions": 0.0, "transitions_m": 0.0, "one": 0.0}
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    name: str
-    compute_ms: float
-    memory_ms: float
-
-    @property
-    def ms(self) -> float:
-        return max(self.compute_ms, self.memory_ms)
-
-
-def layer_costs(layers: list[Layer], target: Target, precision: str = "fp32") -> list[LayerCost]:
-    peak = target.peak_ops_per_s(precision)
-    bandwidth = target.memory_bandwidth_gbs * 1e9
-    scale = BYTES_PER_VALUE.get(precision, 4) / 4  # the layer table counts fp32 bytes
-    return [LayerCost(layer.name, 2 * layer.macs / peak * 1e3, layer.bytes_moved * scale / bandwidth * 1e3)
-            for layer in layers]
-
-
-def predict_latency(layers: list[Layer], target: Target, precision: str = "fp32") -> Latency:
-    total = sum(cost.ms for cost in layer_costs(layers, target, precision))
-    return Latency.predicted(total, f"roofline of {target.name} ({precision}, peak and bandwidth from its profile)")
 
 
 # ---- the calibrated cost model ------------------------------------------------------------------
@@ -132,7 +109,6 @@ class CostModel:
     """
 
     def __init__(self, target: Target, backend_name: str | None = None, *, table=None, runs: int = 100) -> None:
-        from edgekit.latency_table import LatencyTable
 
         self.target = target
         self.table = table or LatencyTable(target, backend_name, runs=runs)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import accuracy_aware, cost, graph, metrics, recipes, remote
+from edgekit import accuracy_aware, cost, graph, metrics, recipes, remote, roofline
 from edgekit import mixed as mixed_step
 from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
 from edgekit.calibrate import sensitivity
@@ -174,7 +174,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     check = graph.check_export(model, onnx_path, feeds)
     layers = graph.layer_table(onnx_path)
     write_json(run_dir / "layers.json", graph.table_as_dicts(layers))
-    predicted = cost.predict_latency(layers, target, precision)
+    predicted = roofline.predict_latency(layers, target, precision)
 
     report: dict = {
         "edgekit": versions().get("edgekit"),

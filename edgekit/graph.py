@@ -19,10 +19,9 @@ import numpy as np
 
 from edgekit.errors import BadInput, Failure, runtime_message
 from edgekit.models import LoadedModel
+from edgekit.output_check import ATOL, RTOL, compare_outputs
 
 OPSET = 18
-# fp32 export check: |onnx - torch| <= ATOL + RTOL * |torch|, elementwise.
-RTOL, ATOL = 1e-3, 1e-4
 DTYPE_BYTES = {1: 4, 10: 2, 11: 8, 6: 4, 7: 8, 9: 1, 2: 1, 3: 1, 16: 2}
 DTYPE_NAMES = {1: "f32", 10: "f16", 11: "f64", 6: "i32", 7: "i64", 9: "bool", 2: "u8", 3: "i8", 16: "bf16"}
 
@@ -176,24 +175,6 @@ def check_export(model: LoadedModel, onnx_path: Path, feeds: list[dict[str, np.n
     for feed in feeds:
         worst = max(worst, compare_outputs(session.run(None, feed), reference_outputs(model, feed), "ONNX export"))
     return ExportCheck(len(feeds), worst)
-
-
-def compare_outputs(ours: list, reference: list, what: str) -> float:
-    """The largest |ours − reference| over every output, or a Failure naming `what` when the counts or
-    shapes differ or any element is outside |ours − reference| ≤ ATOL + RTOL·|reference|."""
-    if len(ours) != len(reference):
-        raise Failure(f"{what} has {len(ours)} outputs, the source model {len(reference)}")
-    worst, within = 0.0, True
-    for a, b in zip(ours, reference, strict=True):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if a.shape != b.shape:
-            raise Failure(f"{what}: output shape {a.shape} differs from the source model's {b.shape}")
-        diff = np.abs(a - b)
-        worst = max(worst, float(diff.max(initial=0.0)))
-        within &= bool(np.all(diff <= ATOL + RTOL * np.abs(b)))
-    if not within:
-        raise Failure(f"{what} differs from the source model: max |diff| {worst:.3g} (rtol {RTOL}, atol {ATOL})")
-    return worst
 
 
 def _shape(value) -> tuple[int, ...]:

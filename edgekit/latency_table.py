@@ -11,7 +11,7 @@ quantizers, layout reorders at the model's edges: inside a model the neighbours 
 layout) are left out. The runtime's per-inference overhead (wall time minus profiled time of a tiny
 model) and per-layer overhead (by difference between chains of 1 and 8 tiny layers) are measured
 once too. Where the target cannot run here (not local, or its backend cannot run it) nothing is
-measured: every figure comes from the roofline (`edgekit.cost.layer_costs`) and says so.
+measured: every figure comes from the roofline (`edgekit.roofline.layer_costs`) and says so.
 
 On a shared machine the load changes while the table fills, so a unit timed under a burst would
 look slower than its neighbours forever: before each unit (at most every REFERENCE_TTL_S) a fixed
@@ -37,6 +37,7 @@ import numpy as np
 from edgekit.fusion import Unit
 from edgekit.graph import Layer
 from edgekit.microbench import HARNESS, chain_model, reference_model, unit_model
+from edgekit.roofline import layer_costs
 from edgekit.targets import Target
 from edgekit.util import cache_dir, write_json
 
@@ -208,8 +209,6 @@ class LatencyTable:
     # ---- measuring --------------------------------------------------------------------------
 
     def _roofline(self, unit: Unit, precision: str) -> float:
-        from edgekit.cost import layer_costs
-
         return sum(c.ms for c in layer_costs(list(unit.layers), self.target, precision))
 
     def _profile(self, model, precision: str, wall: bool = False) -> tuple[float, float | None, list[str]]:

@@ -8,7 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from edgekit import cost, graph
+from edgekit import graph, roofline
 from edgekit.backends.base import Artifact, Backend
 from edgekit.calibrate import sensitivity, trt_cache
 from edgekit.calibrate.run import CalibrationResult
@@ -40,7 +40,7 @@ def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path
         return predict_shipped(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
     choice["reason"] = f"{len(int8)} of {len(plan.layers)} layers int8 ({counts})"
     if kind == "predicted":
-        ours, theirs = sensitivity.predicted_latency(layers, target, plan), cost.predict_latency(layers, target, float_p)
+        ours, theirs = sensitivity.predicted_latency(layers, target, plan), roofline.predict_latency(layers, target, float_p)
         choice.update(mixed_p50_ms=ours.p50, fp32_p50_ms=theirs.p50)
         side = f"{ours.p50:.4f} ms vs {float_p} {theirs.p50:.4f} ms, {analysis['latency']['source']}"
         if not ours.p50 < theirs.p50:

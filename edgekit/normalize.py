@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import BadInput, Failure, runtime_message
-from edgekit.graph import ATOL, RTOL, compare_outputs
+from edgekit.output_check import ATOL, RTOL, compare_outputs
 from edgekit.util import atomic_write_bytes, cache_dir, sha256_bytes
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit import cost, fusion, graph
+from edgekit import cost, fusion, graph, roofline
 from edgekit.latency_table import FORMAT, LatencyTable, table_path
 from edgekit.microbench import unit_model
 from edgekit.targets import load_target
@@ -167,7 +167,7 @@ def test_a_target_not_measurable_here_gets_the_roofline_labelled_predicted(tmp_p
     assert not model.table.measured and model.table.measurements == 0
     latency = model.predict(layers, {"conv1": "int8"})
     assert latency.kind == "predicted" and "roofline" in latency.source and latency.p50 > 0
-    assert model.predict(layers).p50 == pytest.approx(cost.predict_latency(layers, target).p50)
+    assert model.predict(layers).p50 == pytest.approx(roofline.predict_latency(layers, target).p50)
     assert not (cache / "latency-tables").exists()  # nothing measured, nothing written
 
 

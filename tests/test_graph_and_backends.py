@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit import cost, graph
+from edgekit import graph, roofline
 from edgekit.backends.base import backend_for_file, get_backend
 from edgekit.errors import BadInput
 from edgekit.models import load_model
@@ -29,7 +29,7 @@ def test_layer_table_counts_macs_params_and_bytes(demo_onnx):
 
 
 def test_roofline_prediction_is_labelled_predicted(demo_onnx):
-    latency = cost.predict_latency(graph.layer_table(demo_onnx), load_target("jetson"), "fp16")
+    latency = roofline.predict_latency(graph.layer_table(demo_onnx), load_target("jetson"), "fp16")
     assert latency.kind == "predicted" and latency.p50 > 0 and "jetson-orin-nano" in latency.source
 
 

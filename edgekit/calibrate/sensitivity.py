@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import cost, graph
+from edgekit import graph, roofline
 from edgekit.calibrate import qdq, select
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Splits
@@ -229,8 +229,8 @@ def _spread(values: list[float]) -> float:
 def _predict(onnx_path: Path, target: Target, float_p: str, candidates: list[str], nodes: dict, reason: str) -> dict:
     """The cost model's per-layer times at the float and the int8 rate, for a target not measurable here."""
     table = graph.layer_table(onnx_path)
-    fp = {c.name: c.ms for c in cost.layer_costs(table, target, float_p)}
-    i8 = {c.name: c.ms for c in cost.layer_costs(table, target, "int8")}
+    fp = {c.name: c.ms for c in roofline.layer_costs(table, target, float_p)}
+    i8 = {c.name: c.ms for c in roofline.layer_costs(table, target, "int8")}
     source = f"roofline of {target.name} (cannot measure here: {reason})"
     layers = {layer: {"kind": "predicted", "fp32_ms": fp.get(layer), "int8_ms": i8.get(layer) if layer in candidates else None}
               for layer in nodes}
@@ -245,8 +245,8 @@ def _predict(onnx_path: Path, target: Target, float_p: str, candidates: list[str
 
 def predicted_latency(table: list[graph.Layer], target: Target, plan: PrecisionPlan) -> Latency:
     """The roofline of a per-layer plan: int8 layers at the int8 rate, the rest at the float one."""
-    fp = {c.name: c.ms for c in cost.layer_costs(table, target, plan.float_precision)}
-    i8 = {c.name: c.ms for c in cost.layer_costs(table, target, "int8")}
+    fp = {c.name: c.ms for c in roofline.layer_costs(table, target, plan.float_precision)}
+    i8 = {c.name: c.ms for c in roofline.layer_costs(table, target, "int8")}
     int8 = {layer.name for layer in table if plan.precision_of(layer.name) == "int8"}
     total = sum(i8[layer.name] if layer.name in int8 else fp[layer.name] for layer in table)
     return Latency.predicted(total, f"roofline of {target.name}, per layer ({len(int8)} int8, the rest {plan.float_precision})")
