@@ -25,6 +25,7 @@ from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import (
+    AccuracyCheck,
     Profile,
     ProfileSettings,
     accuracy,
@@ -306,7 +307,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
             measured: Profile = profile_engine(
                 lambda: backend.load(artifact, target=target, threads=threads), feed, request.settings,
                 threads=threads, source=source + (", side by side with fp32" if side_by_side else ""),
-                test=splits.test if splits else None, reference=reference, times=side_by_side, metric=metric)
+                check=AccuracyCheck(splits.test, reference, metric) if splits else None, times=side_by_side)
         except EdgekitError:
             _finish(run_dir, report)
             raise

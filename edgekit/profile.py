@@ -199,11 +199,20 @@ def metric_on(metric: Metric, engine_outputs: list[list[np.ndarray]], source_out
     return {**metric.describe(), "value": value, "source": source, "drop": round(metric.drop(source, value), 6)}
 
 
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """What `profile_engine` judges an engine's accuracy by (see `accuracy`): the test samples, the
+    source model's outputs for a feed, and the task metric if one is named. One is no use without the other."""
+
+    test: Samples
+    reference: Callable[[dict], list[np.ndarray]]
+    metric: Metric | None = None
+
+
 def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], settings: ProfileSettings, *,
-                   threads: int, source: str, test: Samples | None = None,
-                   reference: Callable[[dict], list[np.ndarray]] | None = None,
-                   times: list[float] | None = None, metric: Metric | None = None) -> Profile:
-    """Load an engine and measure it: latency, per-layer times, memory, and accuracy if data is given.
+                   threads: int, source: str, check: AccuracyCheck | None = None,
+                   times: list[float] | None = None) -> Profile:
+    """Load an engine and measure it: latency, per-layer times, memory, and accuracy if `check` is given.
     `times`: inference times already measured side by side with another engine (`time_interleaved`):
     the latency is then those, the very numbers a choice between the two was made on."""
     rss_before = _rss_mb()
@@ -213,7 +222,7 @@ def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], sett
     times = times if times is not None else time_engine(engine, feed, settings)
     latency = Latency.from_samples(times, source)
     layers = engine.layer_times(feed, settings.layer_runs) if settings.layer_runs else []
-    acc = accuracy(engine, test, reference, metric) if test is not None and reference is not None else None
+    acc = accuracy(engine, check.test, check.reference, check.metric) if check is not None else None
     memory = {"engine_rss_mb": round(max(rss_loaded - rss_before, 0.0), 2), "process_rss_mb": round(_rss_mb(), 1)}
     peak = _peak_rss_mb()
     if peak is not None:

@@ -4,7 +4,6 @@ needs the bearer token; uploads are bounded in size and count, and every file na
 checked before anything is written where a job can see it."""
 
 
-import hashlib
 import ipaddress
 import math
 import socket
@@ -14,38 +13,27 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from edgekit.agent.info import machine_info
-from edgekit.agent.protocol import JOB_ID, MAX_FILES, JobSpec, one_line_error
-from edgekit.agent.security import load_token, safe_name, token_ok
-from edgekit.agent.store import KEEP_FILES, JobStore, QueueFull
+from edgekit.agent.security import load_token
+from edgekit.agent.store import KEEP_FILES, JobStore
 from edgekit.agent.worker import Worker
 from edgekit.errors import BadInput, Failure, require
 from edgekit.user_files import check_folder
 
 DEFAULT_WORKDIR = Path("~/.edgekit/agent")
-SPEC_LIMIT = 256 * 1024  # the JSON spec field; files are bounded by max_upload_mb
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(workdir: Path, token: str, *, max_upload_mb: float = 256, max_queue: int = 64,
                job_timeout_s: float = 3600.0, keep_files: int = KEEP_FILES):
-    """The FastAPI app over a job store in `workdir`; its one worker starts and stops with the app."""
+    """The FastAPI app over a job store in `workdir`; its one worker starts and stops with the app.
+    Its routes are edgekit.agent.routes."""
     require("fastapi", "agent")
     require("python_multipart", "agent")
-    from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
-    from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.formparsers import MultiPartException, MultiPartParser
+    from fastapi import FastAPI
+
+    from edgekit.agent import routes
 
     store = JobStore(workdir, max_queue=max_queue, keep_files=keep_files)
     worker = Worker(store, job_timeout_s=job_timeout_s)
-    limit = int(max_upload_mb * 2**20)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -55,174 +43,11 @@ def create_app(workdir: Path, token: str, *, max_upload_mb: float = 256, max_que
 
     app = FastAPI(title="edgekit agent", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
-
-    def fail(status: int, detail: str, **headers: str):
-        return HTTPException(status_code=status, detail=detail, headers=headers or None)
-
-    def auth(request: Request) -> None:
-        if not token_ok(request.headers.get("authorization"), token):
-            raise fail(401, "a valid token is needed: send 'Authorization: Bearer <token>' (the agent's --token-file)",
-                       **{"WWW-Authenticate": "Bearer"})
-
-    def known(job_id: str):
-        if not JOB_ID.fullmatch(job_id):
-            raise fail(404, f"no job '{job_id[:40]}' here (not a job id)")
-        state = store.get(job_id)
-        if state is None:
-            raise fail(404, f"no job '{job_id}' here")
-        return state
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, exc):
-        return JSONResponse({"detail": _one_line(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request, exc):
-        return JSONResponse({"detail": one_line_error(exc)}, status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _internal(request, exc):
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {_one_line(str(exc))}"}, status_code=500)
-
-    @app.get("/v1/health")
-    def health() -> dict:
-        return {"ok": True}
-
-    @app.get("/v1/info", dependencies=[Depends(auth)])
-    def info() -> dict:
-        counts = store.counts()
-        return {**machine_info(), "queue": counts["queued"], "running": counts["running"], "jobs": counts,
-                "max_queue": max_queue, "max_upload_mb": max_upload_mb}
-
-    @app.get("/v1/jobs", dependencies=[Depends(auth)])
-    def jobs() -> list[dict]:
-        return [job.model_dump(mode="json") for job in store.jobs()]
-
-    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(auth)])
-    def job(job_id: str) -> dict:
-        return known(job_id).model_dump(mode="json")
-
-    @app.get("/v1/jobs/{job_id}/files/{name}", dependencies=[Depends(auth)])
-    def download(job_id: str, name: str):
-        state = known(job_id)
-        try:
-            safe_name(name, suffixes=None)
-        except BadInput as err:
-            raise fail(400, str(err)) from None
-        built = (state.result or {}).get("files") or {}
-        if name not in built:
-            raise fail(404, f"job {job_id} has no built file '{name}' (state {state.state}; built: {', '.join(built) or 'none'})")
-        path = store.job_dir(job_id) / "files" / "engine" / name
-        if not path.is_file():  # pruned: past the newest --keep-files ended jobs
-            raise fail(404, f"job {job_id}'s files were removed (only the newest {store.keep_files} ended jobs keep "
-                            "theirs); its result is still here")
-        return FileResponse(path, filename=name, media_type="application/octet-stream")
-
-    @app.post("/v1/jobs", status_code=202, dependencies=[Depends(auth)])
-    async def submit(request: Request) -> dict:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise fail(400, f"bad Content-Length '{declared[:20]}'")
-            if int(declared) > limit:
-                raise fail(413, _too_large(int(declared), max_upload_mb))
-        if store.counts()["queued"] >= max_queue:
-            # Read and drop the upload first: a client still sending never sees an answer to a closed connection.
-            try:
-                async for _ in _counted(request.stream(), limit):
-                    pass
-            except _TooLarge:
-                raise fail(413, _too_large(None, max_upload_mb)) from None
-            raise fail(503, f"the agent's queue is full ({max_queue} jobs waiting): try again when some have run")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise fail(400, "send the job as multipart/form-data: a 'spec' JSON field and one part per file")
-        parser = MultiPartParser(request.headers, _counted(request.stream(), limit), max_files=MAX_FILES,
-                                 max_fields=4, max_part_size=SPEC_LIMIT)
-        try:
-            form = await parser.parse()
-        except _TooLarge:
-            raise fail(413, _too_large(None, max_upload_mb)) from None
-        except MultiPartException as err:
-            raise fail(400, f"bad multipart upload: {err.message}") from None
-        try:
-            spec, uploads = _read_form(form, UploadFile)
-            earlier = store.key_taken(spec.client_key)
-            if earlier is not None:
-                return {"id": earlier.id, "state": earlier.state, "duplicate": True}
-            staged = store.stage()
-            try:
-                for name, upload in uploads.items():
-                    digest = await run_in_threadpool(_save, upload.file, staged / "files" / name)
-                    if digest != spec.files[name]:
-                        raise BadInput(f"{name}: its sha256 is {digest[:16]}…, the spec says {spec.files[name][:16]}… "
-                                       "(changed or cut short on the way)")
-                state, created = await run_in_threadpool(store.create, spec, staged)
-            except BaseException:
-                store.discard(staged)
-                raise
-        except BadInput as err:
-            raise fail(400, str(err)) from None
-        except QueueFull as err:
-            raise fail(503, str(err)) from None
-        finally:
-            await form.close()
-        return {"id": state.id, "state": state.state, "duplicate": not created}
-
+    app.state.settings = routes.AgentSettings(token, max_upload_mb, max_queue)
+    routes.add_error_handlers(app)
+    app.include_router(routes.open_routes)
+    app.include_router(routes.job_routes)
     return app
-
-
-def _read_form(form, upload_type) -> tuple[JobSpec, dict]:
-    """The spec and the uploads by name; BadInput unless the names are safe and exactly the spec's."""
-    spec_text = form.get("spec")
-    if not isinstance(spec_text, str):
-        raise BadInput("the upload has no 'spec' field (the job's JSON)")
-    try:
-        spec = JobSpec.model_validate_json(spec_text)
-    except ValueError as err:
-        raise BadInput(f"bad job spec: {one_line_error(err)}") from None
-    uploads: dict = {}
-    for _, value in form.multi_items():
-        if isinstance(value, upload_type):
-            name = safe_name(value.filename or "")
-            if name in uploads:
-                raise BadInput(f"'{name}' is uploaded twice")
-            uploads[name] = value
-    missing, extra = sorted(set(spec.files) - set(uploads)), sorted(set(uploads) - set(spec.files))
-    if missing or extra:
-        raise BadInput("the uploaded files are not the spec's: " + "; ".join(
-            part for part in (f"missing {', '.join(missing)}" if missing else "",
-                              f"not in the spec {', '.join(extra)}" if extra else "") if part))
-    return spec, uploads
-
-
-async def _counted(stream, limit: int):
-    """The request body, stopped as soon as it passes the limit (a missing or false Content-Length)."""
-    seen = 0
-    async for chunk in stream:
-        seen += len(chunk)
-        if seen > limit:
-            raise _TooLarge
-        yield chunk
-
-
-def _save(source, dest: Path) -> str:
-    """Copy an upload into place and return its sha256."""
-    digest = hashlib.sha256()
-    source.seek(0)
-    with open(dest, "wb") as out:
-        while block := source.read(1 << 20):
-            digest.update(block)
-            out.write(block)
-    return digest.hexdigest()
-
-
-def _too_large(size: int | None, max_mb: float) -> str:
-    what = f"the upload is {size / 2**20:.1f} MiB" if size is not None else "the upload is too large"
-    return f"{what}; this agent takes at most {max_mb:g} MiB (edgekit agent serve --max-upload-mb)"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:600]
 
 
 BACKLOG = 2048  # uvicorn's default

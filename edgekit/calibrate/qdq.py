@@ -133,137 +133,184 @@ def write_qdq(model, int8_layers: list[str], activations: dict[str, QParams], ou
     inputs of `links` (see int8_links). Each quantized tensor gets one Q/DQ pair, right after the
     node that makes it, shared by all the consumers that read it in int8."""
     import onnx
-    from onnx import helper, numpy_helper
 
     model_out = onnx.ModelProto()
     model_out.CopyFrom(model)
-    graph = model_out.graph
-    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     layers = quantizable_layers(model_out)
     unknown = [name for name in int8_layers if name not in layers]
     if unknown:
         raise BadInput(f"cannot quantize {', '.join(unknown)}: not a {'/'.join(QUANTIZABLE)} layer of the model")
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
-    summary = QdqSummary()
-    new_inits: list = []
-    replaced_inits: dict[str, np.ndarray] = {}
-    before: dict[int, list] = {}  # node index → weight/bias DQ nodes to emit before it
-    after: dict[int, list] = {}  # node index (-1: the graph inputs) → activation Q/DQ nodes to emit after it
-    dq_of: dict[str, str] = {}  # activation tensor → its dequantized name
-    means = channel_means or {}
-    position = {id(n): i for i, n in enumerate(graph.node)}
-    made_at = {t: i for i, n in enumerate(graph.node) for t in n.output}
-
-    def const(name: str, array: np.ndarray) -> str:
-        new_inits.append(numpy_helper.from_array(array, name))
-        return name
-
-    def qdq_activation(tensor: str) -> str:
-        if tensor in dq_of:
-            return dq_of[tensor]
-        p = activations[tensor]
-        zp_type = np.uint8 if p.dtype == "uint8" else np.int8
-        scale = const(f"{tensor}_scale", np.array(p.scale, np.float32))
-        zp = const(f"{tensor}_zero_point", np.array(p.zero_point, zp_type))
-        q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
-        after.setdefault(made_at.get(tensor, -1), []).extend([
-            helper.make_node("QuantizeLinear", [tensor, scale, zp], [q], name=f"{tensor}_QuantizeLinear"),
-            helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{tensor}_DequantizeLinear")])
-        dq_of[tensor] = dq
-        summary.activations[tensor] = p.as_dict()
-        return dq
-
+    edits = _QdqEdits(model_out.graph, activations, weight_qmax(weight_bits))
     for name in int8_layers:
-        node = layers[name]
-        at = position[id(node)]
-        act_inputs = activation_inputs(node, initializers)
-        missing = [t for t in act_inputs if t not in activations]
-        if missing:
-            raise BadInput(f"layer {name}: no calibrated scale for its input {missing[0]}")
-        new_inputs = list(node.input)
-        for t in act_inputs:
-            new_inputs[list(node.input).index(t)] = qdq_activation(t)
-        weight_info = weight_input(node, initializers)
-        if weight_info:
-            w_name, axis = weight_info
-            w = initializers[w_name]
-            qmax = weight_qmax(weight_bits)
-            scales = weight_scales(w, axis, qmax) if axis is not None else weight_scales(w.reshape(1, -1), 0, qmax)[:1].reshape(())
-            q = quantize_weight(w, scales, axis, qmax) if axis is not None else np.clip(np.round(w / scales), -qmax, qmax).astype(np.int8)
-            shape = [1] * w.ndim
-            if axis is not None:
-                shape[axis] = -1
-            dequantized = q.astype(np.float32) * scales.reshape(shape)
-            wq = const(f"{w_name}_quantized", q)
-            ws = const(f"{w_name}_scale", scales)
-            wz = const(f"{w_name}_zero_point", np.zeros_like(scales, np.int8))
-            w_dq = f"{w_name}_dequantized_{name}"
-            attrs = {"axis": axis} if axis is not None else {}
-            before.setdefault(at, []).append(helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{name}_weight_DequantizeLinear", **attrs))
-            new_inputs[1] = w_dq
-            summary.weights[name] = {"tensor": w_name, "axis": axis, "scale_min": float(scales.min()), "scale_max": float(scales.max())}
-            bias_name, where = _bias_of(node, initializers, consumers)
-            shift = _bias_shift(node, w, dequantized, means.get(act_inputs[0])) if bias_correction and act_inputs else None
-            if shift is not None and np.all(np.isfinite(shift)):
-                if bias_name is None and node.op_type == "Conv":
-                    bias_name = f"{name}_bias"
-                    initializers[bias_name] = np.zeros(w.shape[0], np.float32)
-                    new_inputs.append(bias_name)
-                if bias_name is not None:
-                    base = replaced_inits.get(bias_name, initializers[bias_name])
-                    replaced_inits[bias_name] = (base - shift).astype(np.float32)
-                    summary.bias_corrected[name] = float(np.abs(shift).max())
-            if node.op_type in ("Conv", "Gemm") and len(new_inputs) > 2 and new_inputs[2]:
-                b_name = new_inputs[2]
-                bias = replaced_inits.get(b_name, initializers.get(b_name))
-                a_scale = activations[act_inputs[0]].scale
-                b_scale = (a_scale * scales).astype(np.float32)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    representable = bias is not None and bias.shape == scales.shape and np.all(np.abs(bias / b_scale) < 2**31 - 1)
-                if representable:  # else (a near-constant input: tiny scales) the bias stays float, exact
-                    bq = const(f"{b_name}_quantized_{name}", np.clip(np.round(bias / b_scale), -2**31, 2**31 - 1).astype(np.int32))
-                    bs = const(f"{b_name}_scale_{name}", b_scale)
-                    bz = const(f"{b_name}_zero_point_{name}", np.zeros_like(b_scale, np.int32))
-                    b_dq = f"{b_name}_dequantized_{name}"
-                    before[at].append(helper.make_node("DequantizeLinear", [bq, bs, bz], [b_dq], name=f"{name}_bias_DequantizeLinear", axis=0))
-                    new_inputs[2] = b_dq
-        del node.input[:]
-        node.input.extend(new_inputs)
-        summary.layers.append(name)
-
+        edits.quantize_layer(name, layers[name], channel_means or {}, bias_correction)
     for name, tensors in (links or {}).items():
-        node = next(n for n in graph.node if n.name == name)
-        missing = [t for t in tensors if t not in activations]
-        if missing:
-            raise BadInput(f"{node.op_type} {name}: no calibrated scale for its input {missing[0]}")
-        new_inputs = [qdq_activation(t) if t in tensors else t for t in node.input]
-        del node.input[:]
-        node.input.extend(new_inputs)
-        summary.links.append(name)
-
-    kept = [i for i in graph.initializer if i.name not in replaced_inits]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in replaced_inits.items())
-    graph.initializer.extend(new_inits)
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(after.get(-1, []))
-    for i, node in enumerate(nodes):
-        graph.node.extend(before.get(i, []))
-        graph.node.append(node)
-        graph.node.extend(after.get(i, []))
-    used = {t for n in graph.node for t in n.input}
-    unused = [i for i in graph.initializer if i.name not in used]  # the float weights now stored as int8
-    for init in unused:
-        graph.initializer.remove(init)
+        edits.quantize_link(name, tensors)
+    edits.apply()
     # int32 bias and int8 weights need no new opset; per-axis DequantizeLinear needs opset ≥ 13.
     opset = next((o for o in model_out.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and opset.version < 13:
         raise BadInput(f"Q/DQ needs ONNX opset ≥ 13; the model has opset {opset.version}")
     onnx.checker.check_model(model_out)
     onnx.save(model_out, str(out_path))
-    return summary
+    return edits.summary
+
+
+class _QdqEdits:
+    """write_qdq's changes to one copy of the graph, gathered while its layers are walked and put in
+    place by `apply` in one pass: activation Q/DQ pairs after the node that makes the tensor, weight
+    and bias DequantizeLinear before the layer, new and bias-corrected initializers."""
+
+    def __init__(self, graph, activations: dict[str, QParams], qmax: int):
+        from onnx import numpy_helper
+
+        self.graph, self.activations, self.qmax = graph, activations, qmax
+        self.initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.summary = QdqSummary()
+        self.new_inits: list = []
+        self.replaced_inits: dict[str, np.ndarray] = {}
+        self.before: dict[int, list] = {}  # node index → weight/bias DQ nodes to emit before it
+        self.after: dict[int, list] = {}  # node index (-1: the graph inputs) → activation Q/DQ nodes to emit after it
+        self.dq_of: dict[str, str] = {}  # activation tensor → its dequantized name
+        # The graph as it is before any edit: who reads each tensor, where each node and tensor is made.
+        # Positions are keyed by id(node): `consumers` (and the caller's layers) keep those node objects alive.
+        self.consumers: dict[str, list] = {}
+        for node in graph.node:
+            for t in node.input:
+                self.consumers.setdefault(t, []).append(node)
+        self.position = {id(n): i for i, n in enumerate(graph.node)}
+        self.made_at = {t: i for i, n in enumerate(graph.node) for t in n.output}
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def activation(self, tensor: str) -> str:
+        """The dequantized name of `tensor`, its Q/DQ pair made on first use."""
+        from onnx import helper
+
+        if tensor in self.dq_of:
+            return self.dq_of[tensor]
+        p = self.activations[tensor]
+        zp_type = np.uint8 if p.dtype == "uint8" else np.int8
+        scale = self.const(f"{tensor}_scale", np.array(p.scale, np.float32))
+        zp = self.const(f"{tensor}_zero_point", np.array(p.zero_point, zp_type))
+        q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
+        self.after.setdefault(self.made_at.get(tensor, -1), []).extend([
+            helper.make_node("QuantizeLinear", [tensor, scale, zp], [q], name=f"{tensor}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{tensor}_DequantizeLinear")])
+        self.dq_of[tensor] = dq
+        self.summary.activations[tensor] = p.as_dict()
+        return dq
+
+    def quantize_layer(self, name: str, node, means: dict[str, np.ndarray], bias_correction: bool) -> None:
+        """The layer reads its activations, weight and bias through Q/DQ (the bias corrected first)."""
+        at = self.position[id(node)]
+        act_inputs = activation_inputs(node, self.initializers)
+        missing = [t for t in act_inputs if t not in self.activations]
+        if missing:
+            raise BadInput(f"layer {name}: no calibrated scale for its input {missing[0]}")
+        new_inputs = list(node.input)
+        for t in act_inputs:
+            new_inputs[list(node.input).index(t)] = self.activation(t)
+        weight_info = weight_input(node, self.initializers)
+        if weight_info:
+            w_name, axis = weight_info
+            w = self.initializers[w_name]
+            scales, dequantized = self._weight(name, at, w_name, w, axis, new_inputs)
+            if bias_correction and act_inputs:
+                self._correct_bias(name, node, w, dequantized, means.get(act_inputs[0]), new_inputs)
+            if node.op_type in ("Conv", "Gemm") and len(new_inputs) > 2 and new_inputs[2]:
+                self._int32_bias(name, at, scales, self.activations[act_inputs[0]].scale, new_inputs)
+        del node.input[:]
+        node.input.extend(new_inputs)
+        self.summary.layers.append(name)
+
+    def _weight(self, name: str, at: int, w_name: str, w: np.ndarray, axis: int | None, new_inputs: list[str]):
+        """The weight stored as int8 (per channel along `axis`, else per tensor) behind a DequantizeLinear;
+        its scales and the float values it now stands for."""
+        from onnx import helper
+
+        qmax = self.qmax
+        scales = weight_scales(w, axis, qmax) if axis is not None else weight_scales(w.reshape(1, -1), 0, qmax)[:1].reshape(())
+        q = quantize_weight(w, scales, axis, qmax) if axis is not None else np.clip(np.round(w / scales), -qmax, qmax).astype(np.int8)
+        shape = [1] * w.ndim
+        if axis is not None:
+            shape[axis] = -1
+        dequantized = q.astype(np.float32) * scales.reshape(shape)
+        wq = self.const(f"{w_name}_quantized", q)
+        ws = self.const(f"{w_name}_scale", scales)
+        wz = self.const(f"{w_name}_zero_point", np.zeros_like(scales, np.int8))
+        w_dq = f"{w_name}_dequantized_{name}"
+        attrs = {"axis": axis} if axis is not None else {}
+        self.before.setdefault(at, []).append(helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{name}_weight_DequantizeLinear", **attrs))
+        new_inputs[1] = w_dq
+        self.summary.weights[name] = {"tensor": w_name, "axis": axis, "scale_min": float(scales.min()), "scale_max": float(scales.max())}
+        return scales, dequantized
+
+    def _correct_bias(self, name: str, node, w: np.ndarray, dequantized: np.ndarray, mean: np.ndarray | None,
+                      new_inputs: list[str]) -> None:
+        """Take the weight rounding's mean output shift out of the bias (a Conv without one gets one)."""
+        bias_name, _ = _bias_of(node, self.initializers, self.consumers)
+        shift = _bias_shift(node, w, dequantized, mean)
+        if shift is None or not np.all(np.isfinite(shift)):
+            return
+        if bias_name is None and node.op_type == "Conv":
+            bias_name = f"{name}_bias"
+            self.initializers[bias_name] = np.zeros(w.shape[0], np.float32)
+            new_inputs.append(bias_name)
+        if bias_name is not None:
+            base = self.replaced_inits.get(bias_name, self.initializers[bias_name])
+            self.replaced_inits[bias_name] = (base - shift).astype(np.float32)
+            self.summary.bias_corrected[name] = float(np.abs(shift).max())
+
+    def _int32_bias(self, name: str, at: int, scales: np.ndarray, a_scale: float, new_inputs: list[str]) -> None:
+        """A Conv/Gemm bias as int32 at the activation scale × weight scale, where it fits (else it stays float)."""
+        from onnx import helper
+
+        b_name = new_inputs[2]
+        bias = self.replaced_inits.get(b_name, self.initializers.get(b_name))
+        b_scale = (a_scale * scales).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            representable = bias is not None and bias.shape == scales.shape and np.all(np.abs(bias / b_scale) < 2**31 - 1)
+        if representable:  # else (a near-constant input: tiny scales) the bias stays float, exact
+            bq = self.const(f"{b_name}_quantized_{name}", np.clip(np.round(bias / b_scale), -2**31, 2**31 - 1).astype(np.int32))
+            bs = self.const(f"{b_name}_scale_{name}", b_scale)
+            bz = self.const(f"{b_name}_zero_point_{name}", np.zeros_like(b_scale, np.int32))
+            b_dq = f"{b_name}_dequantized_{name}"
+            self.before[at].append(helper.make_node("DequantizeLinear", [bq, bs, bz], [b_dq], name=f"{name}_bias_DequantizeLinear", axis=0))
+            new_inputs[2] = b_dq
+
+    def quantize_link(self, name: str, tensors: list[str]) -> None:
+        """A join or pool between int8 layers reads `tensors` through their Q/DQ pairs."""
+        node = next(n for n in self.graph.node if n.name == name)
+        missing = [t for t in tensors if t not in self.activations]
+        if missing:
+            raise BadInput(f"{node.op_type} {name}: no calibrated scale for its input {missing[0]}")
+        new_inputs = [self.activation(t) if t in tensors else t for t in node.input]
+        del node.input[:]
+        node.input.extend(new_inputs)
+        self.summary.links.append(name)
+
+    def apply(self) -> None:
+        """Initializers replaced and added, Q/DQ nodes put around their nodes, float weights now stored as int8 dropped."""
+        from onnx import numpy_helper
+
+        graph = self.graph
+        kept = [i for i in graph.initializer if i.name not in self.replaced_inits]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in self.replaced_inits.items())
+        graph.initializer.extend(self.new_inits)
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(self.after.get(-1, []))
+        for i, node in enumerate(nodes):
+            graph.node.extend(self.before.get(i, []))
+            graph.node.append(node)
+            graph.node.extend(self.after.get(i, []))
+        used = {t for n in graph.node for t in n.input}
+        unused = [i for i in graph.initializer if i.name not in used]  # the float weights now stored as int8
+        for init in unused:
+            graph.initializer.remove(init)

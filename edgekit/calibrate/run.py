@@ -5,7 +5,6 @@ layer precisions for TensorRT targets), plus scales.json with every scale and wh
 
 from __future__ import annotations
 
-import functools
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ class CalibrationOptions:
             raise BadInput(f"--calibration-samples must be at least 1, got {self.samples}")
 
 
-@dataclass(eq=False)  # hashed by identity (params are cached per variant)
+@dataclass(eq=False)  # compared by identity: a variant is one model and its statistics
 class _Variant:
     """The fp32 model calibration may quantize (as exported, or equalized) and its statistics."""
 
@@ -161,33 +160,78 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
     model = onnx.load(str(onnx_path))
     planned = resolve_plan(plan, model)
     samples = _take(samples, options.samples, warnings)
-    layers = qdq.quantizable_layers(model)
     init_arrays = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    # Observe what int8 layers read; TensorRT's cache wants every tensor.
-    wanted = [name for name, p in planned.items() if p == "int8"]
-    observed = None if target.backend.name == "tensorrt" else sorted(
-        ({t for name in wanted for t in qdq.activation_inputs(layers[name], init_arrays)}
-         | {t for inputs in qdq.int8_links(model, wanted, init_arrays).values() for t in inputs})
-        & set(observers.float_tensors(model)))
-    variants = {"plain": _Variant("plain", model, observers.collect(model, samples, observed))}
-    stats = variants["plain"].stats
-    _check_stats(stats, warnings)
-    if options.equalization != "off":
-        pairs = equalize.find_pairs(model, init_arrays)
-        if pairs:
-            maxima = observers.channel_maxima(model, samples, equalize.clipped_outputs(model, pairs))
-            eq_model, spread = equalize.equalize(model, pairs, maxima)
-            variants["equalized"] = _Variant("equalized", eq_model, observers.collect(eq_model, samples, observed), spread)
-        elif options.equalization == "on":
-            warnings.append("--equalization on: no conv → (ReLU | clip) → conv chain to equalize in this model")
+    observed = _observed_tensors(model, planned, target, init_arrays)
+    variants = _observe(model, samples, observed, init_arrays, options, warnings)
     symmetric = symmetric_activations(target)
+    demoted = _demotions(planned, plan, target, model, init_arrays, variants["plain"].stats)
+    for name in demoted:
+        planned[name] = "fp32" if "fp32" in target.precisions.supported else target.precisions.fast[0]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    qdq_path = out_dir / "model.int8.onnx"
+    int8 = [name for name, p in planned.items() if p == "int8"]
+    writers = _Writers(symmetric, options, target.quantization.weight_bits)
+    candidates = sorted({(v, m) for v in variants if options.equalization != "on" or v == "equalized" or len(variants) == 1
+                         for m in (scales.METHODS if options.method == "auto" else (options.method,))})
+    named = metric if metric is not None and not metric.why else None  # a default metric leaves the choice to the error
+    selection, drops = _select({f"{v}/{m}": writers.writer(variants[v], m) for v, m in candidates}, model, int8,
+                               samples, named) if len(candidates) > 1 else ({}, {})
+    variant_name, method = _best(selection, drops).split("/") if selection else candidates[0]
+    variant = variants[variant_name]
+    writer = writers.writer(variant, method)
+    summary = writer.write(int8, qdq_path)
+    result = CalibrationResult(qdq_path, planned, demoted, writer.params, summary, warnings, {"qdq_onnx": qdq_path.name},
+                               len(samples), 0.0, writer, method, selection,
+                               {"asked": options.equalization, "used": variant_name == "equalized",
+                                "pairs": variants["equalized"].spread if "equalized" in variants else {}},
+                               {"metric": named.name, "drop_points": drops} if drops else {})
+    stats = variant.stats
+    if variant_name == "equalized":
+        onnx.save(variant.model, str(out_dir / "model.equalized.onnx"))
+        result.files["equalized_onnx"] = "model.equalized.onnx"
+    _write_scales(out_dir / "scales.json", result, stats, options, symmetric, samples)
+    result.files["scales"] = "scales.json"
+    if target.backend.name == "tensorrt":
+        result.files.update(_write_tensorrt(out_dir, result, stats, options, target))
+    result.seconds = time.perf_counter() - started
+    return result
 
-    @functools.cache
-    def params_by(variant: _Variant, method: str) -> dict[str, QParams]:
-        return {name: scales.qparams(*scales.activation_range(s, method, symmetric=symmetric, percentile=options.percentile),
-                                     symmetric=symmetric, method=method)
-                for name, s in variant.stats.items()}
 
+def _observed_tensors(model, planned: dict[str, str], target: Target, init_arrays: dict) -> list[str] | None:
+    """What int8 layers read (and the joins and pools between them); None, every tensor, for TensorRT's cache."""
+    if target.backend.name == "tensorrt":
+        return None
+    layers = qdq.quantizable_layers(model)
+    wanted = [name for name, p in planned.items() if p == "int8"]
+    return sorted(({t for name in wanted for t in qdq.activation_inputs(layers[name], init_arrays)}
+                   | {t for inputs in qdq.int8_links(model, wanted, init_arrays).values() for t in inputs})
+                  & set(observers.float_tensors(model)))
+
+
+def _observe(model, samples: Samples, observed: list[str] | None, init_arrays: dict, options: CalibrationOptions,
+             warnings: list[str]) -> dict[str, _Variant]:
+    """The model's statistics on the calibration samples ("plain"), and the cross-layer equalized
+    model's ("equalized") unless equalization is off or finds nothing to equalize."""
+    variants = {"plain": _Variant("plain", model, observers.collect(model, samples, observed))}
+    _check_stats(variants["plain"].stats, warnings)
+    if options.equalization == "off":
+        return variants
+    pairs = equalize.find_pairs(model, init_arrays)
+    if pairs:
+        maxima = observers.channel_maxima(model, samples, equalize.clipped_outputs(model, pairs))
+        eq_model, spread = equalize.equalize(model, pairs, maxima)
+        variants["equalized"] = _Variant("equalized", eq_model, observers.collect(eq_model, samples, observed), spread)
+    elif options.equalization == "on":
+        warnings.append("--equalization on: no conv → (ReLU | clip) → conv chain to equalize in this model")
+    return variants
+
+
+def _demotions(planned: dict[str, str], plan: PrecisionPlan, target: Target, model, init_arrays: dict,
+               stats: dict[str, TensorStats]) -> dict[str, str]:
+    """Layers planned int8 that stay float, and why: products of two activations the target runs in
+    float (unless the plan names them), and layers whose input is not a float activation or holds sentinels."""
+    layers = qdq.quantizable_layers(model)
     demoted: dict[str, str] = {}
     if not target.quantization.activation_matmul:
         for name, precision in planned.items():
@@ -206,44 +250,38 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
             elif s.sentinel:
                 demoted[name] = (f"its input '{tensor}' holds sentinel values (|x| up to {max(abs(s.min), abs(s.max)):.3g}, "
                                  f"real values within ±{s.real_bound:.3g}, e.g. an additive attention mask): kept in float")
-    for name in demoted:
-        planned[name] = "fp32" if "fp32" in target.precisions.supported else target.precisions.fast[0]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    qdq_path = out_dir / "model.int8.onnx"
-    int8 = [name for name, p in planned.items() if p == "int8"]
+    return demoted
 
-    def writer_for(variant: _Variant, method: str) -> QdqWriter:
-        return QdqWriter(variant.model, params_by(variant, method),
+
+class _Writers:
+    """The QdqWriter of each calibration candidate (a model variant and a range method), the scales
+    of each computed once however often it is written."""
+
+    def __init__(self, symmetric: bool, options: CalibrationOptions, weight_bits: int):
+        self.symmetric, self.options, self.weight_bits = symmetric, options, weight_bits
+        self._params: dict[tuple[str, str], dict[str, QParams]] = {}
+
+    def params(self, variant: _Variant, method: str) -> dict[str, QParams]:
+        key = (variant.name, method)
+        if key not in self._params:
+            symmetric, percentile = self.symmetric, self.options.percentile
+            self._params[key] = {
+                name: scales.qparams(*scales.activation_range(s, method, symmetric=symmetric, percentile=percentile),
+                                     symmetric=symmetric, method=method)
+                for name, s in variant.stats.items()}
+        return self._params[key]
+
+    def writer(self, variant: _Variant, method: str) -> QdqWriter:
+        return QdqWriter(variant.model, self.params(variant, method),
                          {n: s.channel_mean for n, s in variant.stats.items() if s.channel_mean is not None},
-                         {n for n, s in variant.stats.items() if s.sentinel}, options.bias_correction,
-                         target.quantization.weight_bits)
+                         {n for n, s in variant.stats.items() if s.sentinel}, self.options.bias_correction,
+                         self.weight_bits)
 
-    candidates = {(v, m) for v in variants if options.equalization != "on" or v == "equalized" or len(variants) == 1
-                  for m in (scales.METHODS if options.method == "auto" else (options.method,))}
-    named = metric if metric is not None and not metric.why else None  # a default metric leaves the choice to the error
-    selection, drops = _select({f"{v}/{m}": writer_for(variants[v], m) for v, m in sorted(candidates)}, model, int8,
-                               samples, named) if len(candidates) > 1 else ({}, {})
+
+def _best(selection: dict[str, float], drops: dict[str, float]) -> str:
+    """The candidate with the smallest metric drop (when a metric was named), then the smallest output error."""
     rank = (lambda name: (round(drops[name], 9), selection[name])) if drops else selection.get
-    variant_name, method = min(selection, key=rank).split("/") if selection else next(iter(candidates))
-    variant = variants[variant_name]
-    writer = writer_for(variant, method)
-    summary = writer.write(int8, qdq_path)
-    result = CalibrationResult(qdq_path, planned, demoted, writer.params, summary, warnings, {"qdq_onnx": qdq_path.name},
-                               len(samples), 0.0, writer, method, selection,
-                               {"asked": options.equalization, "used": variant_name == "equalized",
-                                "pairs": variants["equalized"].spread if "equalized" in variants else {}},
-                               {"metric": named.name, "drop_points": drops} if drops else {})
-    stats = variant.stats
-    if variant_name == "equalized":
-        onnx.save(variant.model, str(out_dir / "model.equalized.onnx"))
-        result.files["equalized_onnx"] = "model.equalized.onnx"
-    _write_scales(out_dir / "scales.json", result, stats, options, symmetric, samples)
-    result.files["scales"] = "scales.json"
-    if target.backend.name == "tensorrt":
-        result.files.update(_write_tensorrt(out_dir, result, stats, options, target))
-    result.seconds = time.perf_counter() - started
-    return result
+    return min(selection, key=rank)
 
 
 def _select(writers: dict[str, QdqWriter], model, int8: list[str], samples: Samples,

@@ -21,7 +21,7 @@ from pathlib import Path
 from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
 from edgekit.fleet import bundle as bundles
 from edgekit.fleet import ota
-from edgekit.fleet.cache import BuildCache, build_key, model_digest
+from edgekit.fleet.cache import BuildAsk, BuildCache, build_key, model_digest
 from edgekit.fleet.manifest import DeviceClass, Fleet
 
 EXECUTORS = ("local", "ray")
@@ -71,9 +71,8 @@ def _identity(klass: DeviceClass) -> dict:
     # wording of the sources do not change what is built
     dump = target.model_dump(mode="json", exclude={"file", "storage_mb", "sources"})
     model, data = model_digest(loaded), samples.sha256()
-    key = build_key(model=model, data=data, target=dump, precision=klass.precision,
-                    budgets=klass.budgets.model_dump(), time_limit_s=klass.time_limit_s, edgekit_version=__version__,
-                    metric=klass.metric, input_shape=klass.input_shape)
+    ask = BuildAsk(klass.precision, klass.budgets.model_dump(), klass.time_limit_s, klass.metric, klass.input_shape)
+    key = build_key(model=model, data=data, target=dump, ask=ask, edgekit_version=__version__)
     return {"key": key, "target": target.name, "model_sha256": model,
             "calibration_set_sha256": split(samples).calibration.sha256(), "data_sha256": data}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.util import cache_dir
@@ -31,12 +32,25 @@ def model_digest(loaded) -> str:
     return digest.hexdigest()
 
 
-def build_key(*, model: str, data: str, target: dict, precision: str | None, budgets: dict, time_limit_s: float,
-              edgekit_version: str, metric: str | None = None, input_shape: tuple[str, ...] = ()) -> str:
-    identity = {"model": model, "data": data, "target": target, "precision": precision, "budgets": budgets,
-                "time_limit_s": time_limit_s if any(budgets.get(k) for k in ("latency_ms", "flash_mb")) else None,
+@dataclass(frozen=True)
+class BuildAsk:
+    """What a device class asks of its build beyond the model, data and target: each part changes
+    what is built, so each is part of the key."""
+
+    precision: str | None
+    budgets: dict
+    time_limit_s: float
+    metric: str | None = None
+    input_shape: tuple[str, ...] = ()
+
+
+def build_key(*, model: str, data: str, target: dict, ask: BuildAsk, edgekit_version: str) -> str:
+    budgets = ask.budgets
+    identity = {"model": model, "data": data, "target": target, "precision": ask.precision, "budgets": budgets,
+                "time_limit_s": ask.time_limit_s if any(budgets.get(k) for k in ("latency_ms", "flash_mb")) else None,
                 "edgekit": edgekit_version,  # what only some classes say, only when said (older keys stay valid)
-                **({"metric": metric} if metric else {}), **({"input_shape": list(input_shape)} if input_shape else {})}
+                **({"metric": ask.metric} if ask.metric else {}),
+                **({"input_shape": list(ask.input_shape)} if ask.input_shape else {})}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
