@@ -40,7 +40,7 @@ from ptq import DATA, _load, nncf_int8
 from edgekit import cost, graph
 from edgekit.backends.base import get_backend
 from edgekit.calibrate.run import calibrate
-from edgekit.compress.distill import distill
+from edgekit.compress.distill import DistillSettings, distill
 from edgekit.compress.prune import prune
 from edgekit.data import Samples, load_data, split
 from edgekit.metrics import load_metric, stack_outputs
@@ -89,7 +89,7 @@ def uniform(loaded, splits, onnx_path: Path, budget_ms: float, model_cost, finet
         if predicted <= budget_ms:
             break
     ratio, candidate, module, predicted = chosen
-    distill(module, loaded.module, final_inputs(splits), seconds=finetune_s, seed=0, objective=objective)  # as the search's
+    distill(module, loaded.module, final_inputs(splits), DistillSettings(seconds=finetune_s, seed=0, objective=objective))  # as the search's
     pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#uniform{ratio:.2f}")
     pruned_onnx = graph.export_onnx(pruned, work / "model.onnx")
     result = calibrate(pruned_onnx, splits.calibration, host, PrecisionPlan("int8"), work)

@@ -14,6 +14,7 @@ float: when none is faster, float ships.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,28 @@ class Descent:
     record: dict  # report.json's precision.accuracy_aware
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How every step's engine is built and timed: the target's runtime, side by side with float on `feed`."""
+
+    target: Target
+    backend: Backend
+    threads: int
+    feed: dict
+    settings: ProfileSettings
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What every step is judged on: `metric` on the validation split of `splits`, against the source model's
+    outputs (`reference(feed)`), at most `max_drop` points below them."""
+
+    splits: Splits
+    metric: Metric
+    max_drop: float
+    reference: Callable
+
+
 def _gain(analysis: dict, name: str) -> float:
     return (analysis["layers"][name].get("latency") or {}).get("gain_ms") or 0.0
 
@@ -57,17 +80,18 @@ def _order(analysis: dict, layers: list[str]) -> list[str]:
     return sorted(layers, key=badness, reverse=True)
 
 
-def descend(*, analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path, splits: Splits,
-            target: Target, backend: Backend, metric: Metric, max_drop: float, threads: int,
-            feed: dict, settings: ProfileSettings, reference) -> Descent:
-    """Walk from all-int8 towards float until the metric is within `max_drop` points; ship the fastest
-    point within it (see the module's docstring). `reference(feed)` gives the source model's outputs."""
+def descend(*, analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path, timing: Timing,
+            goal: Goal) -> Descent:
+    """Walk from all-int8 towards float until the metric is within `goal.max_drop` points; ship the fastest
+    point within it (see the module's docstring)."""
+    target, backend, threads = timing.target, timing.backend, timing.threads
+    splits, metric, max_drop = goal.splits, goal.metric, goal.max_drop
     float_p = analysis["float_precision"]
     order = _order(analysis, [name for name, p in calibration.planned.items() if p == "int8"])
     current = list(order)
     feeds = [splits.validation.sample(i) for i in range(len(splits.validation))]
     labels = splits.validation.labels
-    source_outputs = stack_outputs([reference(f) for f in feeds])
+    source_outputs = stack_outputs([goal.reference(f) for f in feeds])
     source = metric(source_outputs, labels, source_outputs)
     folder = Path(run_dir) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,7 +107,7 @@ def descend(*, analysis: dict, calibration: CalibrationResult, onnx_path: Path, 
             built: Artifact = backend.build(onnx_path=qdq_path, plan=plan, target=target, out_dir=folder / f"step-{step}")
             engine = backend.load(built, target=target, threads=threads)
             value = metric(stack_outputs([[np.asarray(o) for o in engine.run(f)] for f in feeds]), labels, source_outputs)
-            times = time_interleaved({"int8": engine, float_p: float_engine}, feed, settings)
+            times = time_interleaved({"int8": engine, float_p: float_engine}, timing.feed, timing.settings)
             p50 = {name: Latency.from_samples(t, "side by side").p50 for name, t in times.items()}
             before = len(order) - (points[-1]["int8_layers"] if points else len(order))
             points.append({"step": step, "int8_layers": len(current), "metric": value,

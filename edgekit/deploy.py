@@ -129,9 +129,11 @@ def _accuracy_aware(request: DeployRequest, analysis: dict, calibration: Calibra
                        f"({availability.reason or 'the device is not this machine'}); use --precision mixed or int8 without "
                        "--max-accuracy-drop")
     descent = accuracy_aware.descend(
-        analysis=analysis, calibration=calibration, onnx_path=onnx_path, run_dir=run_dir, splits=splits, target=target,
-        backend=backend, metric=metric, max_drop=request.max_accuracy_drop, threads=request.settings.threads or target.cores,
-        feed=splits.test.sample(0), settings=request.settings, reference=functools.partial(graph.reference_outputs, model))
+        analysis=analysis, calibration=calibration, onnx_path=onnx_path, run_dir=run_dir,
+        timing=accuracy_aware.Timing(target=target, backend=backend, threads=request.settings.threads or target.cores,
+                                     feed=splits.test.sample(0), settings=request.settings),
+        goal=accuracy_aware.Goal(splits=splits, metric=metric, max_drop=request.max_accuracy_drop,
+                                 reference=functools.partial(graph.reference_outputs, model)))
     report["precision"]["accuracy_aware"] = descent.record
     report["artifacts"]["accuracy_aware"] = accuracy_aware.FOLDER
     return descent.plan, descent.qdq_path or onnx_path

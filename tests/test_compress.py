@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from edgekit import graph, zoo
-from edgekit.compress.distill import distill
+from edgekit.compress.distill import DistillSettings, distill
 from edgekit.compress.lowrank import factorize, rank_choices
 from edgekit.compress.prune import PruneGroup, count_macs, prune, prune_groups
 from edgekit.errors import BadInput, Failure
@@ -211,14 +211,14 @@ def test_distillation_recovers_a_pruned_demo_within_its_budget(demo_model):
     groups = prune_groups(teacher, example_tensors(demo_model))
     student = prune(teacher, example_tensors(demo_model), {g.name: g.channels // 2 for g in groups})
     before = _agreement(student, teacher, val)
-    report = distill(student, teacher, {demo_model.inputs[0].name: train}, seconds=15, epochs=8)
+    report = distill(student, teacher, {demo_model.inputs[0].name: train}, DistillSettings(seconds=15, epochs=8))
     after = _agreement(student, teacher, val)
     assert after > before + 0.2 and not student.training and report.loss == "kl"
     assert report.steps <= report.planned_steps == 8 * 7 and report.last_loss <= report.first_loss
     assert report.stopped_by == "time" or report.epochs == 8
 
     tiny = distill(prune(teacher, example_tensors(demo_model), {groups[0].name: 8}), teacher,
-                   {demo_model.inputs[0].name: train}, seconds=1e-6)
+                   {demo_model.inputs[0].name: train}, DistillSettings(seconds=1e-6))
     assert tiny.stopped_by == "time" and tiny.steps == 1 and tiny.epochs == 0
 
 
@@ -233,13 +233,14 @@ def test_distillation_is_deterministic_and_matches_other_outputs_by_mse():
     with torch.no_grad():
         for student in (a, b):
             student[0].weight.mul_(0.5)
-    ra, rb = distill(a, teacher, x, epochs=2, batch=8), distill(b, teacher, x, epochs=2, batch=8)
+    two = DistillSettings(epochs=2, batch=8)
+    ra, rb = distill(a, teacher, x, two), distill(b, teacher, x, two)
     assert ra.loss == "mse" and ra.stopped_by == "epochs" and ra.steps == 6 and ra.last_loss == rb.last_loss
-    assert distill(make(), teacher, {"x": x["x"][:17]}, epochs=1, batch=8).steps == 2  # never a batch of one
+    assert distill(make(), teacher, {"x": x["x"][:17]}, DistillSettings(epochs=1, batch=8)).steps == 2  # never a batch of one
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     for bad in ({"seconds": 0}, {"epochs": 0}, {"batch": -1}):
         with pytest.raises(BadInput):
-            distill(make(), teacher, x, **bad)
+            distill(make(), teacher, x, DistillSettings(**bad))
     with pytest.raises(BadInput):
         distill(make(), teacher, {})
     with pytest.raises(BadInput, match="copy"):

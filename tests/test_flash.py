@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgekit.compress.distill import distill
+from edgekit.compress.distill import DistillSettings, distill
 from edgekit.compress.shrink import (
     LADDER,
     Action,
@@ -95,7 +95,7 @@ def test_zeros_survive_fine_tuning_only_when_kept():
     plain = copy.deepcopy(net)
     before = _weights(net)
 
-    report = finetune_keeping(net, teacher, INPUTS, seconds=10, epochs=2, seed=0)
+    report = finetune_keeping(net, teacher, INPUTS, DistillSettings(seconds=10, epochs=2, seed=0))
     after = _weights(net)
     assert report.steps == 4 and not net.training
     assert all((after[n][zeros[n]] == 0).all() and not torch.signbit(after[n][zeros[n]]).any() for n in LAYERS)
@@ -103,7 +103,7 @@ def test_zeros_survive_fine_tuning_only_when_kept():
     assert dict(net.named_parameters()).keys() == dict(make_net().named_parameters()).keys()
     assert not any(m._forward_pre_hooks for m in net.modules())
 
-    distill(plain, teacher, INPUTS, seconds=10, epochs=2, seed=0)  # without the masks the zeros are lost
+    distill(plain, teacher, INPUTS, DistillSettings(seconds=10, epochs=2, seed=0))  # without the masks the zeros are lost
     assert _overall_zeros(plain) < 0.1
 
 
@@ -163,7 +163,7 @@ def test_shrink_to_flash_picks_the_mildest_rung_that_fits(export):
     dense_mb = stored_size(export(net)).compressed_mb
     budget = dense_mb * 0.3  # between the dense model and the strongest rung (about 9 %)
 
-    result = shrink_to_flash(net, net, INPUTS, export, budget, seconds=15, epochs=2, seed=0)
+    result = shrink_to_flash(net, net, INPUTS, export, budget, training=DistillSettings(seconds=15, epochs=2, seed=0))
     assert result.met and result.size.compressed_mb <= budget and result.steps[-1].met
     assert result.action == Action(0.8) and result.action.as_dict() == {"sparsity": 0.8, "clusters": None}
     assert [s.action for s in result.steps] == list(LADDER[: LADDER.index(result.action) + 1])
@@ -174,19 +174,19 @@ def test_shrink_to_flash_picks_the_mildest_rung_that_fits(export):
     assert all(torch.equal(original[n], w) for n, w in _weights(net).items())  # the model given is untouched
     assert result.as_dict()["steps"][0]["met"] is False
 
-    again = shrink_to_flash(net, net, INPUTS, export, budget, seconds=15, epochs=2, seed=0)
+    again = shrink_to_flash(net, net, INPUTS, export, budget, training=DistillSettings(seconds=15, epochs=2, seed=0))
     assert all(torch.equal(a, b) for a, b in zip(_weights(result.module).values(), _weights(again.module).values(), strict=True))
 
 
 def test_shrink_to_flash_reports_a_budget_nothing_meets(export):
     net = make_net()
-    result = shrink_to_flash(net, net, INPUTS, export, 1e-4, seconds=5, epochs=1)
+    result = shrink_to_flash(net, net, INPUTS, export, 1e-4, training=DistillSettings(seconds=5, epochs=1))
     assert not result.met and result.action == LADDER[-1] and result.finetune is None
     assert len(result.steps) == len(LADDER) and not any(s.met for s in result.steps)
     assert result.size.compressed_mb > 1e-4 and max(cluster(result.module, 16).values()) <= 16
 
-    roomy = shrink_to_flash(net, net, INPUTS, export, 10.0, seconds=5)
+    roomy = shrink_to_flash(net, net, INPUTS, export, 10.0, training=DistillSettings(seconds=5))
     assert roomy.met and roomy.action == Action() and roomy.finetune is None and roomy.module is not net
     for bad in (0, -1.0, True):
         with pytest.raises(BadInput):
-            shrink_to_flash(net, net, INPUTS, export, bad, seconds=5)
+            shrink_to_flash(net, net, INPUTS, export, bad, training=DistillSettings(seconds=5))

@@ -29,13 +29,14 @@ def _walk(int8_cost: float, prune_cost: float) -> greedy.Walk:
         return latency, 1.0
 
     return greedy.Walk(
-        groups=[Group("g", 16)], choices={"g": (8, 16)},
-        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
-        prune=lambda module, keep: {**module, **keep}, predict=predict, finetune=lambda module: None,
-        accuracy=lambda module: 0.95 - (prune_cost if module.get("g", 16) < 16 else 0.0),
+        greedy.Channels(groups=[Group("g", 16)], choices={"g": (8, 16)},
+                        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+                        prune=lambda module, keep: {**module, **keep}),
+        greedy.Scoring(predict=predict, finetune=lambda module: None,
+                       accuracy=lambda module: 0.95 - (prune_cost if module.get("g", 16) < 16 else 0.0),
+                       penalty=lambda c: int8_cost if c.precision.get("conv") == "int8" else 0.0),
         precision_moves=lambda c: [(dataclasses.replace(c, precision={**c.precision, "conv": "int8"}), "conv")]
-        if c.precision.get("conv") != "int8" else [],
-        penalty=lambda c: int8_cost if c.precision.get("conv") == "int8" else 0.0)
+        if c.precision.get("conv") != "int8" else [])
 
 
 @pytest.mark.parametrize(("int8_cost", "prune_cost", "first"), [(0.001, 0.02, "precision"), (0.03, 0.005, "prune")])
@@ -68,10 +69,11 @@ def test_both_moves_when_one_is_not_enough(tmp_path):
 def test_a_step_whose_cuts_all_cost_too_much_tries_milder_ones(tmp_path):
     """From 16 channels the slice asks for a cut to 8 (too costly); half the slice finds 15 (allowed)."""
     walk = greedy.Walk(
-        groups=[Group("g", 16)], choices={"g": (8, 15, 16)},
-        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
-        prune=lambda module, keep: {**module, **keep}, predict=lambda c, m: (c.keep.get("g", 16) / 16, 1.0),
-        finetune=lambda module: None, accuracy=lambda module: {8: 0.5, 15: 0.94}.get(module.get("g", 16), 0.95))
+        greedy.Channels(groups=[Group("g", 16)], choices={"g": (8, 15, 16)},
+                        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+                        prune=lambda module, keep: {**module, **keep}),
+        greedy.Scoring(predict=lambda c, m: (c.keep.get("g", 16) / 16, 1.0), finetune=lambda module: None,
+                       accuracy=lambda module: {8: 0.5, 15: 0.94}.get(module.get("g", 16), 0.95)))
     start = greedy.State(Candidate(), {}, 1.0, 1.0, 0.95)
     lines: list[str] = []
     state, stopped = greedy.run(walk, start, greedy.Budget(0.25), Trials(tmp_path), deadline=time.monotonic() + 60,

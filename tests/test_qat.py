@@ -14,7 +14,7 @@ import pytest
 
 from edgekit import graph
 from edgekit.calibrate.run import CalibrationOptions, calibrate
-from edgekit.compress.qat import qat
+from edgekit.compress.qat import QatTraining, Quantizers, qat
 from edgekit.data import Samples
 from edgekit.errors import BadInput
 from edgekit.models import InputSpec, LoadedModel
@@ -62,8 +62,9 @@ def test_qat_recovers_at_least_half_of_a_provoked_ptq_loss(outlier_mlp, digits, 
     assert fp32 - ptq >= 0.01, (fp32, ptq)  # the outliers cost post-training int8 at least a point
     student = copy.deepcopy(outlier_mlp)
     x, _, train, _ = digits
-    report = qat(student, outlier_mlp, {"x": x[train[:300]]}, method=OPTIONS.method,
-                 weight_bits=load_target("host").quantization.weight_bits, seconds=300)
+    report = qat(student, outlier_mlp, {"x": x[train[:300]]},
+                 Quantizers(method=OPTIONS.method, weight_bits=load_target("host").quantization.weight_bits),
+                 QatTraining(seconds=300))
     # bounded by its epochs (a few seconds), not by the clock: the same weights whatever the machine's load
     assert report.distill.stopped_by == "epochs" and report.layers == 3 and report.weight_bits in (7, 8)
     assert not any("parametrizations" in name for name, _ in student.named_parameters())  # a plain model again
@@ -75,9 +76,9 @@ def test_qat_recovers_at_least_half_of_a_provoked_ptq_loss(outlier_mlp, digits, 
 def test_qat_refuses_what_it_cannot_do(outlier_mlp, digits):
     x = digits[0][:32]
     with pytest.raises(BadInput, match="weight_bits"):
-        qat(copy.deepcopy(outlier_mlp), outlier_mlp, {"x": x}, weight_bits=4)
+        qat(copy.deepcopy(outlier_mlp), outlier_mlp, {"x": x}, Quantizers(weight_bits=4))
     with pytest.raises(BadInput, match="not Conv/Linear"):
-        qat(copy.deepcopy(outlier_mlp), outlier_mlp, {"x": x}, layers=["1"])
+        qat(copy.deepcopy(outlier_mlp), outlier_mlp, {"x": x}, Quantizers(layers=("1",)))
 
 
 @pytest.mark.slow

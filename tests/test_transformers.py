@@ -122,10 +122,10 @@ def test_a_move_whose_model_does_not_run_is_skipped_with_its_reason():
     module, example = _FixedHeads().eval(), (torch.randn(1, 6, 32),)
     group = next(g for g in prune_groups(module, example) if g.name == "q")
     assert group.kind == "features"  # no head count to go by
-    walk = greedy.Walk(groups=[group], choices={"q": (8, 16, 24, 32)},
-                       with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
-                       prune=lambda m, keep: prune(m, example, keep), predict=lambda c, m: (1.0, 1.0),
-                       finetune=lambda m: None, accuracy=lambda m: 1.0)
+    walk = greedy.Walk(greedy.Channels(groups=[group], choices={"q": (8, 16, 24, 32)},
+                                       with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+                                       prune=lambda m, keep: prune(m, example, keep)),
+                       greedy.Scoring(predict=lambda c, m: (1.0, 1.0), finetune=lambda m: None, accuracy=lambda m: 1.0))
     state = greedy.State(Candidate(), module, 2.0, 1.0, 1.0)
     assert greedy._group_proposal(walk, state, group, 0.5) is None  # 8 channels: not a whole number of 4 heads' reshape
     (skipped,) = walk.skipped.values()

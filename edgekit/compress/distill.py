@@ -20,6 +20,7 @@ starting weights back: a short fine-tune may fail to help, never harm.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -50,7 +51,21 @@ class DistillReport:
         return asdict(self)
 
 
-def _check(inputs: dict[str, np.ndarray], seconds: float, epochs: int, lr: float, temperature: float, batch: int) -> int:
+@dataclass(frozen=True)
+class DistillSettings:
+    """How long and how a distillation trains: whichever of `seconds` and `epochs` ends first; `lr`
+    default_lr(student) unless given; `objective` one of OBJECTIVES. Checked when the distillation starts."""
+
+    seconds: float = 60
+    epochs: int = 30
+    lr: float | None = None
+    temperature: float = 2.0
+    batch: int = 32
+    seed: int = 0
+    objective: str = "auto"
+
+
+def _check(inputs: dict[str, np.ndarray], settings: DistillSettings, lr: float) -> int:
     if not inputs:
         raise BadInput("distill: no inputs to train on")
     sizes = {name: len(a) for name, a in inputs.items()}
@@ -59,10 +74,12 @@ def _check(inputs: dict[str, np.ndarray], seconds: float, epochs: int, lr: float
     n = next(iter(sizes.values()))
     if n == 0:
         raise BadInput("distill: the inputs hold no samples")
-    for name, value in {"seconds": seconds, "epochs": epochs, "lr": lr, "temperature": temperature, "batch": batch}.items():
+    checked = {"seconds": settings.seconds, "epochs": settings.epochs, "lr": lr, "temperature": settings.temperature,
+               "batch": settings.batch}
+    for name, value in checked.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise BadInput(f"distill: {name} must be positive, not {value!r}")
-    for name, value in {"epochs": epochs, "batch": batch}.items():
+    for name, value in {"epochs": settings.epochs, "batch": settings.batch}.items():
         if not isinstance(value, int):
             raise BadInput(f"distill: {name} must be a whole number, not {value!r}")
     return n
@@ -138,60 +155,30 @@ def _plain_loss(student, teacher, tensors: list, temperature: float, objective: 
         return float(_loss(student(*args), teacher(*args), temperature, objective))
 
 
-def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float = 60, epochs: int = 30,
-            lr: float | None = None, temperature: float = 2.0, batch: int = 32, seed: int = 0,
-            objective: str = "auto") -> DistillReport:
+def distill(student, teacher, inputs: dict[str, np.ndarray], settings: DistillSettings = DistillSettings()) -> DistillReport:
     """Train `student` in place to match `teacher` on `inputs` ([N, ...] arrays in the model's input
-    order); returns when `epochs` are done or `seconds` are spent, whichever comes first (at least one
-    step runs). The student comes back in eval mode; the teacher is put in eval mode and only read.
-    The same seed and thread count give the same weights. `lr`: default_lr(student) unless given.
-    `objective`: "mse" where the task metric compares outputs as vectors (cosine, relative MSE): the KL of
-    a random head's near-uniform class scores is too flat to train on (a 2-layer encoder's QAT only ever
-    made it worse)."""
-    import copy
-
+    order); returns when `settings.epochs` are done or `settings.seconds` are spent, whichever comes first
+    (at least one step runs). The student comes back in eval mode; the teacher is put in eval mode and only
+    read. The same seed and thread count give the same weights. `objective`: "mse" where the task metric
+    compares outputs as vectors (cosine, relative MSE): the KL of a random head's near-uniform class scores
+    is too flat to train on (a 2-layer encoder's QAT only ever made it worse)."""
     import torch
 
-    lr = default_lr(student) if lr is None else lr
-    if objective not in OBJECTIVES:
-        raise BadInput(f"distill: objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
-    n = _check(inputs, seconds, epochs, lr, temperature, batch)
+    lr = default_lr(student) if settings.lr is None else settings.lr
+    if settings.objective not in OBJECTIVES:
+        raise BadInput(f"distill: objective must be one of {', '.join(OBJECTIVES)}, not {settings.objective!r}")
+    n = _check(inputs, settings, lr)
     if student is teacher:
         raise BadInput("distill: the student must be a copy, not the teacher itself")
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.values()]
-    per_epoch = len(_batches(torch.arange(n), batch))
-    planned = epochs * per_epoch
+    per_epoch = len(_batches(torch.arange(n), settings.batch))
+    planned = settings.epochs * per_epoch
     teacher.eval()
-    before = _plain_loss(student, teacher, tensors, temperature, objective)
+    before = _plain_loss(student, teacher, tensors, settings.temperature, settings.objective)
     start_state = copy.deepcopy(student.state_dict())
-    losses: list[float] = []
-    stopped_by = "epochs"
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):  # seeded here without moving the caller's global RNG
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
-        student.train()
-        for _ in range(epochs):
-            for idx in _batches(torch.randperm(n, generator=generator), batch):
-                args = [t[idx] for t in tensors]
-                args = [_augment(a, generator) if a.dim() == 4 and a.is_floating_point() else a for a in args]
-                with torch.no_grad():
-                    target = teacher(*args)
-                loss = _loss(student(*args), target, temperature, objective)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                done = max(len(losses) / planned, (time.perf_counter() - start) / seconds)
-                for group in optimizer.param_groups:  # cosine over steps or time, whichever ends first
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-                if time.perf_counter() - start >= seconds and len(losses) < planned:
-                    stopped_by = "time"
-                    break
-            if stopped_by == "time":
-                break
-    kept = _plain_loss(student, teacher, tensors, temperature, objective) <= before
+    losses, stopped_by, target = _train(student, teacher, tensors, settings, lr, planned, start)
+    kept = _plain_loss(student, teacher, tensors, settings.temperature, settings.objective) <= before
     if not kept:
         student.load_state_dict(start_state)
     student.eval()
@@ -204,6 +191,42 @@ def distill(student, teacher, inputs: dict[str, np.ndarray], *, seconds: float =
         first_loss=float(np.mean(losses[:per_epoch])),
         last_loss=float(np.mean(losses[-per_epoch:])),
         stopped_by=stopped_by,
-        loss="kl" if objective == "auto" and _is_classifier(probe) else "mse",
+        loss="kl" if settings.objective == "auto" and _is_classifier(probe) else "mse",
         kept=kept,
     )
+
+
+def _train(student, teacher, tensors: list, settings: DistillSettings, lr: float, planned: int,
+           start: float) -> tuple[list[float], str, object]:
+    """The training steps: their losses, what stopped them ("epochs" or "time"), and the teacher's outputs
+    on the last batch (what the report's loss kind is read from)."""
+    import torch
+
+    n = len(tensors[0])
+    losses: list[float] = []
+    stopped_by = "epochs"
+    with torch.random.fork_rng(devices=[]):  # seeded here without moving the caller's global RNG
+        torch.manual_seed(settings.seed)
+        generator = torch.Generator().manual_seed(settings.seed)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
+        student.train()
+        for _ in range(settings.epochs):
+            for idx in _batches(torch.randperm(n, generator=generator), settings.batch):
+                args = [t[idx] for t in tensors]
+                args = [_augment(a, generator) if a.dim() == 4 and a.is_floating_point() else a for a in args]
+                with torch.no_grad():
+                    target = teacher(*args)
+                loss = _loss(student(*args), target, settings.temperature, settings.objective)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                done = max(len(losses) / planned, (time.perf_counter() - start) / settings.seconds)
+                for group in optimizer.param_groups:  # cosine over steps or time, whichever ends first
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                if time.perf_counter() - start >= settings.seconds and len(losses) < planned:
+                    stopped_by = "time"
+                    break
+            if stopped_by == "time":
+                break
+    return losses, stopped_by, target

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekit.calibrate.observers import TensorStats, _first_pass, _prepare_histograms, _second_pass
 from edgekit.calibrate.scales import QParams, activation_range, qparams, weight_qmax
-from edgekit.compress.distill import DistillReport, default_lr, distill
+from edgekit.compress.distill import DistillReport, DistillSettings, default_lr, distill
 from edgekit.errors import BadInput
 
 BATCH = 64
@@ -43,6 +43,28 @@ class QatReport:
     def as_dict(self) -> dict:
         return {"layers": self.layers, "method": self.method, "weight_bits": self.weight_bits,
                 "distill": self.distill.as_dict()}
+
+
+@dataclass(frozen=True)
+class Quantizers:
+    """The fake quantizers trained through: what edgekit's Q/DQ export will put around each layer."""
+
+    method: str = "mse"  # the activation range method (edgekit.calibrate.scales)
+    symmetric: bool = False  # symmetric int8 activations where the target wants them, else uint8 with a zero point
+    weight_bits: int = 8  # the target's weight grid: 7 or 8
+    layers: tuple[str, ...] | None = None  # module names; None: every Conv/Linear
+
+
+@dataclass(frozen=True)
+class QatTraining:
+    """The distillation through the quantizers, split over STAGES: `seconds` and `epochs` in all, stage i
+    seeded `seed + i`; `lr` LR_FACTOR × distillation's default unless given."""
+
+    seconds: float = 60.0
+    epochs: int = 100
+    lr: float | None = None
+    seed: int = 0
+    objective: str = "auto"  # as edgekit.compress.distill's
 
 
 def _layers(module, names) -> dict[str, object]:
@@ -120,21 +142,20 @@ def fake_quantized(layers: dict[str, object], activations: dict[str, QParams], w
                 parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
 
 
-def qat(student, teacher, inputs: dict[str, np.ndarray], *, method: str = "mse", symmetric: bool = False,
-        weight_bits: int = 8, seconds: float = 60.0, epochs: int = 100, lr: float | None = None, layers=None,
-        seed: int = 0, objective: str = "auto") -> QatReport:
+def qat(student, teacher, inputs: dict[str, np.ndarray], quantizers: Quantizers = Quantizers(),
+        training: QatTraining = QatTraining()) -> QatReport:
     """Fine-tune `student` in place through fake quantization, distilled from `teacher` on `inputs`;
-    `layers` (module names) limits it to the layers the plan makes int8 (default: every Conv/Linear).
-    `lr`: LR_FACTOR × distillation's default unless given."""
-    if weight_bits not in (7, 8):
-        raise BadInput(f"qat: weight_bits must be 7 or 8, not {weight_bits}")
-    found = _layers(student, layers)
+    `quantizers.layers` (module names) limits it to the layers the plan makes int8 (default: every Conv/Linear)."""
+    if quantizers.weight_bits not in (7, 8):
+        raise BadInput(f"qat: weight_bits must be 7 or 8, not {quantizers.weight_bits}")
+    found = _layers(student, quantizers.layers)
     if not found:
         raise BadInput("qat: the model has no Conv/Linear layer to quantize")
-    lr = LR_FACTOR * default_lr(student) if lr is None else lr
+    lr = LR_FACTOR * default_lr(student) if training.lr is None else training.lr
     for stage in range(STAGES):  # the ranges follow the weights: re-observed before each stage
-        activations = activation_qparams(student, inputs, found, method=method, symmetric=symmetric)
-        with fake_quantized(found, activations, weight_bits):
-            report = distill(student, teacher, inputs, seconds=seconds / STAGES, epochs=max(1, epochs // STAGES),
-                             lr=lr, seed=seed + stage, objective=objective)
-    return QatReport(len(found), method, weight_bits, report)
+        activations = activation_qparams(student, inputs, found, method=quantizers.method, symmetric=quantizers.symmetric)
+        with fake_quantized(found, activations, quantizers.weight_bits):
+            report = distill(student, teacher, inputs, DistillSettings(
+                seconds=training.seconds / STAGES, epochs=max(1, training.epochs // STAGES), lr=lr,
+                seed=training.seed + stage, objective=training.objective))
+    return QatReport(len(found), quantizers.method, quantizers.weight_bits, report)

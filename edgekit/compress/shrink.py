@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 import lzma
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from edgekit.compress.distill import DistillReport, distill
+from edgekit.compress.distill import DistillReport, DistillSettings, distill
 from edgekit.errors import BadInput
 
 MB = 2**20
@@ -137,8 +137,7 @@ def sparsify(module, sparsity: float, *, layers: Iterable[str] | None = None,
     return {n: _zeros(m) for n, m in targets.items()}
 
 
-def finetune_keeping(module, teacher, inputs: dict[str, np.ndarray], *, seconds: float, epochs: int = 30,
-                     seed: int = 0) -> DistillReport:
+def finetune_keeping(module, teacher, inputs: dict[str, np.ndarray], training: DistillSettings) -> DistillReport:
     """Distill `module` from `teacher` in place (see `distill`) without losing its zeros: each sparse
     layer is trained through torch's pruning reparametrisation (weight = weight_orig * mask, so the
     zeros get no gradient and stay zero), baked back into a plain weight afterwards."""
@@ -148,7 +147,7 @@ def finetune_keeping(module, teacher, inputs: dict[str, np.ndarray], *, seconds:
     for m in masked:
         tprune.custom_from_mask(m, "weight", m.weight.detach() != 0)
     try:
-        return distill(module, teacher, inputs, seconds=seconds, epochs=epochs, seed=seed)
+        return distill(module, teacher, inputs, training)
     finally:
         for m in masked:
             _bake(m)
@@ -196,9 +195,9 @@ def stored_size(paths: Iterable[Path]) -> Size:
 
 
 def _candidate(module, action: Action, tune: dict | None) -> tuple[object, DistillReport | None]:
-    """A fresh copy of `module` with `action` applied: sparsify, fine-tune keeping the zeros (when
-    `tune` gives teacher, inputs, seconds, epochs, seed), then share values (after training, which
-    would undo the sharing)."""
+    """A fresh copy of `module` with `action` applied: sparsify, fine-tune keeping the zeros (when `tune`
+    gives finetune_keeping's teacher, inputs and training), then share values (after training, which would
+    undo the sharing)."""
     candidate = copy.deepcopy(module)
     report = None
     if action.sparsity > 0:
@@ -211,22 +210,22 @@ def _candidate(module, action: Action, tune: dict | None) -> tuple[object, Disti
 
 
 def shrink_to_flash(module, teacher, inputs: dict[str, np.ndarray], export: Callable[[object], list[Path]],
-                    budget_mb: float, *, seconds: float, epochs: int = 30, seed: int = 0,
-                    ladder: tuple[Action, ...] = LADDER) -> ShrinkResult:
+                    budget_mb: float, *, training: DistillSettings, ladder: tuple[Action, ...] = LADDER) -> ShrinkResult:
     """The mildest rung of `ladder` whose exported files (`export(candidate)`, what the runtime ships)
     measure at most `budget_mb` MB (2**20 bytes) after compression (`stored_size`).
 
     Each rung is first measured without fine-tuning: fine-tuning changes the values of the weights
     left, not how many there are or how many are shared, so it barely moves the compressed size, and
     the whole fine-tune budget can go to the rung chosen. That rung is rebuilt from a fresh copy,
-    distilled from `teacher` on `inputs` for up to `seconds` (and `epochs`), and measured again; the
-    reported size is that measurement. Should it no longer fit, the next rung is tried with the
+    distilled from `teacher` on `inputs` for up to `training.seconds` (and epochs), and measured again;
+    the reported size is that measurement. Should it no longer fit, the next rung is tried with the
     seconds left. If no rung fits, the strongest comes back (not fine-tuned) with met=False.
     Deterministic for a seed when the epochs end before the seconds do."""
     if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or not budget_mb > 0:
         raise BadInput(f"flash budget must be a positive number of MB, not {budget_mb!r}")
     if not ladder:
         raise BadInput("shrink: the ladder has no rungs")
+    seconds = training.seconds
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
         raise BadInput(f"shrink: seconds must be positive, not {seconds!r}")
     budget = budget_mb * MB
@@ -240,7 +239,7 @@ def shrink_to_flash(module, teacher, inputs: dict[str, np.ndarray], export: Call
             steps.append(Step(action, size.compressed_mb, False, False))
             continue
         if action.sparsity > 0 and left > 0:
-            tune = {"teacher": teacher, "inputs": inputs, "seconds": left, "epochs": epochs, "seed": seed}
+            tune = {"teacher": teacher, "inputs": inputs, "training": replace(training, seconds=left)}
             candidate, report = _candidate(module, action, tune)
             left -= report.seconds
             size = stored_size(export(candidate))

@@ -51,23 +51,36 @@ class Budget:
         return latency_ms <= self.latency_ms and (self.memory_mb is None or memory_mb <= self.memory_mb)
 
 
+@dataclass(frozen=True)
+class Channels:
+    """Channel pruning as the walk sees it: the prunable groups, each one's aligned kept counts, and how a
+    kept count is applied to a candidate and to a module."""
+
+    groups: list
+    choices: dict[str, tuple[int, ...]]
+    with_keep: Callable  # (candidate, group name, keep) → candidate
+    prune: Callable  # (module, {group: keep}) → pruned copy
+    active: Callable = lambda candidate, group: True  # (candidate, group) → False once the group's layers were all dropped
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a proposal is priced and judged: predicted cost, a short fine-tune, then validation accuracy."""
+
+    predict: Callable  # (candidate, module) → (latency ms, memory MB), predicted
+    finetune: Callable  # (module) → None, in place, bounded in time
+    accuracy: Callable  # (module) → validation accuracy of its float weights
+    penalty: Callable = lambda candidate: 0.0  # (candidate) → accuracy its precisions are estimated to cost beyond the float weights'
+
+
 class Walk:
     """The moves the strategy needs, given by the search loop (so this module stays about the walk)."""
 
-    def __init__(self, *, groups: list, choices: dict[str, tuple[int, ...]],
-                 with_keep: Callable, prune: Callable, predict: Callable, finetune: Callable, accuracy: Callable,
-                 precision_moves: Callable = lambda candidate: [], penalty: Callable = lambda candidate: 0.0,
-                 moves: tuple = (), active: Callable = lambda candidate, group: True) -> None:
-        self.groups, self.choices = groups, choices
-        self.with_keep = with_keep  # (candidate, group name, keep) → candidate
-        self.prune = prune  # (module, {group: keep}) → pruned copy
-        self.predict = predict  # (candidate, module) → (latency ms, memory MB), predicted
-        self.finetune = finetune  # (module) → None, in place, bounded in time
-        self.accuracy = accuracy  # (module) → validation accuracy of its float weights
+    def __init__(self, channels: Channels, scoring: Scoring, *, precision_moves: Callable = lambda candidate: [],
+                 moves: tuple = ()) -> None:
+        self.channels, self.scoring = channels, scoring
         self.precision_moves = precision_moves  # (candidate) → [(candidate with one layer's precision changed, layer)]
-        self.penalty = penalty  # (candidate) → accuracy its precisions are estimated to cost beyond the float weights'
         self.moves = tuple(moves)  # Move: whole blocks dropped, layers factorized (beside the groups' channels)
-        self.active = active  # (candidate, group) → False once the group's layers were all dropped
         self.skipped: dict[str, dict] = {}  # candidate key → the move and why it could not be built
 
     def skip(self, candidate, move: str, reason: str) -> None:
@@ -76,7 +89,7 @@ class Walk:
 
     def score(self, candidate, module) -> float:
         """Validation accuracy of the module, less what the candidate's precision moves are estimated to cost."""
-        return self.accuracy(module) - self.penalty(candidate)
+        return self.scoring.accuracy(module) - self.scoring.penalty(candidate)
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,7 @@ def _proposal(walk: Walk, state: State, values: list[int], make: Callable, build
         candidate = make(value)
         try:  # the candidate must run and export before it is timed
             module = build(value)
-            return (candidate, module, *walk.predict(candidate, module))
+            return (candidate, module, *walk.scoring.predict(candidate, module))
         except Failure as err:
             walk.skip(candidate, label(value), str(err))
             return None
@@ -131,9 +144,10 @@ def _proposal(walk: Walk, state: State, values: list[int], make: Callable, build
 
 def _group_proposal(walk: Walk, state: State, group, slice_ms: float):
     current = kept(state.candidate, group)
-    return _proposal(walk, state, sorted(k for k in walk.choices[group.name] if k < current),
-                     lambda keep: walk.with_keep(state.candidate, group.name, keep),
-                     lambda keep: walk.prune(state.module, {group.name: keep}),
+    channels = walk.channels
+    return _proposal(walk, state, sorted(k for k in channels.choices[group.name] if k < current),
+                     lambda keep: channels.with_keep(state.candidate, group.name, keep),
+                     lambda keep: channels.prune(state.module, {group.name: keep}),
                      lambda keep: f"{group.name} → {keep}", slice_ms)
 
 
@@ -153,8 +167,8 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
         if time.monotonic() > deadline:
             return state, "time"
         proposals = []
-        options = [(group.name, group, {"group": group.name}) for group in walk.groups
-                   if walk.active(state.candidate, group)]
+        options = [(group.name, group, {"group": group.name}) for group in walk.channels.groups
+                   if walk.channels.active(state.candidate, group)]
         options += [(move.name, move, {"move": move.kind, "layer": move.name}) for move in walk.moves]
         for name, what, attrs in options:
             group = what if "group" in attrs else None
@@ -164,13 +178,13 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
                 continue
             candidate, module, latency, memory = made
             value = kept(candidate, group) if group is not None else _setting(candidate, attrs)
-            rebuild = (functools.partial(walk.prune, state.module, {group.name: value}) if group is not None
+            rebuild = (functools.partial(walk.channels.prune, state.module, {group.name: value}) if group is not None
                        else functools.partial(what.module, state.module, value))
             evaluation = trials.get(candidate.key())
             if evaluation is None:
                 if len(trials) >= max_trials:
                     return state, "trials"
-                walk.finetune(module)
+                walk.scoring.finetune(module)
                 evaluation = trials.record(Evaluation(candidate.key(), candidate.as_dict(), latency, "predicted",
                                                       walk.score(candidate, module),
                                                       {"step": state.step + 1, **attrs, "keep" if group is not None
@@ -187,7 +201,7 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
                 proposals.append((_lost(state, evaluation) / saved, -saved, -evaluation.accuracy,
                                   name, rebuild, candidate, module, evaluation, latency, memory))
         for candidate, layer in walk.precision_moves(state.candidate):  # same weights: nothing to fine-tune
-            latency, memory = walk.predict(candidate, state.module)
+            latency, memory = walk.scoring.predict(candidate, state.module)
             evaluation = trials.get(candidate.key())
             if evaluation is None:
                 if len(trials) >= max_trials:
@@ -216,7 +230,7 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
         if module is None:  # replay: the same seeded pruning and fine-tune give the same weights (a precision
             # move carries the current module)
             module = rebuild()
-            walk.finetune(module)
+            walk.scoring.finetune(module)
         state = State(candidate, module, latency, memory, evaluation.accuracy, state.step + 1)
     return state, "met"
 
@@ -237,13 +251,13 @@ def _setting(candidate, attrs: dict) -> int:
 
 def _moved(walk: Walk, state: State, candidate) -> float:
     """A precision move's accuracy: the state's, less the move's estimated cost (same weights)."""
-    return state.accuracy - (walk.penalty(candidate) - walk.penalty(state.candidate))
+    return state.accuracy - (walk.scoring.penalty(candidate) - walk.scoring.penalty(state.candidate))
 
 
 def smallest_latency(walk: Walk, start: State) -> float:
     """The predicted latency of the smallest model the space allows (is the budget within reach?)."""
-    smallest = start.candidate
-    for group in walk.groups:
-        smallest = walk.with_keep(smallest, group.name, min(walk.choices[group.name]))
-    module = walk.prune(start.module, {g.name: kept(smallest, g) for g in walk.groups})
-    return walk.predict(smallest, module)[0]
+    channels, smallest = walk.channels, start.candidate
+    for group in channels.groups:
+        smallest = channels.with_keep(smallest, group.name, min(channels.choices[group.name]))
+    module = channels.prune(start.module, {g.name: kept(smallest, g) for g in channels.groups})
+    return walk.scoring.predict(smallest, module)[0]

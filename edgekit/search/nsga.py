@@ -35,13 +35,13 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
             stopped = "time"
             break
         trial = trials.start()
-        candidate = start.candidate
-        for group in walk.groups:
-            candidate = walk.with_keep(candidate, group.name,
-                                       trial.suggest_categorical(group.name, list(walk.choices[group.name])))
+        candidate, channels = start.candidate, walk.channels
+        for group in channels.groups:
+            candidate = channels.with_keep(candidate, group.name,
+                                           trial.suggest_categorical(group.name, list(channels.choices[group.name])))
         try:  # the candidate must run and export before it is timed
-            module = walk.prune(start.module, {g.name: kept(candidate, g) for g in walk.groups})
-            latency, memory = walk.predict(candidate, module)
+            module = channels.prune(start.module, {g.name: kept(candidate, g) for g in channels.groups})
+            latency, memory = walk.scoring.predict(candidate, module)
         except Failure as err:
             walk.skip(candidate, f"trial {trial.number}", str(err))
             trials.fail(trial)
@@ -52,7 +52,8 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
             over += max(memory - budget.memory_mb, 0.0) / budget.memory_mb
         trial.set_user_attr("over_budget", over)
         evaluation = trials.record(Evaluation(candidate.key(), candidate.as_dict(), latency, "predicted",
-                                              walk.accuracy(module), {"memory_mb": memory, "strategy": "nsga"}), trial)
+                                              walk.scoring.accuracy(module), {"memory_mb": memory, "strategy": "nsga"}),
+                                   trial)
         progress(f"trial {evaluation.number}: {latency:.3f} ms predicted, accuracy {evaluation.accuracy:.4f}"
                  + ("" if over == 0 else " (over budget)"))
     return choose(walk, start, budget, trials, floor_accuracy), stopped
@@ -63,8 +64,8 @@ def choose(walk: Walk, start: State, budget: Budget, trials: Trials, floor_accur
     evals = [e for e in trials.evaluations() if e.latency_kind == "predicted"]
     within = [e for e in evals if budget.met(e.latency_ms, e.attrs.get("memory_mb", 0.0))]
     best = max(within, key=lambda e: (e.accuracy, -e.latency_ms)) if within else min(evals, key=lambda e: e.latency_ms)
-    candidate = start.candidate
-    for group in walk.groups:
-        candidate = walk.with_keep(candidate, group.name, best.candidate["keep"].get(group.name, group.channels))
-    module = walk.prune(start.module, {g.name: kept(candidate, g) for g in walk.groups})
+    candidate, channels = start.candidate, walk.channels
+    for group in channels.groups:
+        candidate = channels.with_keep(candidate, group.name, best.candidate["keep"].get(group.name, group.channels))
+    module = channels.prune(start.module, {g.name: kept(candidate, g) for g in channels.groups})
     return State(candidate, module, best.latency_ms, best.attrs.get("memory_mb", 0.0), best.accuracy)
