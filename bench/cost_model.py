@@ -39,11 +39,12 @@ from edgekit import cost, graph
 from edgekit.backends.base import get_backend
 from edgekit.calibrate.run import CalibrationOptions, calibrate
 from edgekit.data import load_data, split
-from edgekit.latency_table import LatencyTable, wait_for_quiet
+from edgekit.latency_table import LatencyTable
 from edgekit.models import InputSpec, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings, time_engine
 from edgekit.targets import load_target
+from edgekit.unit_timing import wait_for_quiet
 
 RESULTS = Path(__file__).parent / "results"
 QUIET_S = 20.0  # before each measurement round, wait up to this long for other jobs to calm down

@@ -13,17 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import accuracy_aware, cost, graph, metrics, recipes, remote, roofline
-from edgekit import mixed as mixed_step
+from edgekit import cost, graph, metrics, recipes, remote, roofline
 from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
-from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data
 from edgekit.errors import BadInput, EdgekitError, MissingRuntime
+from edgekit.measurer import measurer_for
 from edgekit.metrics import Metric
-from edgekit.mixed import MIXED
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
+from edgekit.precision import accuracy_aware, sensitivity
+from edgekit.precision import mixed as mixed_step
+from edgekit.precision.mixed import MIXED
 from edgekit.profile import (
     AccuracyCheck,
     Profile,
@@ -58,7 +59,7 @@ class DeployRequest:
     calibration: CalibrationOptions = CalibrationOptions()
     settings: ProfileSettings = ProfileSettings()
     metric: str | None = None  # a built-in metric's name or package.module:function (edgekit.metrics)
-    max_accuracy_drop: float | None = None  # with int8/mixed: accuracy-aware int8 (edgekit.accuracy_aware), in points
+    max_accuracy_drop: float | None = None  # with int8/mixed: accuracy-aware int8 (edgekit.precision.accuracy_aware), in points
     recipe: Path | None = None  # a data recipe (calibration/*.yaml): data, and model/metric/shapes unless given
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ def _data(request: DeployRequest, model: LoadedModel) -> Samples | None:
 def _accuracy_aware(request: DeployRequest, analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path,
                     splits: Splits, target: Target, backend_name: str, metric: Metric, model: LoadedModel,
                     report: dict) -> tuple[PrecisionPlan, Path]:
-    """The fastest plan within --max-accuracy-drop, every step built and measured here (edgekit.accuracy_aware)."""
+    """The fastest plan within --max-accuracy-drop, every step built and measured here (edgekit.precision.accuracy_aware)."""
     backend = get_backend(backend_name)
     availability = backend.available(target)
     if not (target.local and availability.build and availability.run) or request.device is not None:
@@ -231,7 +232,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
             step("sensitivity")
             analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration,
                                            threads=request.settings.threads, backend_name=backend_name,
-                                           settings=request.settings, calibration=calibration, device=device,
+                                           settings=request.settings, calibration=calibration, measurer=measurer_for(device),
                                            metric=metric)
             report["artifacts"]["sensitivity"] = sensitivity.FILE
             plan, build_from = mixed_step.plan_from_analysis(analysis, calibration, onnx_path, run_dir, report, layers, target)
@@ -332,7 +333,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
 
 def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = lambda _: None) -> tuple[dict, Path]:
     """`edgekit inspect --sensitivity`: export, calibrate every layer int8 on the calibration split,
-    analyse each layer (`edgekit.calibrate.sensitivity`); sensitivity.json's content and its path."""
+    analyse each layer (`edgekit.precision.sensitivity`); sensitivity.json's content and its path."""
     step("target")
     request = recipes.with_recipe(request)
     target = load_target(request.target, list(request.targets_dir))

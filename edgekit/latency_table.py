@@ -28,26 +28,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edgekit.backends.base import get_backend
 from edgekit.fusion import Unit
 from edgekit.graph import Layer
-from edgekit.microbench import HARNESS, chain_model, reference_model, unit_model
+from edgekit.measurer import LOCAL, Measurer
+from edgekit.microbench import chain_model, reference_model, unit_model
 from edgekit.roofline import layer_costs
 from edgekit.targets import Target
+from edgekit.unit_timing import wait_for_quiet
 from edgekit.util import cache_dir, write_json
 
 FORMAT = 3  # bumped when what a key means changes: older tables are measured again
 # Layout changes a runtime adds at a model's edges (OpenVINO's Reorder, ONNX Runtime's NCHWc reorders
 # and the Transposes of its NHWC int8 kernels): inside a model the neighbours agree on the layout.
-HARNESS_OPS = ("Parameter", "Result", "Reorder", "ReorderInput", "ReorderOutput", "Transpose")
-ROUNDS = 3  # through an Engine: profiled in this many rounds of runs/ROUNDS inferences, the least kept
-WARMUP = 10
-QUANTILE = 0.25  # of the per-run profiled totals
 CHAIN = 8  # layers in the chain whose difference with one layer gives the per-layer overhead
 REFERENCE_TTL_S = 5.0  # a reference timing this recent stands for the machine's load now
 LOAD_BOUNDS = (0.25, 4.0)  # a load factor outside these is a measurement gone wrong, not load
@@ -62,11 +59,6 @@ def table_path(target: str, runtime: str, version: str) -> Path:
     return cache_dir() / "latency-tables" / f"{_safe(target)}-{_safe(runtime)}-{_safe(version)}.json"
 
 
-# backend → the package whose version an agent reports for it (edgekit.agent.info.RUNTIMES)
-RUNTIME_OF = {"openvino": "openvino", "onnxruntime": "onnxruntime", "tflite": "ai-edge-litert",
-              "edgetpu": "ai-edge-litert", "tensorrt": "tensorrt", "hls4ml": "hls4ml"}
-
-
 class LatencyTable:
     """Measured unit times for one target and runtime version, measured on first use and cached.
 
@@ -74,11 +66,9 @@ class LatencyTable:
     whether they come from the device or from the roofline (`source` says which in words)."""
 
     def __init__(self, target: Target, backend_name: str | None = None, *, runs: int = 100,
-                 path: Path | None = None, quiet_s: float = 0.0, device=None) -> None:
-        from edgekit.backends.base import get_backend
-
+                 path: Path | None = None, quiet_s: float = 0.0, measurer: Measurer = LOCAL) -> None:
         self.target = target
-        self.device = device  # edgekit.devices.Device: units are timed there, through its agent
+        self.measurer = measurer  # where units are timed: here, or on a device through its agent
         self.backend_name = backend_name or target.backend.name
         self.runs = runs
         self.quiet_s = quiet_s  # before each measurement, wait up to this long for the machine to be quiet
@@ -93,20 +83,15 @@ class LatencyTable:
             available, backend = None, None
             self.reason = str(err)
         versions = available.versions if available else {}
-        self.runtime, self.version = next(iter(versions.items()), (self.backend_name, "unknown"))
-        self.measured = bool(available and available.run and target.local)
+        found = next(iter(versions.items()), (self.backend_name, "unknown"))
+        self.measured = measurer.times_units(target, available)
         if available is not None and not self.measured:
             self.reason = available.reason or "the device is not this machine"
         if self.measured:
             self._backend = backend
-        where = target.name
-        if device is not None:  # the device's runtime, as its agent reports it; one table per device
-            with device.client() as client:
-                found = client.info().get("runtimes", {})
-            self.runtime = RUNTIME_OF.get(self.backend_name, self.backend_name)
-            self.version = found.get(self.runtime, "unknown")
-            self.measured, self.reason, where = True, "", f"{device.name}-{target.name}"
-        self.path = Path(path) if path else table_path(where, self.runtime, self.version)
+        # the runtime the units run on (an agent reports the device's); one table per device
+        self.runtime, self.version = measurer.runtime(self.backend_name, found) if self.measured else found
+        self.path = Path(path) if path else table_path(measurer.table_name(target), self.runtime, self.version)
         self._data = self._read()
 
     # ---- what callers use -------------------------------------------------------------------
@@ -118,7 +103,7 @@ class LatencyTable:
         entries = self._data["entries"].values()
         fallback = sum(1 for e in entries if e.get("roofline"))
         extra = f", {fallback} not measurable alone: roofline" if fallback else ""
-        where = f"device {self.device.name} ({self.target.name}) through its agent" if self.device else self.target.name
+        where = self.measurer.where(self.target)
         return (f"lookup table ({len(entries) - fallback} units measured on {where} with {self.runtime} "
                 f"{self.version}{extra})")
 
@@ -215,23 +200,7 @@ class LatencyTable:
         """The unit's own profiled time (ms), the wall-clock p50 if asked, and the kernels that ran."""
         if self.quiet_s:
             wait_for_quiet(self.quiet_s)
-        if self.device is not None:
-            return self._profile_on_device(model, precision, wall)
-        return profile_unit(model, self.target, self._backend, precision, self.runs, wall)
-
-    def _profile_on_device(self, model, precision: str, wall: bool) -> tuple[float, float | None, list[str]]:
-        """The unit timed by the device's agent (a `unit` job), as this machine would time it here."""
-        import onnx
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "unit.onnx"
-            onnx.save(model, str(path))
-            with self.device.client() as client:
-                job = client.submit({"kind": "unit", "target": self.target.name, "artifact": path.name,
-                                     "precision": precision, "wall": wall, "settings": {"repeats": self.runs}},
-                                    {path.name: path})
-                result = client.wait(job)["result"]
-        return result["ms"], result["wall_ms"], result["kernels"]
+        return self.measurer.unit(model, self.target, self._backend, precision, self.runs, wall)
 
     def _measure_unit(self, unit: Unit, precision: str, siblings: tuple[Layer, ...], quantized_output: bool,
                       fed: bool) -> dict:
@@ -278,127 +247,7 @@ class LatencyTable:
         return {"inference_ms": round(gaps[0], 5), "layer_ms": round(max(gaps[1] - gaps[0], 0.0) / (CHAIN - 1), 5)}
 
 
-def profile_unit(model, target: Target, backend, precision: str, runs: int, wall: bool = False) -> tuple[float, float | None, list[str]]:
-    """The unit's own profiled time (ms), the wall-clock p50 if asked, and the kernels that ran, on this
-    machine: the runtime's own profiler where edgekit has one (PROFILERS), else through the Engine."""
-    names = frozenset(n.name for n in model.graph.node if not n.name.startswith(HARNESS))
-    profiler = PROFILERS.get(backend.name)
-    if profiler is not None:
-        return profiler(model, target, precision, runs, wall, names)
-    return _profile_engine(model, target, backend, precision, runs, wall, names)
-
-
-def _profile_engine(model, target: Target, backend, precision: str, runs: int, wall: bool,
-                    names: frozenset[str]) -> tuple[float, float | None, list[str]]:
-    """Any backend, through its Engine: per-kernel medians (`layer_times`), the least of ROUNDS rounds."""
-    import onnx
-
-    from edgekit.plan import PrecisionPlan
-    from edgekit.profile import ProfileSettings, time_engine
-
-    feed = _feed(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "unit.onnx"
-        onnx.save(model, str(onnx_path))
-        artifact = backend.build(onnx_path=onnx_path, plan=PrecisionPlan(precision), target=target, out_dir=Path(tmp))
-        engine = backend.load(artifact, target=target, threads=target.cores)
-        rounds = []
-        for _ in range(ROUNDS):
-            own = [t for t in engine.layer_times(feed, max(1, runs // ROUNDS)) if _own(t.name, t.op, names)]
-            rounds.append((sum(t.time_ms for t in own), own))
-        wall_ms = None
-        if wall:
-            settings = ProfileSettings(warmup=20, warmup_s=0.1, repeats=max(200, runs), min_time_s=0.3)
-            wall_ms = float(np.median(time_engine(engine, feed, settings)))
-    ms, own = min(rounds, key=lambda r: r[0])
-    return ms, wall_ms, [f"{t.op}:{t.exec_type}" for t in own]
-
-
-def _own(name: str, op: str, names: frozenset[str] = frozenset()) -> bool:
-    """A profiled kernel that is the unit's, not the harness's (its inputs, outputs, layout changes);
-    `names`: the unit's own layers (a Transpose layer of the model is its own, not a layout change)."""
-    if name.startswith(HARNESS):
-        return False
-    return op not in HARNESS_OPS or re.sub(r"(_token_\d+|_nchwc|/.*)$", "", name) in names
-
-
-def _profile_openvino(model, target: Target, precision: str, runs: int, wall: bool,
-                      names: frozenset[str] = frozenset()) -> tuple[float, float | None, list[str]]:
-    """OpenVINO, compiled as edgekit's OpenVINO backend loads an IR (latency hint, one stream, the
-    target's cores, f32 unless fp16), with performance counters: per run the sum of the unit's own
-    executed kernels; the QUANTILE of those sums over the runs after WARMUP runs. The lower quantile
-    (not the median) keeps bursts of other load on the machine out of the table."""
-    import openvino as ov
-
-    core = ov.Core()
-    device = target.backend.options.get("device", "CPU")
-    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f16" if precision == "fp16" else "f32"}
-    if device == "CPU":
-        config["INFERENCE_NUM_THREADS"] = str(target.cores)
-    ov_model = core.read_model(model.SerializeToString(), b"")
-    request = core.compile_model(ov_model, device, {**config, "PERF_COUNT": "YES"}).create_infer_request()
-    feed = _feed(model)
-    for _ in range(WARMUP):
-        request.infer(feed)
-    totals, kernels = [], []
-    for _ in range(runs):
-        request.infer(feed)
-        own = [i for i in request.profiling_info if i.status.name == "EXECUTED" and _own(i.node_name, i.node_type, names)]
-        totals.append(sum(i.real_time.total_seconds() for i in own) * 1e3)
-        kernels = [f"{i.node_type}:{i.exec_type}" for i in own]
-    wall_ms = None
-    if wall:
-        import time
-
-        plain = core.compile_model(ov_model, device, config).create_infer_request()
-        times = []
-        for i in range(WARMUP + 10 * runs):
-            start = time.perf_counter()
-            plain.infer(feed, share_inputs=True, share_outputs=True)
-            if i >= WARMUP:
-                times.append((time.perf_counter() - start) * 1e3)
-        wall_ms = float(np.percentile(times, QUANTILE * 100))
-    return float(np.percentile(totals, QUANTILE * 100)), wall_ms, kernels
-
-
-PROFILERS = {"openvino": _profile_openvino}  # runtimes profiled directly; others through their Engine
-
-
-def wait_for_quiet(max_s: float, busy_percent: float = 25.0) -> bool:
-    """Wait (at most max_s) until the rest of the machine uses less than busy_percent of its CPUs:
-    on a shared machine, a table measured under other jobs' load would keep that load forever."""
-    import time
-
-    import psutil
-
-    deadline = time.monotonic() + max_s
-    while True:
-        if psutil.cpu_percent(interval=0.25) < busy_percent:
-            return True
-        if time.monotonic() > deadline:
-            return False
-
-
 def _signature(layer: Layer) -> str:
     kernel = "x".join(map(str, layer.attr("kernel_shape", ())))
     strides = "x".join(map(str, layer.attr("strides", ())))
     return f"{layer.op}{kernel}s{strides}g{layer.attr('group', 1)}"
-
-
-def _feed(model) -> dict[str, np.ndarray]:
-    from onnx import helper
-
-    rng = np.random.default_rng(0)
-    feed = {}
-    for value in model.graph.input:
-        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feed[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feed[value.name] = np.ones(shape, dtype)
-        elif dtype == np.uint8:  # a quantized activation
-            feed[value.name] = rng.integers(0, 256, shape).astype(dtype)
-        else:  # indices, masks: zeros are valid for any table size
-            feed[value.name] = np.zeros(shape, dtype)
-    return feed

@@ -7,31 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends.base import backend_for_file
+from edgekit.backends.inputs import engine_inputs
 from edgekit.data import load_data
 from edgekit.errors import BadInput, MissingRuntime, runtime_message
 from edgekit.latency import Latency
-from edgekit.models import InputSpec
 from edgekit.profile import ProfileSettings, accuracy, time_engine
 from edgekit.targets import load_target
-
-
-def _engine_inputs(artifact: Path, engine) -> tuple[InputSpec, ...]:
-    """Input names, shapes and dtypes read from the engine file itself."""
-    specs = getattr(engine, "input_specs", None)  # engines that read their own inputs (LiteRT)
-    if specs is not None:
-        return tuple(InputSpec(*spec) for spec in specs)
-    if artifact.suffix == ".xml":
-        import openvino as ov
-
-        model = ov.Core().read_model(str(artifact))
-        return tuple(InputSpec(p.get_any_name(), tuple(p.get_shape()), p.get_element_type().to_dtype().name)
-                     for p in model.inputs)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-    kinds = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float16)": "float16"}
-    return tuple(InputSpec(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), kinds.get(i.type, "float32"))
-                 for i in session.get_inputs())
 
 
 def profile_file(artifact: Path, *, target: str | None, data: str | None, settings: ProfileSettings,
@@ -48,7 +29,7 @@ def profile_file(artifact: Path, *, target: str | None, data: str | None, settin
         raise MissingRuntime(f"cannot measure on {tgt.name} from here: {availability.reason or 'the device is not this machine'}")
     engine = backend.load(backend.artifact_from_file(artifact), target=tgt, threads=settings.threads or tgt.cores)
     try:
-        specs = _engine_inputs(artifact, engine)
+        specs = engine_inputs(artifact, engine)
     except Exception as err:
         raise BadInput(f"{artifact.name}: cannot read its inputs ({runtime_message(err, 160)})") from err
     samples = load_data(data, specs) if data else None
@@ -92,7 +73,7 @@ def _profile_on_device(artifact: Path, target: str | None, data: str | None, set
         if data:
             backend = backend_for_file(artifact, tgt.backend.name)
             engine = backend.load(backend.artifact_from_file(artifact), target=tgt, threads=1)
-            samples = load_data(data, _engine_inputs(artifact, engine))
+            samples = load_data(data, engine_inputs(artifact, engine))
             inputs = Path(tmp) / "inputs.npz"
             np.savez(inputs, **samples.sample(0))
         result = client.profile(artifact, tgt.name, settings, inputs)

@@ -87,3 +87,17 @@ def time_pair(device, artifacts: dict[str, Artifact], *, target: Target, setting
     times = {names[k]: [t for r in v for t in r] for k, v in result["rounds"].items()}
     layers = {names[k]: [[LayerTime(**t) for t in r] for r in v] for k, v in result["layer_rounds"].items()}
     return times, layers
+
+
+def time_unit(device, model, *, target: Target, precision: str, runs: int, wall: bool) -> tuple[float, float | None, list[str]]:
+    """A cost-model unit timed by the device's agent (a `unit` job), as this machine would time it here."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "unit.onnx"
+        onnx.save(model, str(path))
+        with device.client() as client:
+            job = client.submit({"kind": "unit", "target": target.name, "artifact": path.name, "precision": precision,
+                                 "wall": wall, "settings": {"repeats": runs}}, {path.name: path})
+            result = client.wait(job)["result"]
+    return result["ms"], result["wall_ms"], result["kernels"]

@@ -86,7 +86,7 @@ def test_the_search_falls_back_to_qat_when_a_standin_all_int8_plan_falls_below_t
     """The outlier MLP, unpruned (a budget it meets as it is), with every layer int8. The sensitivity analysis would keep the outlier layer float
     (int8 costs it accuracy), so the plan is forced to all-int8 here: it stands in for a budget that only
     int8 everywhere meets. With no accuracy drop allowed, post-training int8 falls below the floor."""
-    from edgekit.calibrate import sensitivity
+    from edgekit.precision import sensitivity
     from edgekit.profile import ProfileSettings
     from edgekit.search.loop import SearchRequest, search
 

@@ -10,11 +10,12 @@ import statistics
 import onnx
 import pytest
 
-from edgekit.calibrate import qdq, sensitivity
+from edgekit.calibrate import qdq
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.data import demo_data, split
 from edgekit.errors import BadInput
 from edgekit.plan import PrecisionPlan
+from edgekit.precision import sensitivity
 from edgekit.profile import ProfileSettings
 from edgekit.targets import load_target
 from edgekit.util import sha256_file

@@ -17,10 +17,10 @@ import numpy as np
 
 from edgekit.agent.protocol import JobSpec
 from edgekit.backends.base import Artifact, backend_for_file, get_backend
+from edgekit.backends.inputs import engine_inputs
 from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings, _rss_mb, profile_engine, time_rounds
-from edgekit.profile_file import _engine_inputs
 from edgekit.targets import Reach, Target, load_target
 from edgekit.util import sha256_file, write_json
 
@@ -70,7 +70,7 @@ def time_unit(onnx_path: Path, *, target: Target, precision: str, runs: int, wal
     """One latency-table unit timed here as the host's table would time it locally (`profile_unit`)."""
     import onnx
 
-    from edgekit.latency_table import profile_unit
+    from edgekit.unit_timing import profile_unit
 
     backend = get_backend(target.backend.name)
     availability = backend.available(target)
@@ -127,7 +127,7 @@ def profile_artifact(path: Path, *, target: Target, settings: ProfileSettings, i
     engine = backend.load(artifact or backend.artifact_from_file(path), target=target, threads=threads)
     engine_mb = _rss_mb() - before
     try:
-        specs = _engine_inputs(path, engine)
+        specs = engine_inputs(path, engine)
     except Exception as err:
         raise BadInput(f"{path.name}: cannot read its inputs ({runtime_message(err, 160)})") from err
     feed = _feed(specs, inputs)

@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgekit.backends.base import Artifact, get_backend
+from edgekit.measurer import LOCAL, Measurer
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import ProfileSettings, time_engine
+from edgekit.profile import ProfileSettings
 from edgekit.targets import Target
 
 FOLDER = "original-float"
@@ -53,15 +52,14 @@ class Measurement:
 
 
 def timed_original(onnx_path: Path, precision: str, target: Target, backend_name: str, run_dir: Path,
-                   feed: dict, settings: ProfileSettings, device=None) -> Anchor | None:
-    """Build the original model in its float precision and time it, here or on `device` through its
-    agent (once per run directory: a resumed search keeps the first start's figure). None where the
-    engine cannot run here, or is built on the device itself (its tool is not here)."""
-    if not target.local and device is None:
+                   feed: dict, settings: ProfileSettings, measurer: Measurer = LOCAL) -> Anchor | None:
+    """Build the original model in its float precision and time it where `measurer` times (here, or on
+    a device through its agent), once per run directory: a resumed search keeps the first start's figure.
+    None where it cannot be timed, or is built on the device itself (its tool is not here)."""
+    if not measurer.reaches(target):
         return None
     backend = get_backend(backend_name)
-    availability = backend.available(target)
-    if not (availability.build if device is not None else availability.run):
+    if not measurer.can_time(target, backend.available(target)):
         return None
     folder = Path(run_dir) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,15 +69,8 @@ def timed_original(onnx_path: Path, precision: str, target: Target, backend_name
     saved = folder / "latency.json"
     if saved.exists():
         return Anchor(artifact, json.loads(saved.read_text())["p50_ms"])
-    if device is not None:
-        from edgekit.remote import profile
-
-        p50 = profile(device, artifact, target=target, settings=settings, feed=feed)["latency_ms"]["p50"]
-        how = f"the original's float engine timed alone on device {device.name} (through its agent) when the search started"
-    else:
-        engine = backend.load(artifact, target=target, threads=settings.threads or target.cores)
-        p50 = float(np.median(time_engine(engine, feed, settings)))
-        how = "the original's float engine timed alone when the search started"
+    p50 = measurer.p50(backend, artifact, target, feed, settings)
+    how = f"the original's float engine timed alone on {measurer.where(target)} when the search started"
     saved.write_text(json.dumps({"p50_ms": p50, "how": how}))
     return Anchor(artifact, p50)
 

@@ -68,7 +68,7 @@ def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None) -> Bu
         pruned = dataclasses.replace(pruned, module=module.eval(), spec=f"{pruned.spec}#{flash.action.as_dict()}")
         onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
     target, anchor = ctx.target, loop.original.anchor
-    on_device = target.local or request.device is not None
+    on_device = ctx.measurer.reaches(target)
     ctx.progress("building and measuring the candidate on the device" if on_device else "building the candidate")
     deploy_request = DeployRequest(target=request.target, out=folder, backend=request.backend,
                                    latency_budget_ms=loop.budget_ms, measure=on_device or _checkable(request, target),

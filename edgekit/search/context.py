@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import graph
-from edgekit.calibrate import sensitivity
 from edgekit.data import Samples, Splits, demo_data, load_data, split
 from edgekit.errors import BadInput
+from edgekit.measurer import Measurer, measurer_for
 from edgekit.metrics import Metric, choose_metric
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
+from edgekit.precision import sensitivity
 from edgekit.remote import device_for
 from edgekit.search import evaluate, fixed_point, nsga
 from edgekit.search import space as spaces
@@ -39,7 +40,7 @@ class SearchContext:
     request: SearchRequest
     target: Target
     backend_name: str
-    device: object | None  # --device: measured through its agent (edgekit.remote); None when not asked for
+    measurer: Measurer  # where engines are timed: here, or on the --device through its agent
     loaded: LoadedModel
     samples: Samples
     splits: Splits
@@ -88,9 +89,7 @@ def open_search(request: SearchRequest, progress: Callable[[str], None]) -> Sear
     started = time.monotonic()
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
-    device = None
-    if request.device:
-        device = device_for(request.device, target, request.devices_file, list(request.targets_dir))
+    device = device_for(request.device, target, request.devices_file, list(request.targets_dir)) if request.device else None
     loaded = load_model(request.model)
     if loaded.kind != "torch":
         raise BadInput(f"{loaded.spec}: the search prunes PyTorch models (a factory, TorchScript or ExportedProgram); "
@@ -102,7 +101,7 @@ def open_search(request: SearchRequest, progress: Callable[[str], None]) -> Sear
     for warning in samples.warnings:
         progress(f"warning: {warning}")
     run_dir = _run_dir(request, loaded.name, target.name)
-    return SearchContext(request, target, backend_name, device, loaded, samples, splits, run_dir, started, progress)
+    return SearchContext(request, target, backend_name, measurer_for(device), loaded, samples, splits, run_dir, started, progress)
 
 
 def _run_dir(request: SearchRequest, name: str, target: str) -> Path:
@@ -137,7 +136,7 @@ def measure_original(ctx: SearchContext) -> Original:
     layers = graph.layer_table(onnx_path)
     fixed = fixed_point.is_fixed_point(target)  # FPGA: bit widths, edgekit's estimate of the hls4ml design
     anchor = None if fixed else timed_original(onnx_path, sensitivity.float_precision(target), target, ctx.backend_name,
-                                               ctx.run_dir, splits.test.sample(0), request.settings, ctx.device)
+                                               ctx.run_dir, splits.test.sample(0), request.settings, ctx.measurer)
     space = spaces.build_space(loaded, onnx_path, target)
     write_json(ctx.run_dir / "space.json", space.as_dict())
     teacher = loaded.module.eval()

@@ -6,11 +6,11 @@ import dataclasses
 import json
 
 from edgekit import graph
-from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.compress.prune import prune
 from edgekit.deploy import DeployRequest, deploy
 from edgekit.plan import PrecisionPlan
+from edgekit.precision import sensitivity
 from edgekit.search import evaluate
 from edgekit.search.context import Original, SearchContext
 from edgekit.search.pricing import Pricing

@@ -40,7 +40,7 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     original = measure_original(ctx)
     start = start_plan(ctx, original)
     pricing = pricing_for(ctx, original, start.design)
-    if (ctx.target.local or ctx.device is not None) and pricing.model_cost.table.measured and not trials.evaluations():
+    if ctx.measurer.reaches(ctx.target) and pricing.model_cost.table.measured and not trials.evaluations():
         calibrate_cost(ctx, original, start.plan, pricing)
     walk = make_walk(ctx, original, start, pricing)
     state = first_state(ctx, original, start, pricing)

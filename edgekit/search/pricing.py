@@ -60,14 +60,8 @@ class Pricing:
 def pricing_for(ctx: SearchContext, original: Original, design: fixed_point.DesignCost | None) -> Pricing:
     """The cost model of the target (its table timed on the device where one is given) and the original's
     layer names in both exports."""
-    model_cost = cost.CostModel(ctx.target, ctx.backend_name, table=_device_table(ctx.target, ctx.backend_name, ctx.device))
+    model_cost = cost.CostModel(ctx.target, ctx.backend_name, table=LatencyTable(ctx.target, ctx.backend_name, measurer=ctx.measurer))
     fast_reference = evaluate.fast_layer_table(ctx.teacher, ctx.loaded)
     return Pricing(ctx.loaded, original.space, original.layers, fast_reference,
                    evaluate.rename_by_order(original.layers, fast_reference), design, model_cost)
 
-
-def _device_table(target, backend_name: str, device):
-    """The cost model's lookup table timed on the device through its agent (None: the usual table)."""
-    if device is None:
-        return None
-    return LatencyTable(target, backend_name, device=device)

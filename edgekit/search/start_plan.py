@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from edgekit.calibrate import sensitivity
 from edgekit.calibrate.run import calibrate
 from edgekit.plan import PrecisionPlan
+from edgekit.precision import sensitivity
 from edgekit.search import fixed_point
 from edgekit.search.context import Original, SearchContext
 from edgekit.util import write_json
@@ -87,5 +87,5 @@ def _precision_plan(ctx: SearchContext, original: Original) -> tuple[PrecisionPl
                             request.calibration, metric=metric)
     analysis = sensitivity.analyse(original.onnx_path, ctx.splits, target, folder, options=request.calibration,
                                    threads=request.settings.threads, backend_name=ctx.backend_name,
-                                   settings=request.settings, calibration=calibration, device=ctx.device, metric=metric)
+                                   settings=request.settings, calibration=calibration, measurer=ctx.measurer, metric=metric)
     return sensitivity.mixed_plan(analysis), analysis

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgekit.calibrate import sensitivity
 from edgekit.compress.distill import DistillSettings, distill
 from edgekit.compress.prune import prune
+from edgekit.precision import sensitivity
 from edgekit.search import fixed_point, greedy
 from edgekit.search import space as spaces
 from edgekit.search.context import Original, SearchContext, validation_accuracy

@@ -35,9 +35,10 @@ from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibra
 from edgekit.data import Splits
 from edgekit.errors import BadInput, MissingRuntime, require
 from edgekit.latency import Latency
+from edgekit.measurer import LOCAL, Measurer
 from edgekit.metrics import Metric, stack_outputs
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import ProfileSettings, time_interleaved
+from edgekit.profile import ProfileSettings
 from edgekit.targets import Target
 from edgekit.util import sha256_file, write_json
 
@@ -167,11 +168,11 @@ def _join(times: list, executed: dict, aliases: dict, macs: dict[str, int]) -> t
 
 def _measure(backend, target: Target, threads: int, settings: ProfileSettings, fp32_path: Path, int8_path: Path,
              float_p: str, candidates: list[str], aliases: dict, macs: dict[str, int], feed: dict, folder: Path,
-             device=None) -> dict:
+             measurer: Measurer = LOCAL) -> dict:
     """Build and load an fp32 and an all-int8 engine; time both whole (side by side), then take each
     layer's profiled time in both, LAYER_ROUNDS rounds in turn: medians, and their spread as the noise.
-    With a `device`, the timing is the device's, through its agent (the engines are built here; loaded
-    here too, for which kernels ran: the same engine files)."""
+    Through an agent (`measurer`), the timing is the device's (the engines are built here; loaded here
+    too, for which kernels ran: the same engine files)."""
     plans = {"fp32": (fp32_path, PrecisionPlan(float_p)),
              "int8": (int8_path, PrecisionPlan(float_p, {name: "int8" for name in candidates}))}
     engines, artifacts = {}, {}
@@ -179,14 +180,8 @@ def _measure(backend, target: Target, threads: int, settings: ProfileSettings, f
         (folder / kind).mkdir(exist_ok=True)
         artifacts[kind] = backend.build(onnx_path=path, plan=plan, target=target, out_dir=folder / kind)
         engines[kind] = backend.load(artifacts[kind], target=target, threads=threads)
-    if device is not None:
-        from edgekit.remote import time_pair
-
-        times, remote_layers = time_pair(device, artifacts, target=target, settings=settings, feed=feed, layer_rounds=LAYER_ROUNDS)
-        source = f"measured on device {device.name} ({target.name}) with {backend.name} through its agent, {threads} threads, side by side"
-    else:
-        times, remote_layers = time_interleaved(engines, feed, settings), None
-        source = f"measured on {target.name} ({target.device}) with {backend.name}, {threads} threads, side by side"
+    times, remote_layers = measurer.side_by_side(engines, artifacts, target, feed, settings, LAYER_ROUNDS)
+    source = f"measured on {measurer.where(target)} with {backend.name}, {threads} threads, side by side"
     whole = {kind: Latency.from_samples(t, source) for kind, t in times.items()}
     per_round: dict[str, dict[str, list[float]]] = {"fp32": {}, "int8": {}}
     runtime: dict[str, dict[str, list[str]]] = {"fp32": {}, "int8": {}}
@@ -304,9 +299,9 @@ def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float,
 def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
             options: CalibrationOptions = CalibrationOptions(), threads: int | None = None,
             backend_name: str | None = None, settings: ProfileSettings = ProfileSettings(),
-            calibration: CalibrationResult | None = None, device=None, metric: Metric | None = None) -> dict:
+            calibration: CalibrationResult | None = None, measurer: Measurer = LOCAL, metric: Metric | None = None) -> dict:
     """Measure every quantizable layer's int8 sensitivity and write `out_dir/sensitivity.json`
-    (its latency on `device` through its agent, when given).
+    (its latency timed where `measurer` times: here, or on a device through its agent).
     `calibration`: an all-int8 calibration already made (deploy's), else one is made here
     (PrecisionPlan("int8") on the calibration split, files in out_dir)."""
     import onnx
@@ -347,13 +342,11 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
         if backend is not None:
             availability = backend.available(target)
             versions = availability.versions
-            # with a device, the engines are only loaded here (for which kernels ran): LiteRT's check is enough
-            runs = availability.run if device is None else (availability.run or availability.check)
-            why_not = "" if ((target.local or device is not None) and availability.build and runs) else \
+            why_not = "" if measurer.can_analyse(target, availability) else \
                 (availability.reason or "the device is not this machine")
         if not why_not and candidates:
             latency = _measure(backend, target, threads or target.cores, settings, onnx_path, all_int8, float_p,
-                               candidates, _aliases(model, nodes), macs, feeds[0], folder, device)
+                               candidates, _aliases(model, nodes), macs, feeds[0], folder, measurer)
             engine = latency.pop("engines")["int8"]
             on_target = stack_outputs([[np.asarray(o) for o in engine.run(feed)] for feed in feeds])
             whole["on_target"] = judged(reference, on_target, labels)

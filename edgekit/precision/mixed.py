@@ -10,10 +10,11 @@ from pathlib import Path
 
 from edgekit import graph, roofline
 from edgekit.backends.base import Artifact, Backend
-from edgekit.calibrate import sensitivity, trt_cache
+from edgekit.calibrate import trt_cache
 from edgekit.calibrate.run import CalibrationResult
 from edgekit.latency import Latency
 from edgekit.plan import PrecisionPlan
+from edgekit.precision import sensitivity
 from edgekit.profile import ProfileSettings, time_interleaved
 from edgekit.targets import Target
 from edgekit.util import write_json
