@@ -14,14 +14,10 @@ from typing import Protocol
 import numpy as np
 
 from edgekit import remote
-from edgekit.backends.base import Artifact, Availability, Backend, Engine, LayerTime
+from edgekit.backends.base import BACKENDS, Artifact, Availability, Backend, Engine, LayerTime
 from edgekit.profile import ProfileSettings, time_engine, time_interleaved
 from edgekit.targets import Target
 from edgekit.unit_timing import profile_unit
-
-# backend → the package whose version an agent reports for it (edgekit.agent.info.RUNTIMES)
-RUNTIME_OF = {"openvino": "openvino", "onnxruntime": "onnxruntime", "tflite": "ai-edge-litert",
-              "edgetpu": "ai-edge-litert", "tensorrt": "tensorrt", "hls4ml": "hls4ml"}
 
 
 class Measurer(Protocol):
@@ -139,7 +135,7 @@ class AgentMeasurer:
     def runtime(self, backend_name: str, found: tuple[str, str]) -> tuple[str, str]:
         with self.device.client() as client:
             versions = client.info().get("runtimes", {})
-        package = RUNTIME_OF.get(backend_name, backend_name)
+        package = BACKENDS[backend_name].package if backend_name in BACKENDS else backend_name
         return package, versions.get(package, "unknown")
 
     def times_units(self, target: Target, availability: Availability | None) -> bool:

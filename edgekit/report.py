@@ -10,9 +10,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from edgekit.backends.base import runtime_packages
 from edgekit.util import atomic_write_text, write_json
 
-RUNTIME_PACKAGES = ("edgekit", "torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy")
+# what a run depends on: edgekit, the model and graph libraries, and every runtime of the backends table
+PACKAGES = ("edgekit", "torch", "onnx", "nncf", "numpy", *runtime_packages())
 CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
 th{background:#f3f3f3}"""
@@ -20,7 +22,7 @@ th{background:#f3f3f3}"""
 
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in RUNTIME_PACKAGES:
+    for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

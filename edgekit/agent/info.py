@@ -12,9 +12,7 @@ import socket
 from functools import cache
 from pathlib import Path
 
-# distribution → module that imports it
-RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert",
-            "tensorrt": "tensorrt", "hls4ml": "hls4ml"}
+from edgekit.backends.base import runtime_packages
 
 
 @cache
@@ -40,7 +38,7 @@ def machine_info() -> dict:
 
 def runtimes() -> dict[str, str]:
     found = {}
-    for dist, module in RUNTIMES.items():
+    for dist, module in runtime_packages().items():
         try:
             if importlib.util.find_spec(module) is not None:
                 found[dist] = importlib.metadata.version(dist)

@@ -108,21 +108,34 @@ class Backend(Protocol):
     def artifact_from_file(self, path: Path) -> Artifact: ...
 
 
-# name → (module, extra that installs its runtime). Runtimes not here are built by later versions.
-BACKENDS: dict[str, tuple[str, str]] = {
-    "openvino": ("edgekit.backends.openvino", "openvino"),
-    "onnxruntime": ("edgekit.backends.onnxruntime", "onnxruntime"),
-    "tflite": ("edgekit.backends.tflite", "tflite"),
-    "edgetpu": ("edgekit.backends.edgetpu", "tflite"),
-    "tensorrt": ("edgekit.backends.tensorrt", "tensorrt"),
-    "hls4ml": ("edgekit.backends.hls4ml", "fpga"),
+@dataclass(frozen=True)
+class BackendEntry:
+    module: str  # edgekit's module that holds the BACKEND
+    extra: str  # the edgekit extra that installs its runtime
+    package: str  # the runtime's distribution, whose version reports and agents give
+    import_name: str  # the runtime's top-level module
+
+
+# The one table of backends: name → where it lives and what runtime it needs. Reports, the agent's
+# info and the latency tables read their runtime packages from here.
+BACKENDS: dict[str, BackendEntry] = {
+    "openvino": BackendEntry("edgekit.backends.openvino", "openvino", "openvino", "openvino"),
+    "onnxruntime": BackendEntry("edgekit.backends.onnxruntime", "onnxruntime", "onnxruntime", "onnxruntime"),
+    "tflite": BackendEntry("edgekit.backends.tflite", "tflite", "ai-edge-litert", "ai_edge_litert"),
+    "edgetpu": BackendEntry("edgekit.backends.edgetpu", "tflite", "ai-edge-litert", "ai_edge_litert"),
+    "tensorrt": BackendEntry("edgekit.backends.tensorrt", "tensorrt", "tensorrt", "tensorrt"),
+    "hls4ml": BackendEntry("edgekit.backends.hls4ml", "fpga", "hls4ml", "hls4ml"),
 }
+
+
+def runtime_packages() -> dict[str, str]:
+    """Each runtime's distribution → its import name, once (LiteRT serves two backends)."""
+    return {entry.package: entry.import_name for entry in BACKENDS.values()}
 
 
 def get_backend(name: str) -> Backend:
     if name in BACKENDS:
-        module, _ = BACKENDS[name]
-        return importlib.import_module(module).BACKEND
+        return importlib.import_module(BACKENDS[name].module).BACKEND
     raise BadInput(f"unknown backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
 
 
