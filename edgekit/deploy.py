@@ -266,8 +266,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     choice = report["precision"].get("mixed", {})
     if choice.get("chosen") == MIXED and choice["kind"] == "measured" and target.local and availability.run:
         step("compare")
-        plan, artifact, side_by_side = mixed_step.never_slower(backend, artifact, plan, onnx_path, run_dir, target, threads, feed,
-                                                     request.settings, choice)
+        timing = accuracy_aware.Timing(target=target, backend=backend, threads=threads, feed=feed, settings=request.settings)
+        plan, artifact, side_by_side = mixed_step.never_slower(timing, artifact, plan, onnx_path, run_dir, choice)
         planned = dict(plan.layers)
         report["precision"].update({"label": plan.label, "planned": planned})
         mixed_step.predict_shipped(report, layers, target, plan)

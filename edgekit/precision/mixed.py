@@ -9,13 +9,14 @@ import tempfile
 from pathlib import Path
 
 from edgekit import graph, roofline
-from edgekit.backends.base import Artifact, Backend
+from edgekit.backends.base import Artifact
 from edgekit.calibrate import trt_cache
 from edgekit.calibrate.run import CalibrationResult
 from edgekit.latency import Latency
 from edgekit.plan import PrecisionPlan
 from edgekit.precision import sensitivity
-from edgekit.profile import ProfileSettings, time_interleaved
+from edgekit.precision.accuracy_aware import Timing
+from edgekit.profile import time_interleaved
 from edgekit.targets import Target
 from edgekit.util import write_json
 
@@ -81,16 +82,17 @@ def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[st
             build.write_text(build.read_text().replace(old, new))
 
 
-def never_slower(backend: Backend, artifact: Artifact, plan: PrecisionPlan, onnx_path: Path, run_dir: Path, target: Target,
-                  threads: int, feed: dict, settings: ProfileSettings, choice: dict) -> tuple[PrecisionPlan, Artifact, list[float]]:
+def never_slower(timing: Timing, artifact: Artifact, plan: PrecisionPlan, onnx_path: Path, run_dir: Path,
+                 choice: dict) -> tuple[PrecisionPlan, Artifact, list[float]]:
     """Time the mixed engine and an fp32 engine of the same model side by side (interleaved, same
     settings); ship fp32 unless mixed is faster. Returns the plan and engine shipped, and its times."""
+    backend, target, threads = timing.backend, timing.target, timing.threads
     float_p = plan.float_precision
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=f".{float_p}-") as tmp:
         reference = backend.build(onnx_path=onnx_path, plan=PrecisionPlan(float_p), target=target, out_dir=Path(tmp))
         engines = {MIXED: backend.load(artifact, target=target, threads=threads),
                    float_p: backend.load(reference, target=target, threads=threads)}
-        times = time_interleaved(engines, feed, settings)
+        times = time_interleaved(engines, timing.feed, timing.settings)
     p50 = {name: Latency.from_samples(t, "side by side").p50 for name, t in times.items()}
     choice.update(mixed_p50_ms=p50[MIXED], fp32_p50_ms=p50[float_p])
     side = f"p50 {p50[MIXED]:.4f} ms vs {float_p} {p50[float_p]:.4f} ms, measured side by side on {target.name}"
