@@ -288,7 +288,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         step("profile on the device")
         try:
             result = remote.measure(device, artifact, target=target, settings=request.settings, feed=feed,
-                                    build_from=build_from, plan=plan, out_dir=run_dir, beside=beside)
+                                    source=remote.DeviceBuild(build_from, plan, run_dir), beside=beside)
         except EdgekitError:
             _finish(run_dir, report)
             raise

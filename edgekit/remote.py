@@ -5,6 +5,7 @@ and plan are sent and the device builds it. The numbers come back labelled as me
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +44,26 @@ def engine_files(artifact: Artifact) -> dict[str, Path]:
     return files
 
 
+@dataclass(frozen=True)
+class DeviceBuild:
+    """What the device builds an engine from when its last step is pending here: the ONNX, the plan,
+    and the run directory its built files come back into (under device/)."""
+
+    onnx_path: Path
+    plan: PrecisionPlan
+    out_dir: Path
+
+
 def measure(device, artifact: Artifact, *, target: Target, settings: ProfileSettings, feed: dict[str, np.ndarray],
-            build_from: Path, plan: PrecisionPlan, out_dir: Path, beside: tuple[str, Artifact] | None = None) -> dict:
+            source: DeviceBuild, beside: tuple[str, Artifact] | None = None) -> dict:
     """The agent's result for this engine, fed the deploy's own inputs. An engine whose last step is
-    pending here (`artifact.pending`) is built on the device from `build_from` and the plan; the built
-    files come back into out_dir/device/. With `beside`, the two engines are timed side by side there
-    and the result gets `side_by_side` as a local deploy's report has it."""
+    pending here (`artifact.pending`) is built on the device from `source`. With `beside`, the two
+    engines are timed side by side there and the result gets `side_by_side` as a local deploy's
+    report has it."""
     if artifact.pending:
         with device.client() as client:
-            return client.build(build_from, target.name, plan.as_dict(), settings, out_dir=Path(out_dir) / "device")
+            return client.build(source.onnx_path, target.name, source.plan.as_dict(), settings,
+                                out_dir=Path(source.out_dir) / "device")
     result = profile(device, artifact, target=target, settings=settings, feed=feed,
                      beside=beside[1] if beside else None)
     if beside is not None:
