@@ -18,13 +18,14 @@ from edgekit.backends.base import Artifact, Backend, BuildContext, get_backend
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Samples, Splits, demo_data, load_data
 from edgekit.errors import BadInput, EdgekitError, MissingRuntime
-from edgekit.measurer import measurer_for
+from edgekit.measurer import LOCAL, Measurer, measurer_for
 from edgekit.metrics import Metric
 from edgekit.models import DEMO_SPEC, LoadedModel, load_model
 from edgekit.plan import PrecisionPlan
 from edgekit.precision import accuracy_aware, sensitivity
 from edgekit.precision import mixed as mixed_step
 from edgekit.precision.mixed import MIXED
+from edgekit.precision.timing import Timing
 from edgekit.profile import (
     AccuracyCheck,
     Profile,
@@ -131,13 +132,19 @@ def _accuracy_aware(request: DeployRequest, analysis: dict, calibration: Calibra
                        "--max-accuracy-drop")
     descent = accuracy_aware.descend(
         analysis=analysis, calibration=calibration, onnx_path=onnx_path, run_dir=run_dir,
-        timing=accuracy_aware.Timing(target=target, backend=backend, threads=request.settings.threads or target.cores,
+        timing=Timing(target=target, backend=backend, threads=request.settings.threads or target.cores,
                                      feed=splits.test.sample(0), settings=request.settings),
         goal=accuracy_aware.Goal(splits=splits, metric=metric, max_drop=request.max_accuracy_drop,
                                  reference=functools.partial(graph.reference_outputs, model)))
     report["precision"]["accuracy_aware"] = descent.record
     report["artifacts"]["accuracy_aware"] = accuracy_aware.FOLDER
     return descent.plan, descent.qdq_path or onnx_path
+
+
+def _how(request: DeployRequest, backend_name: str | None, metric: Metric | None,
+         measurer: Measurer = LOCAL) -> sensitivity.HowToAnalyse:
+    return sensitivity.HowToAnalyse(options=request.calibration, threads=request.settings.threads, backend_name=backend_name,
+                                    settings=request.settings, measurer=measurer, metric=metric)
 
 
 def _target_summary(target: Target) -> dict:
@@ -219,9 +226,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
         build_from = calibration.qdq_path
         if request.max_accuracy_drop is not None:
             step("sensitivity")
-            analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration,
-                                           threads=request.settings.threads, backend_name=backend_name,
-                                           settings=request.settings, calibration=calibration, metric=metric)
+            analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, calibration=calibration,
+                                           how=_how(request, backend_name, metric))
             report["artifacts"]["sensitivity"] = sensitivity.FILE
             step("accuracy-aware int8")
             plan, build_from = _accuracy_aware(request, analysis, calibration, onnx_path, run_dir, splits, target,
@@ -230,10 +236,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
             planned = dict(plan.layers)
         elif mixed:
             step("sensitivity")
-            analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration,
-                                           threads=request.settings.threads, backend_name=backend_name,
-                                           settings=request.settings, calibration=calibration, measurer=measurer_for(device),
-                                           metric=metric)
+            analysis = sensitivity.analyse(onnx_path, splits, target, run_dir, calibration=calibration,
+                                           how=_how(request, backend_name, metric, measurer_for(device)))
             report["artifacts"]["sensitivity"] = sensitivity.FILE
             plan, build_from = mixed_step.plan_from_analysis(analysis, calibration, onnx_path, run_dir, report, layers, target)
             planned = dict(plan.layers)
@@ -266,7 +270,7 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     choice = report["precision"].get("mixed", {})
     if choice.get("chosen") == MIXED and choice["kind"] == "measured" and target.local and availability.run:
         step("compare")
-        timing = accuracy_aware.Timing(target=target, backend=backend, threads=threads, feed=feed, settings=request.settings)
+        timing = Timing(target=target, backend=backend, threads=threads, feed=feed, settings=request.settings)
         plan, artifact, side_by_side = mixed_step.never_slower(timing, artifact, plan, onnx_path, run_dir, choice)
         planned = dict(plan.layers)
         report["precision"].update({"label": plan.label, "planned": planned})
@@ -354,9 +358,8 @@ def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = la
     calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), run_dir, request.calibration,
                             metric=metric)
     step("sensitivity")
-    result = sensitivity.analyse(onnx_path, splits, target, run_dir, options=request.calibration, threads=request.settings.threads,
-                                 backend_name=request.backend, settings=request.settings, calibration=calibration,
-                                 metric=metric)
+    result = sensitivity.analyse(onnx_path, splits, target, run_dir, calibration=calibration,
+                                 how=_how(request, request.backend, metric))
     return result, run_dir / sensitivity.FILE
 
 

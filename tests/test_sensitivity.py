@@ -126,8 +126,8 @@ def test_mixed_deploy_ships_the_int8_verdicts_and_is_never_slower_than_fp32(mixe
 
 def test_a_target_not_here_gets_predicted_gains_only(tmp_path, demo_model, demo_onnx):
     splits = split(demo_data(demo_model.inputs))
-    saved = sensitivity.analyse(demo_onnx, splits, load_target("intel-cpu"), tmp_path,
-                                options=CalibrationOptions("mse"), settings=ProfileSettings(min_time_s=0.1, repeats=5))
+    how = sensitivity.HowToAnalyse(options=CalibrationOptions("mse"), settings=ProfileSettings(min_time_s=0.1, repeats=5))
+    saved = sensitivity.analyse(demo_onnx, splits, load_target("intel-cpu"), tmp_path, how=how)
     assert saved["latency"]["kind"] == "predicted" and "roofline" in saved["latency"]["source"]
     assert all(r["latency"]["kind"] == "predicted" for r in saved["layers"].values())
     assert '"measured"' not in (tmp_path / "sensitivity.json").read_text()

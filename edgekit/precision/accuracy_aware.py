@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Backend
+from edgekit.backends.base import Artifact
 from edgekit.calibrate.run import CalibrationResult
 from edgekit.data import Splits
 from edgekit.latency import Latency
 from edgekit.metrics import Metric, stack_outputs
 from edgekit.plan import PrecisionPlan
-from edgekit.profile import ProfileSettings, time_interleaved
-from edgekit.targets import Target
+from edgekit.precision.timing import Timing
+from edgekit.profile import time_interleaved
 
 LINEAR_STEPS = 4  # one layer back to float per step at first, then twice as many each step
 FOLDER = "accuracy-aware"
@@ -38,17 +38,6 @@ class Descent:
     plan: PrecisionPlan
     qdq_path: Path | None  # the shipped plan's Q/DQ model (None: float ships)
     record: dict  # report.json's precision.accuracy_aware
-
-
-@dataclass(frozen=True)
-class Timing:
-    """How every step's engine is built and timed: the target's runtime, side by side with float on `feed`."""
-
-    target: Target
-    backend: Backend
-    threads: int
-    feed: dict
-    settings: ProfileSettings
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from edgekit.calibrate.run import CalibrationResult
 from edgekit.latency import Latency
 from edgekit.plan import PrecisionPlan
 from edgekit.precision import sensitivity
-from edgekit.precision.accuracy_aware import Timing
+from edgekit.precision.layer_latency import predicted_latency
+from edgekit.precision.timing import Timing
 from edgekit.profile import time_interleaved
 from edgekit.targets import Target
 from edgekit.util import write_json
@@ -42,7 +43,7 @@ def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path
         return predict_shipped(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
     choice["reason"] = f"{len(int8)} of {len(plan.layers)} layers int8 ({counts})"
     if kind == "predicted":
-        ours, theirs = sensitivity.predicted_latency(layers, target, plan), roofline.predict_latency(layers, target, float_p)
+        ours, theirs = predicted_latency(layers, target, plan), roofline.predict_latency(layers, target, float_p)
         choice.update(mixed_p50_ms=ours.p50, fp32_p50_ms=theirs.p50)
         side = f"{ours.p50:.4f} ms vs {float_p} {theirs.p50:.4f} ms, {analysis['latency']['source']}"
         if not ours.p50 < theirs.p50:
@@ -56,7 +57,7 @@ def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path
 
 def predict_shipped(report: dict, layers: list[graph.Layer], target: Target, plan: PrecisionPlan) -> PrecisionPlan:
     """The roofline of the plan shipped, per layer (until a measurement replaces it)."""
-    predicted = sensitivity.predicted_latency(layers, target, plan).as_dict()
+    predicted = predicted_latency(layers, target, plan).as_dict()
     if report["latency_ms"]["kind"] == "predicted":
         report["latency_ms"] = predicted
     report["predicted_latency_ms"] = predicted

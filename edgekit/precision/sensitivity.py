@@ -23,21 +23,23 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgekit import graph, roofline
+from edgekit import graph
+from edgekit.backends.base import get_backend
 from edgekit.calibrate import qdq, select
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Splits
 from edgekit.errors import BadInput, MissingRuntime, require
-from edgekit.latency import Latency
 from edgekit.measurer import LOCAL, Measurer
 from edgekit.metrics import Metric, stack_outputs
 from edgekit.plan import PrecisionPlan
+from edgekit.precision.layer_latency import TwoEngines, aliases_of, measure_layers, predict_layers
+from edgekit.precision.timing import Timing
 from edgekit.profile import ProfileSettings
 from edgekit.targets import Target
 from edgekit.util import sha256_file, write_json
@@ -57,7 +59,6 @@ ERROR_FLOOR = 1e-3
 # microsecond resolution.
 NOISE_FRACTION = 0.05
 NOISE_FLOOR_MS = 0.001
-LAYER_ROUNDS = 5
 
 
 def float_precision(target: Target) -> str:
@@ -111,142 +112,6 @@ def _labels(splits: Splits) -> np.ndarray | None:
     return np.asarray(labels).reshape(len(splits.validation), -1)[:, 0].astype(np.int64)
 
 
-# ---- latency: per-layer times on the target, fp32 engine vs all-int8 engine -------------------
-
-# How runtimes rename what they fuse: ONNX Runtime's layout transformer names a Conv it fused with its
-# activation after the activation's output + _nchwc, and appends _token_N to nodes it rewrites.
-RENAMED = re.compile(r"(_nchwc|_token_\d+)$")
-FUSED_AFTER = ("Add", "Relu", "Clip", "BatchNormalization", "Mul", "Sigmoid", "Gelu")  # ops runtimes fuse into the layer before
-
-
-def _aliases(model, nodes: dict) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
-    """Each layer's ONNX node, then the ops fused into it (its output's single consumer, while that is a
-    bias Add or an activation), with their outputs: runtimes name a fused layer after any of them
-    (OpenVINO names MatMul + bias Add after the Add, a model's last layer after its output)."""
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
-    chains = {}
-    for name, node in nodes.items():
-        chain = [(name, tuple(node.output))]
-        for _ in range(2):
-            users = consumers.get(node.output[0], [])
-            if len(users) != 1 or users[0].op_type not in FUSED_AFTER:
-                break
-            node = users[0]
-            chain.append((node.name, tuple(node.output)))
-        chains[name] = chain
-    return chains
-
-
-def _join(times: list, executed: dict, aliases: dict, macs: dict[str, int]) -> tuple[dict[str, tuple[float, list[str]]], float]:
-    """Each ONNX layer's time in one engine, and the time no layer claims. A layer's runtime layer is
-    the one `executed` names for it or for the first of its aliases that has one, else a profiled
-    layer named ALIAS, ALIAS/... or after the alias's output (less a runtime's renaming suffix). A runtime layer several ONNX layers fused
-    into has its time split between them by MACs."""
-    by_name = {t.name: t.time_ms for t in times}
-    names: dict[str, list[str]] = {}
-    for layer, chain in aliases.items():
-        names[layer] = []
-        for alias, outputs in chain:
-            known = executed.get(alias)
-            found = [known.runtime_layer] if known is not None and known.runtime_layer in by_name else \
-                [n for n in by_name if n.startswith(alias + "/") or RENAMED.sub("", n) in (alias, *outputs)]
-            if found:
-                names[layer] = found
-                break
-    claims: dict[str, list[str]] = {}
-    for layer, found in names.items():
-        for name in found:
-            claims.setdefault(name, []).append(layer)
-    weight = {layer: max(macs.get(layer, 0), 1) for layer in aliases}
-    joined = {layer: (sum(by_name[n] * weight[layer] / sum(weight[o] for o in claims[n]) for n in found), found)
-              for layer, found in names.items() if found}
-    return joined, sum(t for n, t in by_name.items() if n not in claims)
-
-
-def _measure(backend, target: Target, threads: int, settings: ProfileSettings, fp32_path: Path, int8_path: Path,
-             float_p: str, candidates: list[str], aliases: dict, macs: dict[str, int], feed: dict, folder: Path,
-             measurer: Measurer = LOCAL) -> dict:
-    """Build and load an fp32 and an all-int8 engine; time both whole (side by side), then take each
-    layer's profiled time in both, LAYER_ROUNDS rounds in turn: medians, and their spread as the noise.
-    Through an agent (`measurer`), the timing is the device's (the engines are built here; loaded here
-    too, for which kernels ran: the same engine files)."""
-    plans = {"fp32": (fp32_path, PrecisionPlan(float_p)),
-             "int8": (int8_path, PrecisionPlan(float_p, {name: "int8" for name in candidates}))}
-    engines, artifacts = {}, {}
-    for kind, (path, plan) in plans.items():
-        (folder / kind).mkdir(exist_ok=True)
-        artifacts[kind] = backend.build(onnx_path=path, plan=plan, target=target, out_dir=folder / kind)
-        engines[kind] = backend.load(artifacts[kind], target=target, threads=threads)
-    times, remote_layers = measurer.side_by_side(engines, artifacts, target, feed, settings, LAYER_ROUNDS)
-    source = f"measured on {measurer.where(target)} with {backend.name}, {threads} threads, side by side"
-    whole = {kind: Latency.from_samples(t, source) for kind, t in times.items()}
-    per_round: dict[str, dict[str, list[float]]] = {"fp32": {}, "int8": {}}
-    runtime: dict[str, dict[str, list[str]]] = {"fp32": {}, "int8": {}}
-    every_alias = list(dict.fromkeys(alias for chain in aliases.values() for alias, _ in chain))
-    executed = {kind: engine.executed(feed, every_alias) for kind, engine in engines.items()}
-    unattributed: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for round_ in range(LAYER_ROUNDS):
-        for kind, engine in engines.items():
-            timed = remote_layers[kind][round_] if remote_layers else engine.layer_times(feed, settings.layer_runs or 20)
-            joined, rest = _join(timed, executed[kind], aliases, macs)
-            unattributed[kind].append(rest)
-            for layer, (ms, found) in joined.items():
-                per_round[kind].setdefault(layer, []).append(ms)
-                runtime[kind][layer] = found
-    layers = {}
-    for layer in aliases:
-        f, i = per_round["fp32"].get(layer), per_round["int8"].get(layer)
-        record = {"kind": "measured", "fp32_ms": _median(f), "int8_ms": _median(i) if layer in candidates else None,
-                  "fp32_runtime": runtime["fp32"].get(layer, []), "int8_runtime": runtime["int8"].get(layer, []),
-                  "int8_kernel": executed["int8"][layer].exec_type if layer in executed["int8"] else None}
-        if f and i and layer in candidates:
-            record["gain_ms"] = record["fp32_ms"] - record["int8_ms"]
-            record["noise_ms"] = max(_spread(f), _spread(i))
-        layers[layer] = record
-    return {"kind": "measured", "source": source, "threads": threads,
-            "fp32": whole["fp32"].as_dict(), "int8": whole["int8"].as_dict(),
-            "unattributed_ms": {kind: _median(v) for kind, v in unattributed.items()},
-            "layers": layers, "engines": engines}
-
-
-def _median(values: list[float] | None) -> float | None:
-    return float(np.median(values)) if values else None
-
-
-def _spread(values: list[float]) -> float:
-    middle = sorted(values)[1:-1] if len(values) >= 5 else values
-    return max(middle) - min(middle)
-
-
-def _predict(onnx_path: Path, target: Target, float_p: str, candidates: list[str], nodes: dict, reason: str) -> dict:
-    """The cost model's per-layer times at the float and the int8 rate, for a target not measurable here."""
-    table = graph.layer_table(onnx_path)
-    fp = {c.name: c.ms for c in roofline.layer_costs(table, target, float_p)}
-    i8 = {c.name: c.ms for c in roofline.layer_costs(table, target, "int8")}
-    source = f"roofline of {target.name} (cannot measure here: {reason})"
-    layers = {layer: {"kind": "predicted", "fp32_ms": fp.get(layer), "int8_ms": i8.get(layer) if layer in candidates else None}
-              for layer in nodes}
-    for layer in candidates:
-        if layers[layer]["fp32_ms"] is not None and layers[layer]["int8_ms"] is not None:
-            layers[layer]["gain_ms"] = layers[layer]["fp32_ms"] - layers[layer]["int8_ms"]
-    return {"kind": "predicted", "source": source,
-            "fp32": Latency.predicted(sum(fp.values()), source).as_dict(),
-            "int8": predicted_latency(table, target, PrecisionPlan(float_p, {n: "int8" for n in candidates})).as_dict(),
-            "layers": layers}
-
-
-def predicted_latency(table: list[graph.Layer], target: Target, plan: PrecisionPlan) -> Latency:
-    """The roofline of a per-layer plan: int8 layers at the int8 rate, the rest at the float one."""
-    fp = {c.name: c.ms for c in roofline.layer_costs(table, target, plan.float_precision)}
-    i8 = {c.name: c.ms for c in roofline.layer_costs(table, target, "int8")}
-    int8 = {layer.name for layer in table if plan.precision_of(layer.name) == "int8"}
-    total = sum(i8[layer.name] if layer.name in int8 else fp[layer.name] for layer in table)
-    return Latency.predicted(total, f"roofline of {target.name}, per layer ({len(int8)} int8, the rest {plan.float_precision})")
-
-
 # ---- verdicts -------------------------------------------------------------------------------
 
 def _harm_by_metric(accuracy: dict, metric: Metric, samples: int) -> list[str]:
@@ -296,80 +161,69 @@ def _verdict(accuracy: dict, latency: dict, samples: int, median_error: float,
 
 # ---- the analysis ---------------------------------------------------------------------------
 
-def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
-            options: CalibrationOptions = CalibrationOptions(), threads: int | None = None,
-            backend_name: str | None = None, settings: ProfileSettings = ProfileSettings(),
-            calibration: CalibrationResult | None = None, measurer: Measurer = LOCAL, metric: Metric | None = None) -> dict:
-    """Measure every quantizable layer's int8 sensitivity and write `out_dir/sensitivity.json`
-    (its latency timed where `measurer` times: here, or on a device through its agent).
+@dataclass(frozen=True)
+class HowToAnalyse:
+    """How the analysis calibrates, builds and times: the calibration options, the runtime (default the
+    target's), where engines are timed (`measurer`: here, or on a device through its agent), and the
+    task metric that judges each layer (None: top-1 and output error)."""
+
+    options: CalibrationOptions = CalibrationOptions()
+    threads: int | None = None
+    backend_name: str | None = None
+    settings: ProfileSettings = ProfileSettings()
+    measurer: Measurer = LOCAL
+    metric: Metric | None = None
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model under analysis: its file, its quantizable layers and their MACs, the calibration."""
+
+    onnx_path: Path
+    proto: object
+    nodes: dict
+    macs: dict[str, int]
+    calibration: CalibrationResult
+    candidates: list[str]
+
+
+def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *, how: HowToAnalyse = HowToAnalyse(),
+            calibration: CalibrationResult | None = None) -> dict:
+    """Measure every quantizable layer's int8 sensitivity and write `out_dir/sensitivity.json`.
     `calibration`: an all-int8 calibration already made (deploy's), else one is made here
     (PrecisionPlan("int8") on the calibration split, files in out_dir)."""
     import onnx
-
-    from edgekit.backends.base import get_backend
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     float_p = check_target(target)
     if calibration is None:
-        calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), out_dir, options)
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    nodes = qdq.quantizable_layers(model)
+        calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), out_dir, how.options)
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    nodes = qdq.quantizable_layers(proto)
     table = {layer.name: layer for layer in graph.layer_table(onnx_path)}
-    macs = {name: table[name].macs if name in table else 0 for name in nodes}
-    candidates = [name for name in nodes if calibration.planned.get(name) == "int8"]
+    model = _Model(onnx_path, proto, nodes, {name: table[name].macs if name in table else 0 for name in nodes},
+                   calibration, [name for name in nodes if calibration.planned.get(name) == "int8"])
     feeds = [splits.validation.sample(i) for i in range(len(splits.validation))]
     labels = _labels(splits)
-    backend_name = backend_name or target.backend.name
-    judged = functools.partial(_compare, metric=metric, raw_labels=splits.validation.labels)
+    backend_name = how.backend_name or target.backend.name
+    judged = functools.partial(_compare, metric=how.metric, raw_labels=splits.validation.labels, labels=labels)
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
         folder = Path(tmp)
         reference = _outputs(onnx_path, feeds)
-        fp32 = judged(reference, reference, labels)
+        fp32 = judged(reference, reference)
         accuracy = {}
-        for name in candidates:
+        for name in model.candidates:
             calibration.rewrite([name], folder / f"{len(accuracy)}.onnx")
-            accuracy[name] = judged(reference, _outputs(folder / f"{len(accuracy)}.onnx", feeds), labels)
+            accuracy[name] = judged(reference, _outputs(folder / f"{len(accuracy)}.onnx", feeds))
         all_int8 = folder / "all.int8.onnx"
-        calibration.rewrite(candidates, all_int8)
-        whole = judged(reference, _outputs(all_int8, feeds), labels)
-
-        versions, why_not = {}, ""
-        try:
-            backend = get_backend(backend_name)
-        except MissingRuntime as err:
-            backend, why_not = None, str(err)
-        if backend is not None:
-            availability = backend.available(target)
-            versions = availability.versions
-            why_not = "" if measurer.can_analyse(target, availability) else \
-                (availability.reason or "the device is not this machine")
-        if not why_not and candidates:
-            latency = _measure(backend, target, threads or target.cores, settings, onnx_path, all_int8, float_p,
-                               candidates, _aliases(model, nodes), macs, feeds[0], folder, measurer)
-            engine = latency.pop("engines")["int8"]
+        calibration.rewrite(model.candidates, all_int8)
+        whole = judged(reference, _outputs(all_int8, feeds))
+        latency, versions, engine = _latency(model, target, backend_name, how, float_p, all_int8, feeds[0], folder)
+        if engine is not None:
             on_target = stack_outputs([[np.asarray(o) for o in engine.run(feed)] for feed in feeds])
-            whole["on_target"] = judged(reference, on_target, labels)
-        else:
-            latency = _predict(onnx_path, target, float_p, candidates, nodes, why_not or "no layer can be int8")
-
-    errors = [accuracy[name]["output_error"] for name in candidates]
-    median_error = float(np.median(errors)) if errors else 0.0
-    layers = {}
-    for name, node in nodes.items():
-        record = {"op": node.op_type, "macs": macs[name], "latency": latency["layers"][name]}
-        if name in accuracy:
-            acc = accuracy[name]
-            acc["top1_loss_pt"] = None if acc["top1"] is None else round((fp32["top1"] - acc["top1"]) * 100, 4)
-            if metric is not None:
-                acc["metric_drop"] = round(metric.drop(fp32["metric"], acc["metric"]), 6)
-            record["accuracy"] = acc
-            record["verdict"], record["reason"] = _verdict(acc, record["latency"], len(feeds), median_error, metric)
-        else:
-            record["accuracy"] = None
-            record["verdict"] = "float"
-            record["reason"] = calibration.demoted.get(name, "kept float by the calibration plan")
-        layers[name] = record
+            whole["on_target"] = judged(reference, on_target)
+    layers = _layer_records(model, latency, accuracy, fp32, len(feeds), how.metric)
     latency.pop("layers")
     method = getattr(calibration, "method", "") or next((p.method for p in calibration.params.values()), None)
     result = {
@@ -379,19 +233,11 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
         "backend": backend_name,
         "versions": versions,
         "model": {"file": onnx_path.name, "sha256": sha256_file(onnx_path)},
-        "calibration": {"method": method, "samples": calibration.samples, "bias_correction": options.bias_correction,
+        "calibration": {"method": method, "samples": calibration.samples, "bias_correction": how.options.bias_correction,
                         "demoted": calibration.demoted},
         "splits": {k: len(getattr(splits, k)) for k in ("calibration", "validation", "test")},
         "float_precision": float_p,
-        "accuracy": {
-            "evaluated_with": f"onnxruntime {require('onnxruntime', 'onnxruntime').__version__} (CPU, Q/DQ ONNX run "
-                              "as written, graph optimizations off), one layer int8 at a time",
-            "split": "validation", "samples": len(feeds), "labels": labels is not None,
-            "output_error": "sum of squared differences of the first output from fp32's over the sum of its squares",
-            "fp32_top1": fp32["top1"], "all_int8": whole,
-            **({"metric": {**metric.describe(), "fp32": fp32["metric"],
-                           "decides": "harm" if not metric.why else "reported; top-1 and output-error rules decide"}}
-               if metric is not None else {})},
+        "accuracy": _accuracy_record(fp32, whole, len(feeds), labels is not None, how.metric),
         "latency": {**latency, "per_layer": "runtime profiler medians over rounds: fp32 engine minus all-int8 engine"
                     if latency["kind"] == "measured" else "roofline per layer: fp32 rate minus int8 rate"},
         "thresholds": {"top1_loss_pt": TOP1_LOSS_PT, "error_ceiling": ERROR_CEILING, "error_outlier": ERROR_OUTLIER,
@@ -401,6 +247,63 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *,
     }
     write_json(out_dir / FILE, result)
     return result
+
+
+def _latency(model: _Model, target: Target, backend_name: str, how: HowToAnalyse, float_p: str, all_int8: Path,
+             feed: dict, folder: Path) -> tuple[dict, dict, object | None]:
+    """Each layer's fp32 and int8 times, measured where `how.measurer` times if the runtime can build
+    and load them here, else the roofline's; the runtime's versions; the all-int8 engine when built."""
+    versions, why_not = {}, ""
+    try:
+        backend = get_backend(backend_name)
+    except MissingRuntime as err:
+        backend, why_not = None, str(err)
+    if backend is not None:
+        availability = backend.available(target)
+        versions = availability.versions
+        why_not = "" if how.measurer.can_analyse(target, availability) else \
+            (availability.reason or "the device is not this machine")
+    if why_not or not model.candidates:
+        return (predict_layers(model.onnx_path, target, float_p, model.candidates, model.nodes,
+                         why_not or "no layer can be int8"), versions, None)
+    timing = Timing(target, backend, how.threads or target.cores, feed, how.settings)
+    latency = measure_layers(timing, how.measurer, TwoEngines(model.onnx_path, all_int8, float_p, model.candidates),
+                       aliases_of(model.proto, model.nodes), model.macs, folder)
+    return latency, versions, latency.pop("engines")["int8"]
+
+
+def _layer_records(model: _Model, latency: dict, accuracy: dict, fp32: dict, samples: int, metric: Metric | None) -> dict:
+    """Per layer: op, MACs, latency, accuracy and the verdict with its reason."""
+    errors = [accuracy[name]["output_error"] for name in model.candidates]
+    median_error = float(np.median(errors)) if errors else 0.0
+    layers = {}
+    for name, node in model.nodes.items():
+        record = {"op": node.op_type, "macs": model.macs[name], "latency": latency["layers"][name]}
+        if name in accuracy:
+            acc = accuracy[name]
+            acc["top1_loss_pt"] = None if acc["top1"] is None else round((fp32["top1"] - acc["top1"]) * 100, 4)
+            if metric is not None:
+                acc["metric_drop"] = round(metric.drop(fp32["metric"], acc["metric"]), 6)
+            record["accuracy"] = acc
+            record["verdict"], record["reason"] = _verdict(acc, record["latency"], samples, median_error, metric)
+        else:
+            record["accuracy"] = None
+            record["verdict"] = "float"
+            record["reason"] = model.calibration.demoted.get(name, "kept float by the calibration plan")
+        layers[name] = record
+    return layers
+
+
+def _accuracy_record(fp32: dict, whole: dict, samples: int, labelled: bool, metric: Metric | None) -> dict:
+    return {
+        "evaluated_with": f"onnxruntime {require('onnxruntime', 'onnxruntime').__version__} (CPU, Q/DQ ONNX run "
+                          "as written, graph optimizations off), one layer int8 at a time",
+        "split": "validation", "samples": samples, "labels": labelled,
+        "output_error": "sum of squared differences of the first output from fp32's over the sum of its squares",
+        "fp32_top1": fp32["top1"], "all_int8": whole,
+        **({"metric": {**metric.describe(), "fp32": fp32["metric"],
+                       "decides": "harm" if not metric.why else "reported; top-1 and output-error rules decide"}}
+           if metric is not None else {})}
 
 
 def mixed_plan(sensitivity: dict) -> PrecisionPlan:

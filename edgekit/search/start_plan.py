@@ -85,7 +85,7 @@ def _precision_plan(ctx: SearchContext, original: Original) -> tuple[PrecisionPl
     ctx.progress("measuring each layer's int8 sensitivity on the target")
     calibration = calibrate(original.onnx_path, ctx.splits.calibration, target, PrecisionPlan("int8"), folder,
                             request.calibration, metric=metric)
-    analysis = sensitivity.analyse(original.onnx_path, ctx.splits, target, folder, options=request.calibration,
-                                   threads=request.settings.threads, backend_name=ctx.backend_name,
-                                   settings=request.settings, calibration=calibration, measurer=ctx.measurer, metric=metric)
+    how = sensitivity.HowToAnalyse(options=request.calibration, threads=request.settings.threads, backend_name=ctx.backend_name,
+                                   settings=request.settings, measurer=ctx.measurer, metric=metric)
+    analysis = sensitivity.analyse(original.onnx_path, ctx.splits, target, folder, calibration=calibration, how=how)
     return sensitivity.mixed_plan(analysis), analysis
