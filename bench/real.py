@@ -95,7 +95,7 @@ def edgekit_deploy(onnx_source: Path, shape: str, samples: Samples, metric: str,
     request = DeployRequest(target="host", model=str(onnx_source), input_shapes=(shape,), precision=precision,
                             out=work, metric=metric, max_accuracy_drop=max_drop,
                             settings=ProfileSettings(min_time_s=0.2, repeats=20, threads=threads))
-    report = deploy(request, samples=samples)
+    report = deploy(request, samples=samples).as_dict()
     engine = work / report["artifacts"]["engine"]
     planned = report["precision"].get("planned") or {}
     notes = {"label": report["precision"].get("label"),

@@ -228,3 +228,15 @@ def profile_engine(load: Callable[[], Engine], feed: dict[str, np.ndarray], sett
     if peak is not None:
         memory["process_peak_rss_mb"] = round(peak, 1)
     return Profile(latency, 1e3 / latency.mean, threads, memory, layers, acc)
+
+
+def verify_precision(engine: Engine, feed: dict, planned: dict[str, str]) -> dict:
+    """What the runtime really executes for each planned layer, and every layer where that differs."""
+    executed = engine.executed(feed, list(planned))
+    mismatches = {layer: {"planned": planned[layer], "executed": executed[layer].precision}
+                  for layer in planned if layer in executed and executed[layer].precision != planned[layer]}
+    return {"executed": {layer: e.precision for layer, e in executed.items()},
+            "kernels": {layer: e.exec_type for layer, e in executed.items()},
+            "mismatches": mismatches,
+            # fused into a runtime op that no longer names them (e.g. OpenVINO's attention subgraph)
+            "unverified": [layer for layer in planned if layer not in executed]}

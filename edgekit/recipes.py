@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgekit.data import LABEL_KEYS
+from edgekit.data import LABEL_KEYS, Samples, demo_data, load_data
 from edgekit.errors import BadInput
+from edgekit.models import DEMO_SPEC
 from edgekit.user_files import read_yaml
 from edgekit.util import import_object
 
@@ -174,3 +175,17 @@ def recipe_split(path: Path | None, samples):
     from edgekit.data import split
 
     return split(samples) if path is None else split(samples, tuple(load_recipe(path).split))
+
+
+def model_samples(model, data: str | None, recipe: Path | None = None, *, missing: str | None = None) -> Samples | None:
+    """The one place a model's data comes from: the recipe, else --data, else the demo's held-out digits
+    for the demo model; else None, or the error `missing` where the step cannot go on without data."""
+    if recipe is not None:
+        return recipe_samples(recipe, model.inputs)
+    if data:
+        return load_data(data, model.inputs)
+    if model.spec == DEMO_SPEC:
+        return demo_data(model.inputs)
+    if missing is not None:
+        raise BadInput(missing)
+    return None

@@ -19,15 +19,6 @@ from edgekit.profile import ProfileSettings, side_by_side
 from edgekit.targets import Target, load_target
 
 
-def device_for(name: str, target: Target, devices_file: Path | None, targets_dir: list[Path]):
-    """The inventory's device `name`, checked to be the target being deployed to."""
-    from edgekit.devices import load_inventory
-
-    device = load_inventory(devices_file).get(name)
-    check_device(device, target, targets_dir)
-    return device
-
-
 def check_device(device, target: Target, targets_dir: list[Path]) -> None:
     """A measurement on a device is filed under its target: the two must be the same registry entry."""
     if load_target(device.target, targets_dir).name != target.name:
@@ -80,13 +71,14 @@ def profile(device, artifact: Artifact, *, target: Target, settings: ProfileSett
     with tempfile.TemporaryDirectory() as tmp, device.client() as client:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, **feed)
-        files = engine_files(artifact)
-        spec = {"kind": "profile", "target": target.name, "artifact": artifact.path.name, "inputs": inputs.name,
-                "settings": job_settings(settings), "layer_rounds": layer_rounds}
-        if beside is not None:
-            files |= {f"beside-{k}": v for k, v in engine_files(beside).items()}  # an IR's .bin keeps its .xml's name
-            spec["beside"] = f"beside-{beside.path.name}"
-        return client.wait(client.submit(spec, {**files, inputs.name: inputs}))["result"]
+        return client.profile(_upload(artifact), target.name, job_settings(settings), inputs,
+                              beside=None if beside is None else _upload(beside), layer_rounds=layer_rounds)
+
+
+def _upload(artifact: Artifact) -> list[Path]:
+    """The engine's files the agent takes, the engine first (`engine_files` says which)."""
+    files = engine_files(artifact)
+    return [files[artifact.path.name], *(p for name, p in files.items() if name != artifact.path.name)]
 
 
 def time_pair(device, artifacts: dict[str, Artifact], *, target: Target, settings: ProfileSettings,
@@ -109,7 +101,5 @@ def time_unit(device, model, *, target: Target, precision: str, runs: int, wall:
         path = Path(tmp) / "unit.onnx"
         onnx.save(model, str(path))
         with device.client() as client:
-            job = client.submit({"kind": "unit", "target": target.name, "artifact": path.name, "precision": precision,
-                                 "wall": wall, "settings": {"repeats": runs}}, {path.name: path})
-            result = client.wait(job)["result"]
+            result = client.unit(path, target.name, precision, runs=runs, wall=wall)
     return result["ms"], result["wall_ms"], result["kernels"]

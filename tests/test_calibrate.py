@@ -96,7 +96,7 @@ def test_qdq_model_is_valid_runs_everywhere_and_openvino_runs_the_plan(tmp_path,
     import onnxruntime as ort
 
     from edgekit.backends.base import get_backend
-    from edgekit.deploy import verify_precision
+    from edgekit.profile import verify_precision
 
     host = load_target("host")
     first = _first_layer(demo_onnx)
@@ -110,7 +110,7 @@ def test_qdq_model_is_valid_runs_everywhere_and_openvino_runs_the_plan(tmp_path,
     artifact = backend.build(onnx_path=result.qdq_path, plan=plan, target=host, out_dir=tmp_path)
     engine = backend.load(artifact, target=host, threads=1)
     assert np.argmax(engine.run(feed)[0]) == np.argmax(ort_out)
-    verified = verify_precision(backend, artifact, host, 1, feed, result.planned)
+    verified = verify_precision(engine, feed, result.planned)
     assert verified["executed"] == result.planned and not verified["mismatches"]
     assert all("I8" in verified["kernels"][layer] for layer, p in result.planned.items() if p == "int8")
     assert "I8" not in verified["kernels"][first]

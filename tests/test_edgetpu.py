@@ -111,8 +111,7 @@ def test_compiler_log_parsing_with_a_standin_script_for_edgetpu_compiler(tpu_run
     test that edgekit runs it as documented and parses its log: it prints the log above and copies the
     model to *_edgetpu.tflite; nothing it returns is checked as if a TPU had compiled it."""
     from edgekit.backends.base import BuildContext, get_backend
-    from edgekit.data import split
-    from edgekit.deploy import demo_data
+    from edgekit.data import demo_data, split
     from edgekit.plan import PrecisionPlan
 
     out, report = tpu_run

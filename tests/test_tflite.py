@@ -22,8 +22,7 @@ def rpi5_int8(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo(demo_model, demo_onnx):
-    from edgekit.data import split
-    from edgekit.deploy import demo_data
+    from edgekit.data import demo_data, split
 
     return demo_model, demo_onnx, split(demo_data(demo_model.inputs))
 

@@ -120,17 +120,28 @@ class AgentClient:
         return path
 
     def profile(self, artifact_paths: Path | list[Path], target: str, settings: ProfileSettings | dict | None = None,
-                inputs: Path | None = None, *, timeout_s: float = 600.0) -> dict:
+                inputs: Path | None = None, *, beside: Path | list[Path] | None = None, layer_rounds: int = 0,
+                timeout_s: float = 600.0) -> dict:
         """Measure an engine on the agent's device: the first path is the engine (an IR's .bin beside
-        it is sent too); `inputs`, an .npz of the engine's inputs by name (default: synthetic)."""
-        paths = [Path(artifact_paths)] if isinstance(artifact_paths, (str, Path)) else [Path(p) for p in artifact_paths]
-        engine = paths[0]
-        if engine.suffix == ".xml" and engine.with_suffix(".bin").is_file() and engine.with_suffix(".bin") not in paths:
-            paths.append(engine.with_suffix(".bin"))
-        files = {p.name: p for p in paths} | ({Path(inputs).name: Path(inputs)} if inputs else {})
-        spec = {"kind": "profile", "target": target, "artifact": engine.name, "settings": job_settings(settings),
-                "inputs": Path(inputs).name if inputs else None}
+        it is sent too); `inputs`, an .npz of the engine's inputs by name (default: synthetic). `beside`:
+        another engine timed with it in alternating rounds (the result's `rounds`), and over
+        `layer_rounds` rounds both engines' per-layer times (`layer_rounds`)."""
+        files = _engine_files(artifact_paths)
+        spec = {"kind": "profile", "target": target, "artifact": next(iter(files)), "settings": job_settings(settings),
+                "inputs": Path(inputs).name if inputs else None, "layer_rounds": layer_rounds}
+        if beside is not None:
+            other = _engine_files(beside)  # renamed: an IR's .bin keeps its .xml's name
+            files |= {f"beside-{name}": path for name, path in other.items()}
+            spec["beside"] = f"beside-{next(iter(other))}"
+        files |= {Path(inputs).name: Path(inputs)} if inputs else {}
         return self.wait(self.submit(spec, files), timeout_s=timeout_s)["result"]
+
+    def unit(self, path: Path, target: str, precision: str, *, runs: int, wall: bool, timeout_s: float = 600.0) -> dict:
+        """Time one execution unit of the latency table (an ONNX model of one layer) with the runtime's own
+        profiler on the device: its `ms`, `wall_ms` (when `wall`) and `kernels`."""
+        spec = {"kind": "unit", "target": target, "artifact": Path(path).name, "precision": precision, "wall": wall,
+                "settings": {"repeats": runs}}
+        return self.wait(self.submit(spec, {Path(path).name: Path(path)}), timeout_s=timeout_s)["result"]
 
     def build(self, onnx_path: Path, target: str, plan: dict | None = None, settings: ProfileSettings | dict | None = None,
               *, out_dir: Path | None = None, timeout_s: float = 1800.0) -> dict:
@@ -194,6 +205,15 @@ class AgentClient:
         if response.status_code < 500:
             raise AgentRefused(f"the agent at {self.url} refused the request ({response.status_code}): {detail}")
         raise Failure(f"the agent at {self.url} failed ({response.status_code}): {detail}")
+
+
+def _engine_files(paths: Path | list[Path]) -> dict[str, Path]:
+    """An engine's files by name, the engine first; an OpenVINO IR's .bin added beside its .xml."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    engine = paths[0]
+    if engine.suffix == ".xml" and engine.with_suffix(".bin").is_file() and engine.with_suffix(".bin") not in paths:
+        paths.append(engine.with_suffix(".bin"))
+    return {p.name: p for p in paths}
 
 
 def job_settings(settings: ProfileSettings | dict | None) -> dict:

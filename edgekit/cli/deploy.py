@@ -164,10 +164,10 @@ def deploy(opts: DeployOptions) -> None:
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if opts.as_json:
-        print_json(report)
+        print_json(report.as_dict(run_dir=True))
     else:
-        _print_summary(report)
-    exit_on_missed_budget((report.get("budget") or {}).get("met", True))
+        _print_summary(report.as_dict(run_dir=True))
+    exit_on_missed_budget(report.met_budget)
 
 
 @options_command(SearchOptions)
@@ -217,20 +217,20 @@ def calibrate(opts: CalibrateOptions) -> None:
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if opts.as_json:
-        print_json(report)
+        print_json(report.as_dict(run_dir=True))
         return
-    cal = report["calibration"]
-    out.print(f"calibrated {report['model']['name']} for {report['target']['name']}: {cal['int8_layers']} int8 layer(s), "
+    cal = report.calibration
+    out.print(f"calibrated {report.model['name']} for {report.target['name']}: {cal['int8_layers']} int8 layer(s), "
               f"method {cal['method']}, {cal['samples']} samples, {cal['seconds']} s")
     for layer, why in cal["demoted"].items():
         out.print(f"  kept float: {layer}: {why}")
-    if "mixed" in report["precision"]:
-        out.print(f"mixed: {_mixed_line(report['precision']['mixed'])}")
-    _print_warnings(report)
-    for name, path in report["artifacts"].items():
+    if report.mixed is not None:
+        out.print(f"mixed: {_mixed_line(report.mixed.as_dict())}")
+    _print_warnings(report.as_dict())
+    for name, path in report.artifacts.items():
         if isinstance(path, str):
-            out.print(f"  {name:<26} {Path(report['run_dir']) / path}")
-    out.print(f"status: {report['status']}")
+            out.print(f"  {name:<26} {report.run_dir / path}")
+    out.print(f"status: {report.status}")
 
 
 def _move_text(move: dict) -> str:

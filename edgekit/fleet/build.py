@@ -57,16 +57,15 @@ def _one_line(err: BaseException) -> str:
 def _identity(klass: DeviceClass) -> dict:
     """Load what the class names and say what it is by content (the cache key's parts)."""
     from edgekit import __version__
-    from edgekit.data import load_data, split
-    from edgekit.deploy import demo_data
+    from edgekit.data import split
     from edgekit.models import load_model
+    from edgekit.recipes import model_samples
     from edgekit.targets import load_target
 
     target = load_target(klass.target, [])
     loaded = load_model(klass.model, list(klass.input_shape))
-    if klass.data is None and klass.model is not None:
-        raise BadInput(f"model {klass.model} needs data: give the class a 'data:' (calibration and test splits come from it)")
-    samples = load_data(klass.data, loaded.inputs) if klass.data else demo_data(loaded.inputs)
+    samples = model_samples(loaded, klass.data, missing=f"model {klass.model} needs data: give the class a 'data:' "
+                            "(calibration and test splits come from it)")
     # what the device is, not what it has now: free storage (the host's is read at run time) and the
     # wording of the sources do not change what is built
     dump = target.model_dump(mode="json", exclude={"file", "storage_mb", "sources"})

@@ -4,8 +4,10 @@ cost model's word where it is not). Used by `edgekit.deploy`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import graph, roofline
@@ -24,44 +26,50 @@ from edgekit.util import write_json
 MIXED = "mixed"  # --precision mixed: int8 where the sensitivity analysis says it helps, float elsewhere
 
 
-def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path, report: dict,
-                layers: list[graph.Layer], target: Target) -> tuple[PrecisionPlan, Path]:
-    """The plan the sensitivity analysis makes, its Q/DQ model (model.int8.onnx rewritten from the same
-    calibration) and report.json's `precision.mixed`. On a target not measured here the choice against
-    fp32 is the cost model's; on one measured here `never_slower` makes it after the build."""
+@dataclass(frozen=True)
+class MixedChoice:
+    """What `--precision mixed` shipped and why (report.json's precision.mixed): `chosen` is "mixed" or
+    the float precision; `kind` says whether the two latencies were measured side by side or predicted."""
+
+    chosen: str
+    kind: str
+    int8_layers: int
+    verdicts: dict[str, int]
+    reason: str
+    mixed_p50_ms: float | None = None
+    fp32_p50_ms: float | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path: Path, run_dir: Path,
+                       layers: list[graph.Layer], target: Target) -> tuple[PrecisionPlan, Path, MixedChoice]:
+    """The plan the sensitivity analysis makes, what to build it from (model.int8.onnx rewritten from the
+    same calibration, or the float export) and the choice. On a target not measured here the choice
+    against fp32 is the cost model's; on one measured here `never_slower` makes it after the build."""
     plan = sensitivity.mixed_plan(analysis)
     float_p = analysis["float_precision"]
+    all_float = PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})
     int8 = [layer for layer, p in plan.layers.items() if p == "int8"]
     counts = ", ".join(f"{n} {verdict}" for verdict, n in analysis["summary"].items() if n)
     kind = analysis["latency"]["kind"]
-    choice = {"chosen": MIXED, "kind": kind, "int8_layers": len(int8), "verdicts": analysis["summary"],
-              "mixed_p50_ms": None, "fp32_p50_ms": None, "reason": ""}
-    report["precision"]["mixed"] = choice
+    choice = MixedChoice(chosen=MIXED, kind=kind, int8_layers=len(int8), verdicts=analysis["summary"],
+                         reason=f"{len(int8)} of {len(plan.layers)} layers int8 ({counts})")
     if not int8:
-        choice.update(chosen=float_p, reason=f"every layer stays {float_p} ({counts}): int8 harms accuracy or is slower "
-                                             f"on {target.name} wherever it applies")
-        return predict_shipped(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
-    choice["reason"] = f"{len(int8)} of {len(plan.layers)} layers int8 ({counts})"
+        return all_float, onnx_path, dataclasses.replace(choice, chosen=float_p, reason=(
+            f"every layer stays {float_p} ({counts}): int8 harms accuracy or is slower on {target.name} wherever it applies"))
     if kind == "predicted":
         ours, theirs = predicted_latency(layers, target, plan), roofline.predict_latency(layers, target, float_p)
-        choice.update(mixed_p50_ms=ours.p50, fp32_p50_ms=theirs.p50)
+        choice = dataclasses.replace(choice, mixed_p50_ms=ours.p50, fp32_p50_ms=theirs.p50)
         side = f"{ours.p50:.4f} ms vs {float_p} {theirs.p50:.4f} ms, {analysis['latency']['source']}"
         if not ours.p50 < theirs.p50:
-            choice.update(chosen=float_p, reason=f"mixed is predicted no faster than {float_p} ({side})")
-            return predict_shipped(report, layers, target, PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})), onnx_path
-        choice["reason"] += f"; predicted {side}"
+            return all_float, onnx_path, dataclasses.replace(choice, chosen=float_p,
+                                                             reason=f"mixed is predicted no faster than {float_p} ({side})")
+        choice = dataclasses.replace(choice, reason=f"{choice.reason}; predicted {side}")
     summary = calibration.rewrite(int8, calibration.qdq_path)
     _record_plan(run_dir, calibration, plan.layers, summary)
-    return predict_shipped(report, layers, target, plan), calibration.qdq_path
-
-
-def predict_shipped(report: dict, layers: list[graph.Layer], target: Target, plan: PrecisionPlan) -> PrecisionPlan:
-    """The roofline of the plan shipped, per layer (until a measurement replaces it)."""
-    predicted = predicted_latency(layers, target, plan).as_dict()
-    if report["latency_ms"]["kind"] == "predicted":
-        report["latency_ms"] = predicted
-    report["predicted_latency_ms"] = predicted
-    return plan
+    return plan, calibration.qdq_path, choice
 
 
 def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[str, str], summary) -> None:
@@ -84,9 +92,9 @@ def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[st
 
 
 def never_slower(timing: Timing, artifact: Artifact, plan: PrecisionPlan, onnx_path: Path, run_dir: Path,
-                 choice: dict) -> tuple[PrecisionPlan, Artifact, list[float]]:
+                 choice: MixedChoice) -> tuple[PrecisionPlan, Artifact, list[float], MixedChoice]:
     """Time the mixed engine and an fp32 engine of the same model side by side (interleaved, same
-    settings); ship fp32 unless mixed is faster. Returns the plan and engine shipped, and its times."""
+    settings); ship fp32 unless mixed is faster. Returns the plan and engine shipped, its times and the choice."""
     backend, target, threads = timing.backend, timing.target, timing.threads
     float_p = plan.float_precision
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=f".{float_p}-") as tmp:
@@ -95,11 +103,10 @@ def never_slower(timing: Timing, artifact: Artifact, plan: PrecisionPlan, onnx_p
                    float_p: backend.load(reference, target=target, threads=threads)}
         times = time_interleaved(engines, timing.feed, timing.settings)
     p50 = {name: Latency.from_samples(t, "side by side").p50 for name, t in times.items()}
-    choice.update(mixed_p50_ms=p50[MIXED], fp32_p50_ms=p50[float_p])
+    choice = dataclasses.replace(choice, mixed_p50_ms=p50[MIXED], fp32_p50_ms=p50[float_p])
     side = f"p50 {p50[MIXED]:.4f} ms vs {float_p} {p50[float_p]:.4f} ms, measured side by side on {target.name}"
     if p50[MIXED] < p50[float_p]:
-        choice["reason"] += f"; {side}"
-        return plan, artifact, times[MIXED]
-    choice.update(chosen=float_p, reason=f"mixed is not faster than {float_p} ({side})")
+        return plan, artifact, times[MIXED], dataclasses.replace(choice, reason=f"{choice.reason}; {side}")
     fallback = PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})
-    return fallback, backend.build(onnx_path=onnx_path, plan=fallback, target=target, out_dir=run_dir), times[float_p]
+    return (fallback, backend.build(onnx_path=onnx_path, plan=fallback, target=target, out_dir=run_dir), times[float_p],
+            dataclasses.replace(choice, chosen=float_p, reason=f"mixed is not faster than {float_p} ({side})"))

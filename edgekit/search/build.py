@@ -75,7 +75,7 @@ def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None) -> Bu
                                    calibration=request.calibration, settings=request.settings, metric=request.metric,
                                    targets_dir=request.targets_dir, device=request.device, devices_file=request.devices_file)
     report = deploy(deploy_request, model=pruned, samples=ctx.samples, plan=plan,  # deploy splits it the same way
-                    beside=anchor.beside() if anchor else None, original=loaded)
+                    beside=anchor.beside() if anchor else None, original=loaded).as_dict()
     if flash is not None:
         report["flash"] = _flash_record(flash, shipped_files(report, folder), request.flash_budget_mb)
     return Built(report, onnx_path, precisions, validation_accuracy(ctx, loop.original, module), module, folder)
@@ -118,7 +118,7 @@ def _shrink(ctx: SearchContext, pruned, plan: PrecisionPlan, folder: Path) -> Sh
         report = deploy(DeployRequest(target=request.target, out=sub, backend=request.backend, measure=False,
                                       calibration=CalibrationOptions(method="mse", equalization="off"),
                                       targets_dir=request.targets_dir), model=model, samples=ctx.samples, plan=plan)
-        return shipped_files(report, sub)
+        return shipped_files(report.as_dict(), sub)
 
     ctx.progress(f"shrinking the stored model to {request.flash_budget_mb} MB (sparsity, then weight sharing)")
     return shrink_to_flash(pruned.module, ctx.teacher, ctx.splits.calibration.inputs, export, request.flash_budget_mb,

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import graph
-from edgekit.data import Samples, Splits, demo_data, load_data, split
+from edgekit.data import Samples, Splits, split
 from edgekit.errors import BadInput
 from edgekit.measurer import Measurer, measurer_for
 from edgekit.metrics import Metric, choose_metric
-from edgekit.models import DEMO_SPEC, LoadedModel, load_model
+from edgekit.models import LoadedModel, load_model
 from edgekit.precision import sensitivity
-from edgekit.remote import device_for
+from edgekit.recipes import model_samples
 from edgekit.search import evaluate, fixed_point, nsga
 from edgekit.search import space as spaces
 from edgekit.search.anchor import Anchor, timed_original
@@ -89,19 +89,18 @@ def open_search(request: SearchRequest, progress: Callable[[str], None]) -> Sear
     started = time.monotonic()
     target = load_target(request.target, list(request.targets_dir))
     backend_name = request.backend or target.backend.name
-    device = device_for(request.device, target, request.devices_file, list(request.targets_dir)) if request.device else None
+    measurer = measurer_for(request.device, target, request.devices_file, list(request.targets_dir))
     loaded = load_model(request.model)
     if loaded.kind != "torch":
         raise BadInput(f"{loaded.spec}: the search prunes PyTorch models (a factory, TorchScript or ExportedProgram); "
                        "for an ONNX model use edgekit deploy --precision mixed")
-    if request.data is None and loaded.spec != DEMO_SPEC:
-        raise BadInput(f"the search needs data for {loaded.spec}: pass --data (calibration, validation and test splits are made from it)")
-    samples = load_data(request.data, loaded.inputs) if request.data else demo_data(loaded.inputs)
+    samples = model_samples(loaded, request.data, missing=f"the search needs data for {loaded.spec}: pass --data "
+                            "(calibration, validation and test splits are made from it)")
     splits = split(samples)
     for warning in samples.warnings:
         progress(f"warning: {warning}")
     run_dir = _run_dir(request, loaded.name, target.name)
-    return SearchContext(request, target, backend_name, measurer_for(device), loaded, samples, splits, run_dir, started, progress)
+    return SearchContext(request, target, backend_name, measurer, loaded, samples, splits, run_dir, started, progress)
 
 
 def _run_dir(request: SearchRequest, name: str, target: str) -> Path:
