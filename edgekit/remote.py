@@ -13,6 +13,7 @@ import numpy as np
 from edgekit.agent.client import job_settings
 from edgekit.agent.security import UPLOAD_SUFFIXES
 from edgekit.backends.base import Artifact, LayerTime
+from edgekit.devices import load_inventory
 from edgekit.errors import BadInput
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings, side_by_side
@@ -21,8 +22,6 @@ from edgekit.targets import Target, load_target
 
 def device_for(name: str, target: Target, devices_file: Path | None, targets_dir: list[Path]):
     """The inventory's device `name`, checked to be the target being deployed to."""
-    from edgekit.devices import load_inventory
-
     device = load_inventory(devices_file).get(name)
     check_device(device, target, targets_dir)
     return device
