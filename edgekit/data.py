@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import demo
 from edgekit.data_checks import check_range, check_samples
 from edgekit.errors import BadInput
 from edgekit.models import InputSpec
@@ -263,7 +264,5 @@ def load_data(spec: str, inputs: tuple[InputSpec, ...]) -> Samples:
 
 
 def demo_data(inputs: tuple[InputSpec, ...]) -> Samples:
-    from edgekit import demo
-
     x, y = demo.data()
     return from_arrays({"x": x, "labels": y}, inputs, "demo digits (held out from training)")

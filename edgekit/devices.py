@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgekit.errors import BadInput
+from edgekit.agent.security import load_token
+from edgekit.errors import BadInput, EdgekitError
 from edgekit.user_files import read_yaml
 
 ENV = "EDGEKIT_DEVICES"
@@ -35,8 +37,6 @@ class Device(BaseModel):
     @field_validator("url")
     @classmethod
     def _http(cls, url: str) -> str:
-        from urllib.parse import urlsplit
-
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
         try:
@@ -49,13 +49,11 @@ class Device(BaseModel):
         return url.rstrip("/")
 
     def token(self) -> str:
-        from edgekit.agent.security import load_token
-
         return load_token(self.token_file)
 
     def client(self, *, timeout_s: float = 30.0, retries: int = 3):
         """An AgentClient for this device (its token read now)."""
-        from edgekit.agent.client import AgentClient
+        from edgekit.agent.client import AgentClient  # numpy and the harness: not to read the inventory
 
         return AgentClient(self.url, self.token(), timeout_s=timeout_s, retries=retries)
 
@@ -114,8 +112,6 @@ def _with_token_path(entry, base: Path):
 
 def status(device: Device, *, timeout_s: float = LIST_TIMEOUT_S) -> dict:
     """Whether the device's agent answers, and what it reports (for `edgekit devices list`)."""
-    from edgekit.errors import EdgekitError
-
     row = {"name": device.name, "target": device.target, "url": device.url}
     try:
         with device.client(timeout_s=timeout_s, retries=0) as client:

@@ -1,5 +1,6 @@
 """Errors users see: one line, a stable exit code, never a traceback (unless --debug)."""
 
+import importlib
 
 BUDGET_MISSED = 3  # deploy and search: the run completed but a budget was not met (a script's signal)
 
@@ -28,8 +29,6 @@ class MissingRuntime(Failure):
 
 def require(module: str, extra: str):
     """Import a heavy optional runtime lazily, or say which extra installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as err:

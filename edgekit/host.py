@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from edgekit.util import cache_dir, write_json
 
@@ -135,8 +136,6 @@ def measured_peaks() -> dict:
 @cache
 def detect_host_figures() -> dict:
     """The figures of the `host` target, with a source for each."""
-    import psutil
-
     flags = cpu_flags()
     isa = tuple(sorted({label for flag, label in ISA_FLAGS.items() if flag in flags}))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.backends.base import get_backend
+from edgekit.errors import runtime_message
 from edgekit.fusion import Unit
 from edgekit.graph import Layer
 from edgekit.measurer import LOCAL, Measurer
@@ -213,8 +215,6 @@ class LatencyTable:
             load = self.load_factor()
             ms, _, kernels = self._profile(model, precision)
         except Exception as err:  # an op or attribute the rebuild or the runtime does not take alone
-            from edgekit.errors import runtime_message
-
             return {"ms": round(self._roofline(unit, precision), 6), "roofline": True,
                     "reason": f"{type(err).__name__}: {runtime_message(err)}"[:300]}
         return {"ms": round(ms / load, 5), "load": round(load, 4), "kernels": kernels,
@@ -223,8 +223,6 @@ class LatencyTable:
     def load_factor(self) -> float:
         """How much slower the reference model runs now than when the table was begun (1.0 for the
         first timing, which becomes the table's reference)."""
-        import time
-
         if self._load is not None and time.monotonic() - self._load[1] < REFERENCE_TTL_S:
             return self._load[0]
         ms, _, _ = self._profile(reference_model(), "fp32")

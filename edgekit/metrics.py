@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from edgekit import graph
 from edgekit.errors import BadInput
 from edgekit.util import import_object
 
@@ -168,8 +169,6 @@ def choose_metric(asked: str | None, labels: np.ndarray | None, outputs: list[np
 
 
 def _because(name: str, why: str) -> Metric:
-    from dataclasses import replace
-
     return replace(BUILT_IN[name], why=f"default: {why}")
 
 
@@ -182,8 +181,6 @@ def task_metric(asked: str | None, model, splits) -> Metric | None:
     """The metric asked for, else the default the data suggests (`choose_metric`), for a loaded model and
     its splits; tried once on the source model's outputs for up to 8 calibration samples, so that a user's
     metric that fails, fails before the build. None without data."""
-    from edgekit import graph
-
     if splits is None:
         if asked:
             raise BadInput(f"--metric {asked} needs data to be measured on: pass --data")

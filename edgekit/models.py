@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BadInput
+from edgekit.normalize import normalize
 from edgekit.util import import_object, sha256_bytes, sha256_file
 
 DEMO_SPEC = "edgekit.demo:build"
@@ -152,8 +153,6 @@ def _load_onnx(path: Path, spec: str, shapes) -> LoadedModel:
     """An ONNX file, normalised first (`edgekit.normalize`): what every later step reads is the normalised
     graph; the source file stays the reference its outputs are checked against."""
     import onnx
-
-    from edgekit.normalize import normalize
 
     normalized = normalize(path, spec, shapes)
     proto = onnx.load(str(normalized.path))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import psutil
 
 from edgekit.backends.base import Engine, LayerTime
 from edgekit.data import Samples
@@ -65,8 +66,6 @@ class Profile:
 
 
 def _rss_mb() -> float:
-    import psutil
-
     return psutil.Process(os.getpid()).memory_info().rss / 2**20
 
 

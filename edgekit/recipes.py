@@ -8,6 +8,7 @@ before anything runs. `zoo:NAME` as a model resolves through `edgekit.ocr_zoo.mo
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from pathlib import Path
@@ -16,9 +17,21 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgekit.data import LABEL_KEYS, Samples, demo_data, load_data
+from edgekit.data import (
+    LABEL_KEYS,
+    Samples,
+    as_labels,
+    as_numbers,
+    demo_data,
+    factory_arrays,
+    from_arrays,
+    load_data,
+    read_npz,
+    split,
+)
 from edgekit.errors import BadInput
-from edgekit.models import DEMO_SPEC
+from edgekit.models import DEMO_SPEC, InputSpec, parse_input_shapes
+from edgekit.ocr_zoo import model_path
 from edgekit.user_files import read_yaml
 from edgekit.util import import_object
 
@@ -63,8 +76,6 @@ class Recipe(BaseModel):
     def model_spec(self) -> str:
         """The model as edgekit's `--model` takes it: `zoo:NAME` becomes the zoo's ONNX file."""
         if self.model.startswith("zoo:"):
-            from edgekit.ocr_zoo import model_path
-
             return str(model_path(self.model.removeprefix("zoo:")))
         return self.model
 
@@ -87,8 +98,6 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def _call_factory(recipe: Recipe) -> dict:
-    from edgekit.data import factory_arrays
-
     what = f"recipe {recipe.name}: source"
     factory = import_object(recipe.source, what)
     try:
@@ -109,13 +118,9 @@ def _read_source(recipe: Recipe) -> dict[str, np.ndarray]:
     if not path.exists():
         raise BadInput(f"recipe {recipe.name}: data not found: {recipe.source}")
     if path.suffix == ".npz":
-        from edgekit.data import read_npz
-
         return read_npz(path)
     if not recipe.input_shape:
         raise BadInput(f"recipe {recipe.name}: source {recipe.source} needs input_shape (NAME:D1,D2,..)")
-    from edgekit.data import load_data
-    from edgekit.models import InputSpec, parse_input_shapes
 
     shapes = parse_input_shapes(list(recipe.input_shape))
     samples = load_data(recipe.source, tuple(InputSpec(name or "x", shape, dtype) for name, shape, dtype in shapes))
@@ -125,8 +130,6 @@ def _read_source(recipe: Recipe) -> dict[str, np.ndarray]:
 def recipe_arrays(recipe: Recipe) -> dict[str, np.ndarray]:
     """The recipe's samples as `edgekit.data.from_arrays` takes them: inputs by name and "labels" (an
     .npz's `y` renamed); `count` of them drawn without replacement by the seed, in their original order."""
-    from edgekit.data import as_labels, as_numbers
-
     where = f"recipe {recipe.name} ({recipe.source})"
     arrays = _read_source(recipe)
     labels = as_labels(next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None), where)
@@ -151,8 +154,6 @@ def recipe_arrays(recipe: Recipe) -> dict[str, np.ndarray]:
 def with_recipe(request):
     """A deploy request (`edgekit.deploy.DeployRequest`) with the recipe's model, metric and input shapes
     where the request names none of its own; the request as it is without a recipe."""
-    import dataclasses
-
     if request.recipe is None:
         return request
     if request.data:
@@ -164,16 +165,12 @@ def with_recipe(request):
 
 def recipe_samples(path: Path, inputs):
     """The recipe's samples matched to the model's inputs (`edgekit.data.Samples`)."""
-    from edgekit.data import from_arrays
-
     recipe = load_recipe(path)
     return from_arrays(recipe_arrays(recipe), inputs, f"recipe {recipe.name} ({path})")
 
 
 def recipe_split(path: Path | None, samples):
     """The seeded three-way split, in the recipe's fractions when there is a recipe."""
-    from edgekit.data import split
-
     return split(samples) if path is None else split(samples, tuple(load_recipe(path).split))
 
 

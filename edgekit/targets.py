@@ -169,7 +169,7 @@ def _validate(path: Path, data: dict) -> Target:
     if not isinstance(detect, bool):  # read before the schema (it adds figures): strict like its StrictBool fields
         raise BadInput(f"{path}: field 'detect': true or false, not {detect!r}")
     if detect:
-        from edgekit.host import detect_host_figures
+        from edgekit.host import detect_host_figures  # numpy: only for a target detecting the host
 
         # detection fills the machine's figures; precisions the file states stay (a host limited to fp32)
         stated = data.get("precisions")

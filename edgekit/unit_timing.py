@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from edgekit.microbench import HARNESS
+from edgekit.plan import PrecisionPlan
+from edgekit.profile import ProfileSettings, time_engine
 from edgekit.targets import Target
 
 HARNESS_OPS = ("Parameter", "Result", "Reorder", "ReorderInput", "ReorderOutput", "Transpose")
@@ -33,9 +37,6 @@ def _profile_engine(model, target: Target, backend, precision: str, runs: int, w
                     names: frozenset[str]) -> tuple[float, float | None, list[str]]:
     """Any backend, through its Engine: per-kernel medians (`layer_times`), the least of ROUNDS rounds."""
     import onnx
-
-    from edgekit.plan import PrecisionPlan
-    from edgekit.profile import ProfileSettings, time_engine
 
     feed = _feed(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,8 +90,6 @@ def _profile_openvino(model, target: Target, precision: str, runs: int, wall: bo
         kernels = [f"{i.node_type}:{i.exec_type}" for i in own]
     wall_ms = None
     if wall:
-        import time
-
         plain = core.compile_model(ov_model, device, config).create_infer_request()
         times = []
         for i in range(WARMUP + 10 * runs):
@@ -108,10 +107,6 @@ PROFILERS = {"openvino": _profile_openvino}  # runtimes profiled directly; other
 def wait_for_quiet(max_s: float, busy_percent: float = 25.0) -> bool:
     """Wait (at most max_s) until the rest of the machine uses less than busy_percent of its CPUs:
     on a shared machine, a table measured under other jobs' load would keep that load forever."""
-    import time
-
-    import psutil
-
     deadline = time.monotonic() + max_s
     while True:
         if psutil.cpu_percent(interval=0.25) < busy_percent:

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from edgekit.errors import BadInput
 
 # What the user can change by naming another path; other OSErrors (a full disk) are failures, not input.
@@ -38,8 +40,6 @@ def read_text(path: Path, what: str) -> str:
 
 def read_yaml(path: Path, what: str) -> Any:
     """The YAML (or JSON) in a user's file, as plain Python data; its shape is the caller's to check."""
-    import yaml
-
     text = read_text(path, what)
     try:
         return yaml.safe_load(text)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import os
+import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import platformdirs
+
+from edgekit.errors import BadInput
 
 
 def cache_dir() -> Path:
@@ -16,8 +24,6 @@ def cache_dir() -> Path:
     if override:
         path = Path(override)
     else:
-        import platformdirs
-
         path = Path(platformdirs.user_cache_dir("edgekit"))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -63,13 +69,6 @@ def import_object(spec: str, what: str):
     """`package.module:name` → that callable, imported from the current folder too (like uvicorn: the user's
     own package beside them); a spec of another form, a module that is missing or fails to import, a
     missing name, or one that is not a Python callable, is one BadInput line naming `what` and `spec`."""
-    import importlib
-    import inspect
-    import re
-    import sys
-
-    from edgekit.errors import BadInput
-
     module_name, _, attr = spec.partition(":")
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name) or not attr.isidentifier():
         raise BadInput(f"{what} {spec}: expected package.module:name (the module's full dotted name, "

@@ -12,16 +12,15 @@ import socket
 from functools import cache
 from pathlib import Path
 
+import psutil
+
+from edgekit import __version__
 from edgekit.backends.base import runtime_packages
+from edgekit.host import cpu_name
 
 
 @cache
 def machine_info() -> dict:
-    import psutil
-
-    from edgekit import __version__
-    from edgekit.host import cpu_name
-
     return {
         "hostname": socket.gethostname(),
         "cpu": cpu_name(),

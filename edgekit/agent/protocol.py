@@ -5,15 +5,14 @@ one line before anything runs."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgekit.agent.security import safe_name
 from edgekit.errors import BadInput
-
-if TYPE_CHECKING:
-    from edgekit.profile import ProfileSettings
+from edgekit.plan import PrecisionPlan
+from edgekit.profile import ProfileSettings
 
 # A target name or alias only: a path to a YAML file would read files on the device.
 TARGET = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -37,8 +36,6 @@ class JobSettings(Wire):
     threads: int | None = Field(None, ge=1, le=1024)
 
     def profile_settings(self) -> ProfileSettings:
-        from edgekit.profile import ProfileSettings
-
         return ProfileSettings(warmup=self.warmup, warmup_s=self.warmup_s, repeats=self.repeats,
                                min_time_s=self.duration, layer_runs=self.layer_runs, threads=self.threads)
 
@@ -56,8 +53,6 @@ class PlanSpec(Wire):
 
     @model_validator(mode="after")
     def _known_precisions(self) -> PlanSpec:
-        from edgekit.plan import PrecisionPlan
-
         try:
             PrecisionPlan(self.default, dict(self.layers))
         except BadInput as err:

@@ -5,6 +5,7 @@ measurement has a fresh process (`python -m edgekit.agent.runner JOB_DIR [PARENT
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import platform
@@ -15,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import __version__
 from edgekit.agent.protocol import JobSpec
 from edgekit.backends.base import Artifact, backend_for_file, get_backend
 from edgekit.backends.inputs import engine_inputs
 from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
+from edgekit.host import cpu_name
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings, _rss_mb, profile_engine, time_rounds
 from edgekit.targets import Reach, Target, load_target
+from edgekit.unit_timing import profile_unit
 from edgekit.util import sha256_file, write_json
 
 OUTCOME = "outcome.json"  # {"result": {...}} or {"error": "one line"}, written by the child
@@ -69,8 +73,6 @@ def run_job(job_dir: Path) -> dict:
 def time_unit(onnx_path: Path, *, target: Target, precision: str, runs: int, wall: bool) -> dict:
     """One latency-table unit timed here as the host's table would time it locally (`profile_unit`)."""
     import onnx
-
-    from edgekit.unit_timing import profile_unit
 
     backend = get_backend(target.backend.name)
     availability = backend.available(target)
@@ -201,9 +203,6 @@ def _runtime(backend: str, versions: dict[str, str]) -> str:
 
 
 def _agent_facts(host: str) -> dict:
-    from edgekit import __version__
-    from edgekit.host import cpu_name
-
     return {"hostname": host, "edgekit_version": __version__, "cpu": cpu_name(), "machine": platform.machine(),
             "python": platform.python_version()}
 
@@ -214,8 +213,6 @@ def _die_with_parent(parent: int | None) -> None:
     if parent is None or not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

@@ -30,7 +30,7 @@ def create_app(workdir: Path, token: str, *, max_upload_mb: float = 256, max_que
     require("python_multipart", "agent")
     from fastapi import FastAPI
 
-    from edgekit.agent import routes
+    from edgekit.agent import routes  # imports FastAPI (the [agent] extra) when loaded
 
     store = JobStore(workdir, max_queue=max_queue, keep_files=keep_files)
     worker = Worker(store, job_timeout_s=job_timeout_s)

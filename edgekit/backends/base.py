@@ -148,9 +148,3 @@ def backend_for_file(path: Path, preferred: str) -> Backend:
             if path.suffix.lower() in backend.suffixes:
                 return backend
     raise BadInput(f"{path}: no backend loads '{path.suffix}' files (known: .xml OpenVINO IR, .onnx)")
-
-
-def _version() -> str:
-    from edgekit import __version__
-
-    return __version__

@@ -22,6 +22,7 @@ from edgekit.backends.base import Artifact, Availability, BuildContext, Executed
 from edgekit.backends.hls4ml_config import multiply_nodes, width_of
 from edgekit.backends.hls4ml_graph import observe, prepare
 from edgekit.backends.hls4ml_project import PROJECT, PROJECT_NAME, first_line, quiet
+from edgekit.calibrate.qdq import quantizable_layers
 from edgekit.errors import BadInput, Failure, require
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -79,8 +80,6 @@ def planned_widths(plan: PrecisionPlan, onnx_path: Path, multiply: list[str], op
     if not plan.layers or options.get("width"):
         return {}
     import onnx
-
-    from edgekit.calibrate.qdq import quantizable_layers
 
     planned = list(quantizable_layers(onnx.load(str(onnx_path), load_external_data=False)))
     if len(planned) != len(multiply):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from edgekit.backends.hls4ml_estimate import bram18
 from edgekit.backends.hls4ml_graph import Prepared, Range
 from edgekit.errors import BadInput
 
@@ -183,8 +184,6 @@ def fit_bram(config: dict, est: dict) -> bool:
     """When the estimate overflows the part's BRAM, raise the reuse factor of the layer whose weight ROM
     takes the most BRAM to the next one that shrinks it (fewer multipliers, a narrower ROM): one step.
     False when it fits, or when no folding of the ROMs could make it fit (the FIFOs alone overflow)."""
-    from edgekit.backends.hls4ml_estimate import bram18
-
     capacity = est["capacity"].get("bram36")
     if capacity is None or est["used"]["bram36"] <= capacity:
         return False

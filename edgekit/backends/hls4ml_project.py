@@ -8,6 +8,8 @@ import io
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
 from edgekit.backends.hls4ml_config import configure, fit_bram
 from edgekit.backends.hls4ml_estimate import estimate, summary
 from edgekit.backends.hls4ml_graph import Prepared
@@ -40,8 +42,6 @@ def first_line(err: BaseException) -> str:
 def portable_config(project: Path) -> None:
     """hls4ml writes the PyTorch module into hls4ml_config.yml as a pickled Python object, which its own
     `link_existing_project` (yaml.safe_load) cannot read back: keep every plain setting, drop the module."""
-    import yaml
-
     class Loader(yaml.SafeLoader):
         pass
 

@@ -6,6 +6,7 @@ edgekit. Per-layer times and the kernels actually chosen come from OpenVINO's pe
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +154,6 @@ class OpenVINOBackend:
                         {"device": device, "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[plan.float_precision]})
 
     def artifact_from_file(self, path: Path) -> Artifact:
-        import xml.etree.ElementTree as ElementTree
-
         if not path.with_suffix(".bin").is_file():
             raise BadInput(f"{path}: the IR's weights file {path.with_suffix('.bin').name} is missing beside it")
         try:  # checked here: OpenVINO would try every frontend on it, and TensorFlow's logs to stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends.onnxruntime import _options, _ort
 from edgekit.backends.tensorrt_device import NOT_HERE, TensorRTEngine, _tensorrt, build_engine
 from edgekit.backends.tensorrt_source import (
     DOCUMENTED_OPSET,
@@ -83,8 +84,6 @@ class QdqTwin:
     and no executed precisions are claimed for it."""
 
     def __init__(self, path: Path, threads: int):
-        from edgekit.backends.onnxruntime import _options, _ort
-
         options = _options(threads)
         options.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_DISABLE_ALL
         try:

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends import tflite_graph as tg
+from edgekit.backends import tflite_int8
 from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.calibrate.qdq import quantizable_layers
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -220,9 +222,6 @@ def build_tflite(name: str, *, onnx_path: Path, plan: PrecisionPlan, target: Tar
                  context: BuildContext | None, int8_io: bool) -> Artifact:
     """The .tflite for `plan`; shared by the tflite and edgetpu backends."""
     import onnx
-
-    from edgekit.backends import tflite_int8
-    from edgekit.calibrate.qdq import quantizable_layers
 
     if "int8" in {plan.default, *plan.layers.values()} and (context is None or context.calibration is None):
         raise BadInput("int8 needs calibration data: pass --data (a few hundred samples of real inputs)")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.calibrate.observers import float_tensors
+from edgekit.calibrate.qdq import activation_inputs, quantizable_layers, weight_input
 from edgekit.errors import require
 
 # LiteRT op → the ONNX layer types it can be (edgekit's quantizable layers)
@@ -109,8 +111,6 @@ class Matching:
 def _onnx_values(onnx_path: Path, feeds: list[dict]) -> list[dict[str, np.ndarray]]:
     import onnx
 
-    from edgekit.calibrate.observers import float_tensors
-
     ort = require("onnxruntime", "onnxruntime")
     model = onnx.load(str(onnx_path))
     names = [n for n in float_tensors(model) if n not in {o.name for o in model.graph.output}]
@@ -172,8 +172,6 @@ def onnx_weight_as_tflite(node, weight: np.ndarray, kind: str) -> np.ndarray | N
 
 
 def _same_weight(node, inits: dict, kind: str, filt: np.ndarray | None) -> bool:
-    from edgekit.calibrate.qdq import weight_input
-
     info = weight_input(node, inits)
     w = onnx_weight_as_tflite(node, inits[info[0]], kind) if info else None
     return filt is not None and w is not None and w.shape == filt.shape and \
@@ -184,8 +182,6 @@ def match(model: bytes, fb, onnx_path: Path, feeds: list[dict], tflite_feeds: li
     """Match LiteRT's float model (bytes, and its flatbuffer `fb`) to the float ONNX model on `feeds`
     (`tflite_feeds`: the same in the .tflite's input dtypes)."""
     import onnx
-
-    from edgekit.calibrate.qdq import activation_inputs, quantizable_layers
 
     ours = _tflite_values(model, tflite_feeds[:MATCH_SAMPLES])
     theirs = _onnx_values(onnx_path, feeds[:MATCH_SAMPLES])

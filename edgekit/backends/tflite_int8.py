@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends import tflite_graph as tg
+from edgekit.calibrate.qdq import quantizable_layers
 from edgekit.errors import Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 
@@ -78,8 +79,6 @@ def transplant(fb, matching: tg.Matching, source: Path) -> str:
     float graph, layer by layer; all or none, since equalized pairs only compute the same function
     together. Returns why not, or ''."""
     import onnx
-
-    from edgekit.calibrate.qdq import quantizable_layers
 
     if matching.unmatched:
         return f"{len(matching.unmatched)} layer(s) not matched to a LiteRT op ({', '.join(matching.unmatched[:3])})"

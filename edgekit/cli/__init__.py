@@ -3,6 +3,9 @@
 One module per command group, its printing beside it; this one holds the app, the command tree and
 the exit codes. Errors meant for users (`EdgekitError`) print one line on stderr and exit 2 (bad input)
 or 1 (failure); anything else prints one line too, and the traceback only with --debug.
+
+The commands import the library inside their bodies: `edgekit --help` loads neither it nor torch
+nor a runtime (tests/test_layout.py checks).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import typer
 
 from edgekit.cli.console import out
 
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
+
 app = typer.Typer(no_args_is_help=True, help="The on-device agent: builds and measures engines on the device for a host.")
 
 

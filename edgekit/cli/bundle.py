@@ -9,6 +9,9 @@ import typer
 
 from edgekit.cli.console import out, print_json
 from edgekit.cli.options import JsonOut
+from edgekit.errors import BadInput
+
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
 
 app = typer.Typer(no_args_is_help=True, help="Signed bundles: keys, signatures, verification.")
 
@@ -45,7 +48,6 @@ def bundle_verify(
     as_json: JsonOut = False,
 ) -> None:
     """Check the signature, then every file against manifest.json's sha256; exit 2 if anything differs."""
-    from edgekit.errors import BadInput
     from edgekit.fleet.bundle import verify
 
     if key is None and fleet is None:

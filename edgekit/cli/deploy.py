@@ -35,6 +35,9 @@ from edgekit.cli.options import (
     options_command,
     profile_settings,
 )
+from edgekit.errors import BadInput
+
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,7 +143,6 @@ def deploy(opts: DeployOptions) -> None:
     the search (`edgekit search`) finds the model to build first."""
     from edgekit.deploy import DeployRequest, searchable
     from edgekit.deploy import deploy as run_deploy
-    from edgekit.errors import BadInput
 
     if opts.latency_budget_ms is not None and opts.search_first and searchable(opts.model):
         if opts.precision is not None or opts.plan is not None:
@@ -206,7 +208,6 @@ def calibrate(opts: CalibrateOptions) -> None:
     OpenVINO int8 IR, TensorRT calibration cache + layer precisions) and scales.json."""
     from edgekit.deploy import DeployRequest
     from edgekit.deploy import deploy as run_deploy
-    from edgekit.errors import BadInput
 
     if opts.precision not in ("int8", "mixed"):
         raise BadInput(f"edgekit calibrate --precision takes int8 or mixed, not '{opts.precision}'")

@@ -9,6 +9,8 @@ from rich.table import Table
 from edgekit.cli.console import out, print_json
 from edgekit.cli.options import DevicesFile, JsonOut
 
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
+
 app = typer.Typer(no_args_is_help=True, help="The device inventory: real devices reached through the edgekit agent.")
 
 

@@ -13,6 +13,8 @@ from rich.table import Table
 from edgekit.cli.console import err, out, print_json
 from edgekit.cli.options import JsonOut, _folder_or_new
 
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
+
 app = typer.Typer(no_args_is_help=True, help="Fleets: one manifest, every device class built, bundled, signed, exported.")
 
 

@@ -3,6 +3,7 @@ int8 accuracy loss and latency gain on a target."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +27,8 @@ from edgekit.cli.options import (
     options_command,
     profile_settings,
 )
+
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +59,6 @@ def inspect(opts: InspectOptions) -> None:
     if opts.sensitivity:
         _inspect_sensitivity(opts)
         return
-    import tempfile
 
     from edgekit import graph
     from edgekit.models import load_model

@@ -19,6 +19,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+# Library modules are imported inside the functions, so that `edgekit --help` loads none of them.
+
 TargetsDir = Annotated[list[Path] | None, typer.Option("--targets-dir", help="Extra folder of target YAMLs (repeatable).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 Duration = Annotated[float, typer.Option(help="Time inferences for at least this many seconds (and --repeats).")]

@@ -20,6 +20,8 @@ from edgekit.cli.options import (
     profile_settings,
 )
 
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProfileOptions:

@@ -10,6 +10,8 @@ from rich.table import Table
 from edgekit.cli.console import out, print_json
 from edgekit.cli.options import JsonOut, TargetsDir
 
+# Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
+
 app = typer.Typer(no_args_is_help=True, help="The device registry (targets/*.yaml).")
 
 

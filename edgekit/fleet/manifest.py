@@ -13,12 +13,18 @@ data file exists; each error is one line that names the class.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgekit.deploy import choose_precision
+from edgekit.devices import DEFAULT_FILE, ENV, inventory_path, load_inventory
 from edgekit.errors import BadInput, EdgekitError
+from edgekit.metrics import load_metric
+from edgekit.remote import check_device
+from edgekit.targets import load_target
 from edgekit.user_files import read_yaml
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -65,8 +71,6 @@ class Fleet(Strict):
 
     @model_validator(mode="after")
     def _names(self) -> Fleet:
-        import re
-
         if not self.classes:
             raise ValueError("classes: a fleet needs at least one device class")
         for name in self.classes:
@@ -111,19 +115,11 @@ def load_fleet(path: Path | str) -> Fleet:
 
 def _is_path(spec: str) -> bool:
     """A file or folder spec (model.onnx, calib/, data.npz), not a `package.module:factory`."""
-    import re
-
     return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec) is None
 
 
 def check(fleet: Fleet) -> None:
     """Every class's target resolves and its files exist: one line naming the class otherwise."""
-    from edgekit.deploy import choose_precision
-    from edgekit.devices import DEFAULT_FILE, ENV, inventory_path, load_inventory
-    from edgekit.metrics import load_metric
-    from edgekit.remote import check_device
-    from edgekit.targets import load_target
-
     listed = any(k.devices for k in fleet.classes.values())
     inventory = None
     if listed and (fleet.devices_file or inventory_path()).is_file():

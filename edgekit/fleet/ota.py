@@ -15,9 +15,14 @@ A format whose tool is not on PATH is skipped with the reason (MissingRuntime); 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import selectors
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from edgekit.errors import BadInput, Failure, MissingRuntime, require
@@ -121,8 +126,6 @@ def ota_keys(kind: str, key_path: Path) -> dict[str, Path]:
 
 
 def _make_keys(kind: str, keys: dict[str, Path], *, common_name: str) -> None:
-    import os
-
     serialization = require("cryptography.hazmat.primitives.serialization", "fleet")
     ec = require("cryptography.hazmat.primitives.asymmetric.ec", "fleet")
     rsa = require("cryptography.hazmat.primitives.asymmetric.rsa", "fleet")
@@ -168,8 +171,6 @@ def _self_signed(key, common_name: str):
 
 def _which(tool: str) -> str | None:
     """The tool on PATH, or beside this Python (swugenerator installs into the virtualenv)."""
-    import sys
-
     found = shutil.which(tool)
     if found is None:
         beside = Path(sys.executable).parent / tool
@@ -181,11 +182,6 @@ def _swupdate_check(command: list[str], what: str, env: dict[str, str]) -> None:
     """`swupdate -c`, judged by its log as it comes: its exit status races with its own helper processes
     (1 after "SWUPDATE successful" about one run in six here) and it sometimes stays up after its verdict,
     so the first verdict line decides and the process group is then stopped."""
-    import os
-    import selectors
-    import signal
-    import time
-
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, **env}, start_new_session=True)
     selector = selectors.DefaultSelector()
@@ -219,9 +215,6 @@ def _swupdate_check(command: list[str], what: str, env: dict[str, str]) -> None:
 
 def _run(command: list[str], what: str) -> None:
     """Run a tool in its own process group (on a time-out the whole group goes); Failure with its error line."""
-    import os
-    import signal
-
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = child.communicate(timeout=TIMEOUT_S)

@@ -13,6 +13,7 @@ candidate the search ships is then built and checked in hls4ml's C simulation, b
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import tempfile
 import weakref
@@ -20,9 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.backends import hls4ml_project as project_files
+from edgekit.backends.hls4ml import _hls4ml
+from edgekit.backends.hls4ml_config import fitted, multiply_nodes, width_of
+from edgekit.backends.hls4ml_graph import Range, observe, prepare
 from edgekit.data import Samples
 from edgekit.models import LoadedModel
 from edgekit.plan import FLOATS, bits
+from edgekit.search import evaluate
 from edgekit.targets import Target
 
 RANGE_SAMPLES = 128  # calibration samples whose ranges set the formats while searching (the build uses all)
@@ -46,8 +52,6 @@ def narrower(precision: str, target: Target) -> str | None:
 
 
 def _prepared(module, loaded: LoadedModel, calibration: dict[str, np.ndarray]):
-    from edgekit.backends.hls4ml_graph import observe, prepare
-
     prepared = prepare(copy.deepcopy(module), loaded.inputs, loaded.example)
     observe(prepared, {k: v[:RANGE_SAMPLES] for k, v in calibration.items()})
     return prepared
@@ -57,8 +61,6 @@ class DesignCost:
     """Latency and on-chip memory of a candidate, from edgekit's estimate of the hls4ml design (predicted)."""
 
     def __init__(self, target: Target, loaded: LoadedModel, calibration: dict[str, np.ndarray]) -> None:
-        from edgekit.backends.hls4ml import _hls4ml
-
         self.target, self.loaded, self.calibration = target, loaded, calibration
         self.hls4ml = _hls4ml()
         self.folder = Path(tempfile.mkdtemp(prefix="edgekit-hls4ml-"))  # the scratch project, gone with this object
@@ -67,9 +69,6 @@ class DesignCost:
 
     def predict(self, module, layer_widths: list[str]) -> tuple[float, float]:
         """(latency ms, BRAM MB) of `module` with its multiplying layers in `layer_widths` (graph order)."""
-        from edgekit.backends import hls4ml_project as project_files
-        from edgekit.backends.hls4ml_config import multiply_nodes, width_of
-
         prepared = _prepared(module, self.loaded, self.calibration)
         options = self.target.backend.options
         fx = multiply_nodes(prepared)
@@ -104,9 +103,6 @@ def _quantize(x, width: int, low: float, high: float):
     """Round to nearest and saturate in the ap_fixed format of `width` bits that holds [low, high]."""
     import torch
 
-    from edgekit.backends.hls4ml_config import fitted
-    from edgekit.backends.hls4ml_graph import Range
-
     fmt = fitted(width, Range(low, high))
     step = 2.0 ** -fmt.fraction
     top = 2.0 ** (fmt.integer - int(fmt.signed)) - step
@@ -137,9 +133,6 @@ def sensitivity(module, loaded: LoadedModel, calibration: dict[str, np.ndarray],
                 layers: list[str], target: Target, reference: np.ndarray) -> dict:
     """{layer: {width: validation accuracy lost, as a fraction}} for each multiplying layer (by the ONNX
     names `layers`, in graph order) alone in each width narrower than the widest."""
-    from edgekit.backends.hls4ml_config import multiply_nodes, width_of
-    from edgekit.search import evaluate
-
     prepared = _prepared(module, loaded, calibration)
     fx = multiply_nodes(prepared)
     options = target.backend.options
@@ -164,8 +157,6 @@ def penalty(candidate, table: dict) -> float:
 
 def moves(candidate, layers: list[str], target: Target) -> list[tuple[object, str]]:
     """Each layer one width narrower (the search's precision moves on a fixed-point target)."""
-    import dataclasses
-
     out = []
     for layer in layers:
         lower = narrower(candidate.precision.get(layer, candidate.default_precision), target)

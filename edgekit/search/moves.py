@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from edgekit.compress.drop import drop_blocks
+from edgekit.compress.lowrank import factorize
 from edgekit.errors import BadInput, Failure
 from edgekit.search import greedy
 
@@ -29,9 +31,6 @@ def chosen_moves(space, candidate: dict) -> list[dict]:
 
 def structure_moves(space, allowed=MOVES) -> tuple:
     """The walk's moves beside channel pruning: each droppable block, each factorizable layer's rank ladder."""
-    from edgekit.compress.drop import drop_blocks
-    from edgekit.compress.lowrank import factorize
-
     def dropped(candidate, name: str) -> bool:
         return any(name == b or name.startswith(b + ".") for b in candidate.drop)
 

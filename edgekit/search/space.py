@@ -20,9 +20,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgekit.compress.prune import PruneGroup, prune, prune_groups
+from edgekit import graph
+from edgekit.calibrate.qdq import quantizable_layers
+from edgekit.compress.drop import drop_blocks, droppable_blocks
+from edgekit.compress.lowrank import factorize, rank_choices
+from edgekit.compress.prune import PruneGroup, output_layers, prune, prune_groups
 from edgekit.errors import BadInput
 from edgekit.models import LoadedModel
+from edgekit.search.evaluate import rename_by_order
 from edgekit.targets import Target
 
 
@@ -196,8 +201,6 @@ def _prunable(loaded: LoadedModel) -> bool:
 def _lowrank_choices(module, alignment: int) -> FrozenMap:
     import torch.nn as nn
 
-    from edgekit.compress.lowrank import rank_choices
-
     out = {}
     for name, layer in module.named_modules():
         if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
@@ -215,8 +218,6 @@ def build_space(loaded_model: LoadedModel, onnx_path: Path, target: Target, *, m
     whose output is the model's (a classifier) is never factorized."""
     import onnx
 
-    from edgekit.calibrate.qdq import quantizable_layers
-
     precisions = tuple(target.precisions.supported)
     alignment = alignment_for(target, precisions)
     try:
@@ -227,9 +228,6 @@ def build_space(loaded_model: LoadedModel, onnx_path: Path, target: Target, *, m
     ranks = FrozenMap()
     blocks: tuple[str, ...] = ()
     if _prunable(loaded_model):
-        from edgekit.compress.drop import droppable_blocks
-        from edgekit.compress.prune import output_layers
-
         example = example_tensors(loaded_model)
         groups = tuple(prune_groups(loaded_model.module, example, ignored=tuple(ignored)))
         if lowrank:
@@ -266,9 +264,6 @@ def apply(module, example: tuple, candidate: Candidate, groups: tuple[PruneGroup
     """The candidate's structure on a copy of `module`: channels pruned first (group names are the
     unchanged model's), then layers factorized, then blocks dropped. `groups`: the space's, to find a
     group again in a model already changed (edgekit.compress.prune.prune's `like`)."""
-    from edgekit.compress.drop import drop_blocks
-    from edgekit.compress.lowrank import factorize
-
     out = module
     if candidate.keep:
         out = prune(out, example, dict(candidate.keep), like=groups)
@@ -282,8 +277,5 @@ def apply(module, example: tuple, candidate: Candidate, groups: tuple[PruneGroup
 def layer_names_map(original_onnx: Path, pruned_onnx: Path) -> dict[str, str]:
     """Original quantizable layer name → the pruned export's name for the same layer, matched by graph
     order and op type; Failure if the two graphs' quantizable layers do not line up."""
-    from edgekit import graph
-    from edgekit.search.evaluate import rename_by_order
-
     pruned_to_original = rename_by_order(graph.layer_table(original_onnx), graph.layer_table(pruned_onnx))
     return {original: pruned for pruned, original in pruned_to_original.items()}
