@@ -141,10 +141,10 @@ def _calibration(opts: DeployOptions | CalibrateOptions):
 def deploy(opts: DeployOptions) -> None:
     """Load → export → build → profile → report, on the target's own runtime; with a latency budget,
     the search (`edgekit search`) finds the model to build first."""
-    from edgekit.deploy import DeployRequest, searchable
+    from edgekit.deploy import DeployRequest, searches_first
     from edgekit.deploy import deploy as run_deploy
 
-    if opts.latency_budget_ms is not None and opts.search_first and searchable(opts.model):
+    if searches_first(opts.model, opts.latency_budget_ms, opts.flash_budget_mb, search=opts.search_first):
         if opts.precision is not None or opts.plan is not None:
             raise BadInput("with --latency-budget-ms the search chooses each layer's precision: "
                            "drop --precision/--plan, or pass --no-search to only check the budget")
@@ -155,8 +155,6 @@ def deploy(opts: DeployOptions) -> None:
             device=opts.device, devices=opts.devices, metric=opts.metric, threads=opts.threads,
             targets_dir=opts.targets_dir, as_json=opts.as_json))
         return
-    if opts.flash_budget_mb is not None:
-        raise BadInput("--flash-budget-mb is met by the search: give --latency-budget-ms too, with a PyTorch model")
     request = DeployRequest(target=opts.target, model=opts.model, data=opts.data, out=opts.out_dir, precision=opts.precision,
                             backend=opts.backend, input_shapes=tuple(opts.input_shape or ()),
                             targets_dir=tuple(opts.targets_dir or ()), latency_budget_ms=opts.latency_budget_ms,

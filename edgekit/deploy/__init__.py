@@ -24,6 +24,7 @@ from edgekit.deploy.request import (
     load_plan,
     run_dir_for,
     searchable,
+    searches_first,
 )
 from edgekit.deploy.result import DeployReport
 from edgekit.measurer import LOCAL, measurer_for
@@ -33,7 +34,8 @@ from edgekit.precision import sensitivity
 from edgekit.targets import load_target
 
 __all__ = ["Build", "DeployReport", "DeployRequest", "build", "calibration_summary", "choose_plan", "choose_precision", "deploy",
-           "inspect_sensitivity", "load_plan", "measure", "searchable"]
+           "inspect_sensitivity", "load_plan", "measure", "searchable",
+           "searches_first"]
 
 
 def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None, *,

@@ -56,6 +56,18 @@ def searchable(spec: str | None) -> bool:
     return spec is None or Path(spec).suffix.lower() != ".onnx"
 
 
+def searches_first(model: str | None, latency_budget_ms: float | None, flash_budget_mb: float | None, *,
+                   search: bool = True) -> bool:
+    """The rule `deploy` and fleets share: a latency budget on a PyTorch model is met by the search first
+    (unless `search` is off: --no-search only checks it); a flash budget only the search can meet."""
+    if latency_budget_ms is not None and search and searchable(model):
+        return True
+    if flash_budget_mb is not None:
+        raise BadInput("a flash budget (--flash-budget-mb) is met by the search, which prunes PyTorch models: give "
+                       "--latency-budget-ms too, with a PyTorch model")
+    return False
+
+
 def run_dir_for(request: DeployRequest, model: LoadedModel, target: Target) -> Path:
     """--out, else runs/MODEL-TARGET-TIME; created."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
