@@ -74,6 +74,32 @@ class Reach(Frozen):
     url: str | None = None
 
 
+class ReferenceLatency(Frozen):
+    """A published measurement of a standard model on this device and runtime: the anchor that a later step
+    checks predictions against. `model` is a key of `edgekit.reference_models.REFERENCE_MODELS`."""
+
+    model: str = Field(description="reference model key (edgekit.reference_models), e.g. mobilenet_v2")
+    input: str = Field(pattern=r"^1(x[1-9][0-9]*)+$", description="one sample's input shape, e.g. 1x3x224x224")
+    batch: int | None = Field(None, gt=0, description="samples per inference call; None where not published")
+    precision: Precision
+    runtime: str = Field(min_length=1, description="runtime and backend as published, e.g. TensorRT, Edge TPU")
+    runtime_version: str | None = None
+    value: float = Field(gt=0)
+    unit: Literal["ms", "fps"] = Field(description="ms per inference, or inferences (samples) per second")
+    which: Literal["p50", "p90", "p99", "mean", "median", "min", "unstated", "throughput"] = Field(
+        description="the statistic published: a latency percentile or mean (unstated: the source does not say it), "
+                    "or a throughput")
+    source: str = Field(min_length=1, description="document title, publisher, and where in it")
+    date: str | None = None
+    note: str | None = Field(None, description="conditions that matter: clocks, what the time includes, derivations")
+
+    @model_validator(mode="after")
+    def _unit_matches(self) -> ReferenceLatency:
+        if (self.unit == "fps") != (self.which == "throughput"):
+            raise ValueError(f"unit {self.unit} with which {self.which}: a throughput is in fps, a latency in ms")
+        return self
+
+
 class Target(Frozen):
     name: str
     aliases: tuple[str, ...] = ()
@@ -93,6 +119,9 @@ class Target(Frozen):
     reach: Reach = Reach()
     isa: tuple[str, ...] = ()
     sources: dict[str, str]
+    reference_latencies: tuple[ReferenceLatency, ...] = Field((), description=(
+        "published latencies of standard models on this device (the anchors of its predictions)"))
+    reference_latencies_note: str = Field("", description="why there are none, or what they leave out")
     file: str = Field("", description="where this target was loaded from")
 
     @model_validator(mode="after")
