@@ -42,8 +42,31 @@ def targets_show(name: Annotated[str, typer.Argument(help="Target name, alias or
 
     from edgekit.targets import load_target
 
-    data = load_target(name, targets_dir or []).model_dump(mode="json")
+    target = load_target(name, targets_dir or [])
+    data = target.model_dump(mode="json")
     if as_json:
         print_json(data)
-    else:
-        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120).rstrip())
+        return
+    facts = {k: v for k, v in data.items() if k not in ("reference_latencies", "reference_latencies_note")}
+    out.print(yaml.safe_dump(facts, sort_keys=False, allow_unicode=True, width=120).rstrip())
+    _print_reference_latencies(target)
+
+
+def _print_reference_latencies(target) -> None:
+    """The published latencies of standard models on the device (the anchors of its predictions), or why none."""
+    if not target.reference_latencies:
+        why = target.reference_latencies_note or "none given in its file"
+        out.print(f"\n[bold]reference latencies[/bold]: none for {target.name}. {why}", soft_wrap=True)
+        return
+    table = Table(title=f"reference latencies: published measurements on {target.name}")
+    for col in ("model", "input", "batch", "precision", "runtime", "figure", "source"):
+        table.add_column(col, overflow="fold")
+    for ref in target.reference_latencies:
+        figure = f"{ref.value:g} {ref.unit} ({ref.which})"
+        source = ref.source + (f", {ref.date}" if ref.date else "")
+        runtime = ref.runtime + (f" {ref.runtime_version}" if ref.runtime_version else "")
+        table.add_row(ref.model, ref.input, "-" if ref.batch is None else str(ref.batch), ref.precision, runtime,
+                      figure, source)
+    out.print(table)
+    if target.reference_latencies_note:
+        out.print(target.reference_latencies_note, soft_wrap=True)
