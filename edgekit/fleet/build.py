@@ -110,8 +110,9 @@ def _build(klass: DeviceClass, folder: Path) -> tuple[Path, dict | None]:
                                       data=klass.data, out=folder / "search", memory_budget_mb=budgets.memory_mb,
                                       flash_budget_mb=budgets.flash_mb, max_accuracy_drop=budgets.max_accuracy_drop,
                                       time_limit_s=klass.time_limit_s, metric=klass.metric))
-        summary = {k: result[k] for k in ("budget", "accuracy", "latency_ms", "chosen", "seconds")}
-        return Path(result["chosen"]["run_dir"]), json.loads(json.dumps(summary, default=str))
+        summary = {"budget": result.budget.as_dict(), "accuracy": result.accuracy.as_dict(),
+                   "latency_ms": result.latency.as_dict(), "chosen": result.chosen.as_dict(), "seconds": result.seconds}
+        return Path(result.chosen.run_dir), json.loads(json.dumps(summary, default=str))
     if budgets.flash_mb is not None:
         raise BadInput("a flash budget is met by the search, which prunes PyTorch models: this model is ONNX")
     deploy(DeployRequest(target=klass.target, model=klass.model, data=klass.data, out=folder / "run",
