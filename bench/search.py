@@ -127,21 +127,21 @@ def bench_model(label: str, searched: tuple[str, str, str], args, work: Path) ->
         result = search(SearchRequest(target="host", speedup=1 / fraction, model=spec, data=data, out=out,
                                       max_accuracy_drop=args.max_drop, time_limit_s=args.time_limit,
                                       final_finetune_s=args.finetune, metric=metric_name))
-        budget = result["budget"]["latency_ms"]
+        budget = result.budget.latency_ms
         first = first or out
         wall = time.monotonic() - started
         searches[name] = (out, result, fraction)
-        xml = Path(result["chosen"]["run_dir"]) / "model.xml"
+        xml = Path(result.chosen.run_dir) / "model.xml"
         engines[name] = _load(xml, args.threads)
-        rows[name] = {"budget_ms": budget, "fraction": fraction, "search_s": wall, "trials": result["trials"],
-                      "predicted_ms": result["latency_ms"]["predicted"], "search_measured_ms": result["latency_ms"]["measured"],
-                      "search_original_ms": result["latency_ms"]["original_ms"],
-                      "search_ratio": (result["latency_ms"]["side_by_side"] or {}).get("ratio"),
-                      "cost_model_errors": [r["cost_model_error"] for r in result["rounds"]],
-                      "cost_model_all_errors": result["cost_model"]["errors"], "search_met": result["budget"]["met"],
-                      "validation_accuracy_search": result["accuracy"]["validation"],
-                      "keep": result["chosen"]["keep"], "moves": result["chosen"]["moves"],
-                      "int8_layers": sum(p == "int8" for p in (result["chosen"]["precision"] or {}).values())}
+        rows[name] = {"budget_ms": budget, "fraction": fraction, "search_s": wall, "trials": result.trials,
+                      "predicted_ms": result.latency.predicted, "search_judged_ms": result.latency.judged_ms,
+                      "search_original_ms": result.latency.original_ms,
+                      "search_ratio": (result.latency.side_by_side or {}).get("ratio"),
+                      "cost_model_errors": [r.cost_model_error for r in result.rounds],
+                      "cost_model_all_errors": result.cost_model["errors"], "search_met": result.budget.met,
+                      "validation_accuracy_search": result.accuracy.validation,
+                      "keep": result.chosen.keep, "moves": result.chosen.moves,
+                      "int8_layers": sum(p == "int8" for p in (result.chosen.precision or {}).values())}
         uname = f"uniform + int8, budget {fraction:.2f}·fp32"
         udir = work / f"uniform-{fraction}"
         udir.mkdir()
@@ -173,7 +173,7 @@ def bench_model(label: str, searched: tuple[str, str, str], args, work: Path) ->
         peers = [{"name": peer if peer != uniform_name else "uniform + int8",
                   "latency_ms": rows[peer]["latency_ms"]["p50"], "accuracy": rows[peer]["validation_accuracy"], "kind": "measured"}
                  for peer in ("fp32", "NNCF int8 (defaults)", uniform_name)]
-        page = write_search_report(out, result, peers)
+        page = write_search_report(out, result.as_dict(), peers)
         if fraction == args.report_budget:
             args.out.mkdir(parents=True, exist_ok=True)
             shutil.copy(page, args.out / "search-report.html")
@@ -200,13 +200,14 @@ def to_markdown(report: dict) -> str:
                   f"--max-accuracy-drop {r.get('max_drop', 1):g})", "",
                   f"Run {run_on['date']} on {run_on['cpu']}; metric {metric['name']} ({metric['unit']}; for cosine the "
                   "reference is the fp32 engine's outputs).", "",
-                  f"| engine | p50 / p90 / p99 (ms) | met | ratio to fp32 | speed-up | test {metric['name']} | drop (pt) | search (s) | search: ratio, measured / budget (ms) | cost-model error | moves |",
+                  f"| engine | p50 / p90 / p99 (ms) | met | ratio to fp32 | speed-up | test {metric['name']} | drop (pt) | search (s) | search: ratio, judged / budget (ms) | cost-model error | moves |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, row in r["rows"].items():
             lat, ratio = row["latency_ms"], row.get("ratio_over_fp32")
             errors = ", ".join(f"{e:+.0%}" for e in row.get("cost_model_errors", []) if e is not None)
-            searched_ms = (f"{row['search_ratio']:.2f}, {row['search_measured_ms']:.3f} / {row['budget_ms']:.3f}"
-                           if row.get("search_measured_ms") and row.get("search_ratio") else "–")
+            judged_ms = row.get("search_judged_ms", row.get("search_measured_ms"))  # the name before search.json format 2
+            searched_ms = (f"{row['search_ratio']:.2f}, {judged_ms:.3f} / {row['budget_ms']:.3f}"
+                           if judged_ms and row.get("search_ratio") else "–")
             lines.append(
                 f"| {name} | {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} | "
                 f"{'yes' if row.get('met') else ('no' if 'met' in row else '–')} | "

@@ -54,7 +54,7 @@ def _pareto_chart(result: dict, peers: list[dict]) -> str | None:
     front = sorted((p for p in result.get("pareto") or [] if p.get("latency_ms") is not None), key=lambda p: p["latency_ms"])
     rounds = result.get("rounds") or []
     last = rounds[-1] if rounds else {}
-    if not (trials or front or peers or last.get("predicted_ms") or last.get("measured_ms")):
+    if not (trials or front or peers or last.get("predicted_ms") or last.get("judged_ms")):
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -70,7 +70,7 @@ def _pareto_chart(result: dict, peers: list[dict]) -> str | None:
             ax.scatter([p["latency_ms"] for p in points], [100 * p["accuracy"] for p in points], marker=marker,
                        color=colour, s=30, label=f"front point, {kind} latency", zorder=3)
     accuracy = last.get("accuracy_validation")
-    chosen = {kind: last.get(f"{kind}_ms") for kind in KIND_STYLE}
+    chosen = {"predicted": last.get("predicted_ms"), "measured": last.get("judged_ms")}  # judged: measured beside the original
     if accuracy is not None:
         if all(chosen.values()):
             ax.plot(list(chosen.values()), [100 * accuracy] * 2, ls=":", color="#555555", lw=1, zorder=3)
@@ -156,13 +156,14 @@ def _summary(result: dict) -> list[tuple[str, object]]:
     pruned = [f"{g} {k}" for g, k in (chosen.get("keep") or {}).items() if _ratio(k) < 1]
     precisions = list((chosen.get("precision") or {}).values())
     report = lat.get("report") or {}
-    measured = _ms(lat.get("measured"))
-    if lat.get("measured") is not None and report.get("kind") == "measured" and report.get("p90") is not None:
+    measured = _ms(lat.get("measured_p50"))
+    if lat.get("measured_p50") is not None and report.get("p90") is not None:
         measured += f" p50 (p90 {report['p90']:.4f} · p99 {report.get('p99', 0):.4f} ms · {report.get('samples', 0)} runs)"
+    judged = _ms(lat.get("judged_ms"))
     side = lat.get("side_by_side")
     if side and lat.get("original_ms"):
-        measured += (f"; {side['ratio']:.3f}× the original timed beside it, × its {lat['original_ms']:.4f} ms at the start "
-                     f"(raw p50 {side['raw_p50_ms']:.4f} ms)")
+        judged += (f": {side['ratio']:.3f}× the original timed beside it, × its {lat['original_ms']:.4f} ms at the start "
+                   f"(raw p50 {side['raw_p50_ms']:.4f} ms)")
     val, val0 = acc.get("validation"), acc.get("validation_original")
     met = budget.get("met")
     mae = cost.get("mean_abs_error")
@@ -174,6 +175,7 @@ def _summary(result: dict) -> list[tuple[str, object]]:
         ("max accuracy drop", DASH if budget.get("max_accuracy_drop_pt") is None else f"{budget['max_accuracy_drop_pt']:g} pt"),
         ("budget met", DASH if met is None else f"{'yes' if met else 'no'} (judged on {budget.get('judged_on', DASH)} latency)"),
         ("latency (predicted)", _ms(lat.get("predicted"))),
+        ("latency (judged on the device)", judged),
         ("latency (measured)", measured),
         ("validation accuracy", f"{_pct(val)} (original {_pct(val0)}, drop "
                                 f"{_pt(None if None in (val, val0) else 100 * (val0 - val))})"),
@@ -197,7 +199,7 @@ def render_search_html(result: dict, peers: list[dict] | None = None) -> str:
     peers = peers or []
     pareto = _pareto_chart(result, peers)
     layers = _layer_chart(result.get("chosen") or {})
-    rounds = [[i, _ms(r.get("walk_budget_ms")), r.get("stopped"), _ms(r.get("predicted_ms")), _ms(r.get("measured_ms")),
+    rounds = [[i, _ms(r.get("walk_budget_ms")), r.get("stopped"), _ms(r.get("predicted_ms")), _ms(r.get("judged_ms")),
                _pct(r.get("accuracy_validation")), _error(r.get("cost_model_error"))]
               for i, r in enumerate(result.get("rounds") or [], 1)]
     errors = [[e.get("candidate"), _ms(e.get("predicted_ms")), _ms(e.get("measured_ms")), _error(e.get("error"))]
@@ -219,7 +221,7 @@ def render_search_html(result: dict, peers: list[dict] | None = None) -> str:
 <h2>Chosen candidate per layer</h2>
 {img(layers, "channels kept and precision per layer")}
 <h2>Closed-loop rounds</h2>
-{_table(["round", "walk budget (predicted)", "stopped", "latency (predicted)", "latency (measured)",
+{_table(["round", "walk budget (predicted)", "stopped", "latency (predicted)", "latency (judged on the device)",
          "validation accuracy", "cost model error"], rounds)}
 <h2>Cost model errors</h2>
 {_table(["candidate", "latency (predicted)", "latency (measured)", "error (predicted / measured − 1)"], errors)}

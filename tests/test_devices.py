@@ -142,7 +142,7 @@ def test_search_on_a_device_measures_everything_through_its_agent(inventory, tmp
     assert sensitivity["latency"]["source"].startswith("measured on device local-agent")
     assert "device local-agent" in json.loads((out / "original-float" / "latency.json").read_text())["how"]
     first = found["rounds"][0]
-    assert first["measured_ms"] is not None and first["measurement"]["ratio"] > 0
+    assert first["judged_ms"] is not None and first["measurement"]["ratio"] > 0
     report = json.loads((out / "round-1" / "report.json").read_text())
     assert report["device"]["name"] == "local-agent" and report["side_by_side"]["where"] == "device local-agent through its agent"
     with agent.client() as client:

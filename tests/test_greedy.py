@@ -85,8 +85,8 @@ def test_a_step_whose_cuts_all_cost_too_much_tries_milder_ones(tmp_path):
 def test_the_last_round_within_the_budget_ships():
     from edgekit.search.loop import Round, chosen_round
 
-    def round_(measured, predicted=1.0):
-        return Round(1.0, "met", {}, predicted, measured, 0.9)
+    def round_(judged, predicted=1.0):
+        return Round(1.0, "met", {}, predicted, judged, 0.9)
 
     assert chosen_round([round_(0.99), round_(0.9)], 1.0) == 1  # the tighter one has room under the budget
     assert chosen_round([round_(0.95), round_(1.05)], 1.0) == 0  # a later round measured over it does not ship

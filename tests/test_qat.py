@@ -95,10 +95,10 @@ def test_the_search_falls_back_to_qat_when_a_standin_all_int8_plan_falls_below_t
                                   latency_budget_ms=1e3, max_accuracy_drop=0.0, out=tmp_path, step_finetune_s=0.5,
                                   final_finetune_s=10, time_limit_s=180, calibration=OPTIONS,
                                   settings=ProfileSettings(repeats=30, min_time_s=0.2, warmup_s=0.05)))
-    record = result["qat"]
+    record = result.qat
     assert record["tried"] and record["ptq_validation"] < record["floor"], record
     assert record["qat_validation"] is not None and record["weight_bits"] in (7, 8) and record["method"] == "minmax"
-    shipped = Path(result["chosen"]["run_dir"])
+    shipped = Path(result.chosen.run_dir)
     assert (shipped.name == "qat") == record["kept"] and (shipped / "model.int8.onnx").exists()
     if record["kept"]:
         assert record["qat_validation"] > record["ptq_validation"]

@@ -19,9 +19,9 @@ def _evaluation(key: str, latency: float, kind: str, accuracy: float) -> dict:
 
 
 RESULT = {
-    "target": "host", "backend": "openvino", "model": "edgekit.zoo:resnet", "strategy": "greedy",
+    "format": 2, "target": "host", "backend": "openvino", "model": "edgekit.zoo:resnet", "strategy": "greedy",
     "budget": {"latency_ms": 0.35, "memory_mb": None, "max_accuracy_drop_pt": 1.0, "met": False, "judged_on": "measured"},
-    "latency_ms": {"predicted": 0.3131, "measured": 0.8346,
+    "latency_ms": {"predicted": 0.3131, "judged_ms": 0.821, "measured_p50": 0.8346,
                    "report": {"kind": "measured", "source": "measured on host", "p50": 0.8346, "p90": 4.04, "p99": 5.8,
                               "samples": 594}},
     "accuracy": {"validation": 0.9835, "validation_original": 0.9918, "within_max_drop": True, "test": 0.9876,
@@ -30,10 +30,10 @@ RESULT = {
                "precision": {"node_Conv_1": "int8", "node_Conv_2": "int8", "node_linear": "fp32"},
                "candidate": CANDIDATE, "run_dir": "srch/resnet2/round-2"},
     "rounds": [
-        {"walk_budget_ms": 0.35, "stopped": "met", "candidate": CANDIDATE, "predicted_ms": 0.3131, "measured_ms": 1.2167,
+        {"walk_budget_ms": 0.35, "stopped": "met", "candidate": CANDIDATE, "predicted_ms": 0.3131, "judged_ms": 1.2167,
          "accuracy_validation": 0.9835, "cost_model_error": -0.7427},
         {"walk_budget_ms": 0.1007, "stopped": "exhausted", "candidate": CANDIDATE, "predicted_ms": 0.3131,
-         "measured_ms": 0.8346, "accuracy_validation": 0.9835, "cost_model_error": -0.6248},
+         "judged_ms": 0.821, "accuracy_validation": 0.9835, "cost_model_error": -0.6186},
     ],
     "cost_model": {"source": "lookup table + calibration on 5 whole-model measurements", "calibration": {"fitted": True},
                    "errors": [{"candidate": "original-fp32", "predicted_ms": 1.4793, "measured_ms": 11.48242, "error": -0.87117},
@@ -50,9 +50,9 @@ def _predicted_only() -> dict:
     """A target searched on the predicted cost model only: nothing measured, and no front."""
     result = copy.deepcopy(RESULT)
     result["budget"].update(met=True, judged_on="predicted")
-    result["latency_ms"].update(measured=None, report={"kind": "predicted", "p50": 0.3131, "source": "cost model"})
+    result["latency_ms"].update(judged_ms=None, measured_p50=None, report={"kind": "predicted", "p50": 0.3131, "source": "cost model"})
     for r in result["rounds"]:
-        r.update(measured_ms=None, cost_model_error=None)
+        r.update(judged_ms=None, cost_model_error=None)
     result["cost_model"].update(errors=[], mean_abs_error=None)
     result["pareto"] = []
     return result
@@ -86,7 +86,8 @@ def test_report_is_written_with_both_charts_and_labelled_latencies(tmp_path):
     images = _images(page)
     assert len(images) == 2 and all(png.startswith(PNG) for png in images)
     assert "latency (predicted)</th><td>0.3131 ms" in page
-    assert "latency (measured)</th><td>0.8346 ms p50" in page
+    assert "latency (measured)</th><td>0.8346 ms p50" in page  # the candidate's own p50
+    assert "latency (judged on the device)</th><td>0.8210 ms" in page  # beside the original
     assert "no (judged on measured latency)" in page
     assert "98.35 % (original 99.18 %, drop +0.83 pt)" in page
     assert "24/32" in page and "64/128" in page
@@ -98,7 +99,7 @@ def test_report_is_written_with_both_charts_and_labelled_latencies(tmp_path):
 def test_predicted_only_search_and_empty_front_render_dashes():
     page = render_search_html(_predicted_only())
     _parses(page)
-    assert "latency (measured)</th><td>—" in page
+    assert "latency (measured)</th><td>—" in page and "latency (judged on the device)</th><td>—" in page
     assert "yes (judged on predicted latency)" in page
     assert "<td>0.3131 ms</td><td>—</td>" in page  # each round: predicted, then no measurement
     assert "cost model mean |error|</th><td>—" in page

@@ -21,7 +21,7 @@ def test_layer_dropping_and_low_rank_moves_win_where_they_should(tmp_path):
     # the question, and the answer must not follow this machine's load (timed under the suite's other worker,
     # a calibration skewed by load walked past the budget into lossy cuts); measured searches: test_transformers
     result = search(SearchRequest(model="tests.structure_models:redundant", data="tests.structure_models:redundant_data",
-                                  out=tmp_path, **{**SEARCH, "max_accuracy_drop": 1.0, "target": "rpi5-fp32"}))
+                                  out=tmp_path, **{**SEARCH, "max_accuracy_drop": 1.0, "target": "rpi5-fp32"})).as_dict()
     space = json.loads((tmp_path / "space.json").read_text())
     assert space["droppable"] == ["blocks.0", "blocks.1"] and "wide" in space["lowrank"] and "head" not in space["lowrank"]
     moves = result["chosen"]["moves"]

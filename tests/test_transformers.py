@@ -156,7 +156,7 @@ def test_search_meets_a_speedup_budget_on_a_transformer_with_head_and_ffn_moves(
     checks the walk's moves on predictions; the measured 2x on host-fp32 is a command in README (Search),
     run on a quiet machine (0.46x, 2026-12-03)."""
     result = search(SearchRequest(model=f"tests.transformer_models:{model}", data=f"tests.transformer_models:{model}_data",
-                                  out=tmp_path, moves=("prune",), **{**SEARCH, "speedup": speedup, "target": "rpi5-fp32"}))
+                                  out=tmp_path, moves=("prune",), **{**SEARCH, "speedup": speedup, "target": "rpi5-fp32"})).as_dict()
     assert result["budget"]["judged_on"] == "predicted" and result["budget"]["met"], result["rounds"]
     assert result["latency_ms"]["predicted"] <= result["budget"]["latency_ms"]
     moves = result["chosen"]["moves"]

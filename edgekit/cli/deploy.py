@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -38,6 +38,9 @@ from edgekit.cli.options import (
 from edgekit.errors import BadInput
 
 # Library modules are imported inside the commands, so that `edgekit --help` loads none of them.
+
+if TYPE_CHECKING:
+    from edgekit.search.result import SearchResult
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,10 +197,10 @@ def _search(opts: SearchOptions) -> None:
     with err.status("starting") as status:
         result = run_search(request, progress=lambda line: (status.update(f"[bold]{line}[/]…"), err.print(f"  {line}")))
     if opts.as_json:
-        print_json(result)
+        print_json(result.as_dict())
     else:
         _print_search(result)
-    exit_on_missed_budget(result["budget"]["met"])
+    exit_on_missed_budget(result.budget.met)
 
 
 @options_command(CalibrateOptions)
@@ -242,34 +245,36 @@ def _move_text(move: dict) -> str:
     return f"{move['group']} {move['to']}/{move['from']}"
 
 
-def _print_search(result: dict) -> None:
-    b, lat, acc = result["budget"], result["latency_ms"], result["accuracy"]
-    table = Table(title=f"edgekit search → {result['target']} ({result['backend']})", box=box.SQUARE, show_header=False)
-    speedup = f" ({b['speedup']:g}× faster than the original)" if b.get("speedup") else ""
-    table.add_row("budget", f"{b['latency_ms']:.4g} ms{speedup}: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
-    table.add_row("latency", f"{lat['predicted']:.3f} ms predicted" +
-                  (f" · {lat['measured']:.3f} ms measured" if lat["measured"] is not None else " (not measured: the device is not here)"))
-    if lat.get("side_by_side"):
-        side = lat["side_by_side"]
-        table.add_row("measured how", f"{side['ratio']:.3f}× the original timed beside it × its {lat['original_ms']:.3f} ms at the start "
+def _print_search(result: SearchResult) -> None:
+    b, lat, acc = result.budget, result.latency, result.accuracy
+    table = Table(title=f"edgekit search → {result.target} ({result.backend})", box=box.SQUARE, show_header=False)
+    speedup = f" ({b.speedup:g}× faster than the original)" if b.speedup else ""
+    table.add_row("budget", f"{b.latency_ms:.4g} ms{speedup}: {'met' if b.met else 'MISSED'} ({b.judged_on})")
+    table.add_row("latency", f"{lat.predicted:.3f} ms predicted" +
+                  (f" · {lat.judged_ms:.3f} ms judged on the device" if lat.judged_ms is not None
+                   else " (not measured: the device is not here)"))
+    if lat.side_by_side:
+        side = lat.side_by_side
+        table.add_row("judged how", f"{side['ratio']:.3f}× the original timed beside it × its {lat.original_ms:.3f} ms at the start "
                       f"(raw p50 {side['raw_p50_ms']:.3f} ms, original now {side['original_now_ms']:.3f} ms)")
-    if acc["test"] is not None:
-        name = result.get("metric", {}).get("name", "accuracy")
-        table.add_row(f"{name} (test)", f"{acc['test']:.4f}  (original {acc['test_original']:.4f}, drop {acc['test_drop_pt']:+.2f} pt)")
-    if result.get("flash"):
-        f = result["flash"]
+    if lat.measured_p50 is not None:
+        table.add_row("measured", f"p50 {lat.measured_p50:.3f} ms (the candidate timed in its own report)")
+    if acc.test is not None:
+        name = result.metric.get("name", "accuracy")
+        table.add_row(f"{name} (test)", f"{acc.test:.4f}  (original {acc.test_original:.4f}, drop {acc.test_drop_pt:+.2f} pt)")
+    if result.flash:
+        f = result.flash
         table.add_row("flash (measured)", f"{f['compressed_mb']:.3f} MB compressed of {f['raw_mb']:.3f} MB, budget {f['budget_mb']} MB: "
                       f"{'met' if f['met'] else 'MISSED'}; sparsity {f['action']['sparsity']:.0%}"
                       + (f", {f['action']['clusters']} shared values per layer" if f["action"]["clusters"] else ""))
-    table.add_row("moves", ", ".join(_move_text(m) for m in result["chosen"].get("moves") or []) or "none")
-    planned = result["chosen"]["precision"] or {}
-    table.add_row("precision", _precision_counts(planned))
-    for r in result["rounds"]:
-        measured = f"{r['measured_ms']:.3f} ms measured" if r["measured_ms"] is not None else "not measured"
-        error = f", cost model {r['cost_model_error']:+.1%}" if r["cost_model_error"] is not None else ""
-        table.add_row("round", f"walked to {r['walk_budget_ms']:.3f} ms ({r['stopped']}): {r['predicted_ms']:.3f} ms predicted, {measured}{error}")
-    table.add_row("trials", f"{result['trials']} in {result['seconds']} s")
-    table.add_row("run directory", result["chosen"]["run_dir"])
+    table.add_row("moves", ", ".join(_move_text(m) for m in result.chosen.moves) or "none")
+    table.add_row("precision", _precision_counts(result.chosen.precision or {}))
+    for r in result.rounds:
+        judged = f"{r.judged_ms:.3f} ms judged" if r.judged_ms is not None else "not measured"
+        error = f", cost model {r.cost_model_error:+.1%}" if r.cost_model_error is not None else ""
+        table.add_row("round", f"walked to {r.walk_budget_ms:.3f} ms ({r.stopped}): {r.predicted_ms:.3f} ms predicted, {judged}{error}")
+    table.add_row("trials", f"{result.trials} in {result.seconds} s")
+    table.add_row("run directory", result.chosen.run_dir)
     out.print(table)
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from edgekit.budget import judge
 from edgekit.compress.distill import DistillReport, DistillSettings, distill
 from edgekit.errors import BadInput
 
@@ -228,14 +229,13 @@ def shrink_to_flash(module, teacher, inputs: dict[str, np.ndarray], export: Call
     seconds = training.seconds
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
         raise BadInput(f"shrink: seconds must be positive, not {seconds!r}")
-    budget = budget_mb * MB
     steps: list[Step] = []
     left = float(seconds)
     for action in ladder:
         report = None
         candidate, _ = _candidate(module, action, None)
         size = stored_size(export(candidate))
-        if size.compressed_bytes > budget:
+        if not judge("flash_mb", budget_mb, size.compressed_mb, "measured (xz)").met:
             steps.append(Step(action, size.compressed_mb, False, False))
             continue
         if action.sparsity > 0 and left > 0:
@@ -243,7 +243,7 @@ def shrink_to_flash(module, teacher, inputs: dict[str, np.ndarray], export: Call
             candidate, report = _candidate(module, action, tune)
             left -= report.seconds
             size = stored_size(export(candidate))
-        met = size.compressed_bytes <= budget
+        met = judge("flash_mb", budget_mb, size.compressed_mb, "measured (xz)").met
         steps.append(Step(action, size.compressed_mb, met, report is not None))
         if met:
             return ShrinkResult(candidate, action, size, True, tuple(steps), report)

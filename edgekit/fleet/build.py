@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgekit.budget import judge as judge_budget
 from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
 from edgekit.fleet import bundle as bundles
 from edgekit.fleet import ota
@@ -108,8 +109,9 @@ def _build(klass: DeviceClass, folder: Path) -> tuple[Path, dict | None]:
                                       data=klass.data, out=folder / "search", memory_budget_mb=budgets.memory_mb,
                                       flash_budget_mb=budgets.flash_mb, max_accuracy_drop=budgets.max_accuracy_drop,
                                       time_limit_s=klass.time_limit_s, metric=klass.metric))
-        summary = {k: result[k] for k in ("budget", "accuracy", "latency_ms", "chosen", "seconds")}
-        return Path(result["chosen"]["run_dir"]), json.loads(json.dumps(summary, default=str))
+        summary = {"budget": result.budget.as_dict(), "accuracy": result.accuracy.as_dict(),
+                   "latency_ms": result.latency.as_dict(), "chosen": result.chosen.as_dict(), "seconds": result.seconds}
+        return Path(result.chosen.run_dir), json.loads(json.dumps(summary, default=str))
     if budgets.flash_mb is not None:
         raise BadInput("a flash budget is met by the search, which prunes PyTorch models: this model is ONNX")
     deploy(DeployRequest(target=klass.target, model=klass.model, data=klass.data, out=folder / "run",
@@ -127,16 +129,13 @@ def judge(klass: DeviceClass, folder: Path, record: dict) -> dict:
     report, budgets, out = record["report"], klass.budgets, {}
     latency = report.get("latency_ms") or {}
     if budgets.latency_ms is not None:
-        out["latency_ms"] = {"budget": budgets.latency_ms, "value": latency.get("p50"), "kind": latency.get("kind"),
-                             "met": latency.get("p50") is not None and latency["p50"] <= budgets.latency_ms}
+        out["latency_ms"] = judge_budget("latency_ms", budgets.latency_ms, latency.get("p50"), latency.get("kind")).as_dict()
     if budgets.memory_mb is not None:
         memory = (report.get("predicted_memory_mb") or {}).get("total_mb")
-        out["memory_mb"] = {"budget": budgets.memory_mb, "value": memory, "kind": "predicted",
-                            "met": memory is not None and memory <= budgets.memory_mb}
+        out["memory_mb"] = judge_budget("memory_mb", budgets.memory_mb, memory, "predicted").as_dict()
     if budgets.flash_mb is not None:
         size = stored_size(sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "build.json"))
-        out["flash_mb"] = {"budget": budgets.flash_mb, "value": round(size.compressed_mb, 6), "kind": "measured (xz)",
-                           "met": size.compressed_mb <= budgets.flash_mb}
+        out["flash_mb"] = judge_budget("flash_mb", budgets.flash_mb, round(size.compressed_mb, 6), "measured (xz)").as_dict()
     accuracy = report.get("accuracy") or {}
     drop = None
     if accuracy.get("metric"):
@@ -145,11 +144,10 @@ def judge(klass: DeviceClass, folder: Path, record: dict) -> dict:
         drop = round(100 * (accuracy["reference"] - accuracy["test"]), 4)
     elif accuracy.get("agreement") is not None:
         drop = round(100 * (1 - accuracy["agreement"]), 4)
-    out["max_accuracy_drop"] = {"budget": budgets.max_accuracy_drop, "value": drop, "kind": accuracy.get("where", "measured"),
-                                "metric": (accuracy.get("metric") or {}).get("name", "top1" if accuracy.get("test") is not None else "agreement"),
-                                "met": drop is not None and drop <= budgets.max_accuracy_drop}
-    if drop is None:
-        out["max_accuracy_drop"]["why"] = "no accuracy: the model's arithmetic cannot run here and no device measured it"
+    why = None if drop is not None else "no accuracy: the model's arithmetic cannot run here and no device measured it"
+    verdict = judge_budget("max_accuracy_drop", budgets.max_accuracy_drop, drop, accuracy.get("where", "measured"), why)
+    out["max_accuracy_drop"] = {**verdict.as_dict(), "metric": (accuracy.get("metric") or {}).get(
+        "name", "top1" if accuracy.get("test") is not None else "agreement")}
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgekit import graph
 from edgekit.backends.base import get_backend
+from edgekit.budget import judge
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.compress.distill import DistillSettings, distill
 from edgekit.compress.shrink import ShrinkResult, shrink_to_flash, stored_size
@@ -129,7 +130,7 @@ def _flash_record(flash: ShrinkResult, files: list[Path], budget_mb: float) -> d
     """report.json's flash: the shipped files' size as measured, and the ladder's rungs tried."""
     size = stored_size(files)
     return {"budget_mb": budget_mb, "compressed_mb": round(size.compressed_mb, 6),
-            "raw_mb": round(size.raw_mb, 6), "met": size.compressed_mb <= budget_mb,
+            "raw_mb": round(size.raw_mb, 6), "met": judge("flash_mb", budget_mb, size.compressed_mb, "measured").met,
             "kind": "measured", "how": "the shipped engine's files, each xz-compressed",
             "action": flash.action.as_dict(), "ladder": [
                 {**step.action.as_dict(), "compressed_mb": round(step.compressed_mb, 6), "met": step.met}

@@ -16,6 +16,7 @@ start_plan, pricing, cost_probe, walk, rounds, build (and qat_fallback), result 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from edgekit.search.build import ClosedLoop, final_inputs
@@ -23,18 +24,19 @@ from edgekit.search.context import measure_original, open_search, open_trials
 from edgekit.search.cost_probe import calibrate_cost
 from edgekit.search.pricing import pricing_for
 from edgekit.search.request import STRATEGIES, SearchRequest
-from edgekit.search.result import search_result
+from edgekit.search.result import SearchResult, search_result
 from edgekit.search.rounds import Round, chosen_round, run_rounds, tightened
 from edgekit.search.start_plan import start_plan
 from edgekit.search.walk import budget, first_state, make_walk
 from edgekit.search_report import write_search_report
 from edgekit.util import write_json
 
-__all__ = ["STRATEGIES", "Round", "SearchRequest", "chosen_round", "final_inputs", "search", "tightened"]
+__all__ = ["STRATEGIES", "Round", "SearchRequest", "SearchResult", "chosen_round", "final_inputs", "search", "tightened"]
 
 
-def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Run the search and the closed loop; returns search.json's content (also written to the run directory)."""
+def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: None) -> SearchResult:
+    """Run the search and the closed loop; returns what it chose and how it was judged (its `as_dict()` is
+    search.json's content, written to the run directory with report.html)."""
     ctx = open_search(request, progress)
     trials = open_trials(ctx)
     original = measure_original(ctx)
@@ -47,12 +49,13 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     aim = budget(ctx, original, start, pricing)
     loop = ClosedLoop(ctx, original, pricing, aim.latency_ms)
     rounds = run_rounds(loop, walk, state, aim, trials)
-    result = search_result(loop, rounds, trials)
-    result["skipped"] = list(walk.skipped.values())  # moves whose model did not run or export, and why
-    result["warnings"] = list(ctx.samples.warnings)
+    result = dataclasses.replace(search_result(loop, rounds, trials), skipped=tuple(walk.skipped.values()),
+                                 warnings=tuple(ctx.samples.warnings))
     if start.design is not None:
-        result["cost_model"] = {"source": "edgekit's estimate of the hls4ml design (edgekit/backends/hls4ml_estimate.py), predicted",
-                                "widths": start.analysis}
-    write_json(ctx.run_dir / "search.json", result)
-    write_search_report(ctx.run_dir, result)
+        result = dataclasses.replace(result, cost_model={
+            "source": "edgekit's estimate of the hls4ml design (edgekit/backends/hls4ml_estimate.py), predicted",
+            "widths": start.analysis})
+    content = result.as_dict()
+    write_json(ctx.run_dir / "search.json", content)
+    write_search_report(ctx.run_dir, content)
     return result

@@ -1,10 +1,17 @@
-"""search.json: what the search chose and how it was judged, the rounds, the cost model, the trials."""
+"""search.json: what the search chose and how it was judged, the rounds, the cost model, the trials.
+
+`SearchResult` is built once, here, from the rounds; `as_dict()` is search.json's content (FORMAT 2:
+`latency_ms.measured` became `judged_ms`, next to the shipped candidate's own `measured_p50`, and each
+round's `measured_ms` became `judged_ms`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 
+from edgekit.budget import BudgetVerdict, judge
 from edgekit.metrics import choose_metric
 from edgekit.search import evaluate
 from edgekit.search.build import ClosedLoop
@@ -12,17 +19,161 @@ from edgekit.search.moves import chosen_moves
 from edgekit.search.rounds import Round, chosen_round
 from edgekit.search.study import Trials
 
-_SIDE_BY_SIDE = ("measured: the candidate timed side by side with the original float engine, in alternating "
-                 "rounds; measured = median per-round ratio × the original's p50 when the search started "
-                 "(drift of the device between the two divides out); report = the candidate's own timing")
+FORMAT = 2  # search.json's format: 2 renamed latency_ms.measured (and rounds' measured_ms) to judged_ms
+
+_SIDE_BY_SIDE = ("judged: the candidate timed side by side with the original float engine, in alternating rounds; "
+                 "judged_ms = median per-round ratio × the original's p50 when the search started (drift of the "
+                 "device between the two divides out); measured_p50 and report = the candidate's own timing")
 
 
-def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> dict:
-    """search.json's content: the round that ships (chosen_round) with its test accuracy next to the
-    original's, every round, the cost model's errors and every trial."""
-    ctx, request, budget_ms, anchor = loop.ctx, loop.ctx.request, loop.budget_ms, loop.original.anchor
+@dataclass(frozen=True)
+class SearchBudget:
+    """What was asked, and the verdict on the round that ships."""
+
+    latency_ms: float
+    speedup: float | None
+    memory_mb: float | None
+    max_accuracy_drop_pt: float
+    flash_mb: float | None
+    latency: BudgetVerdict  # the latency judged on the device (judged_ms), or off it predicted (the report's p50)
+    flash_met: bool | None = None  # the shipped files' measured size against flash_mb (search.json → flash)
+
+    @property
+    def met(self) -> bool:
+        return self.latency.met and self.flash_met is not False
+
+    @property
+    def judged_on(self) -> str:
+        return self.latency.kind
+
+    def as_dict(self) -> dict:
+        return {"latency_ms": self.latency_ms, "speedup": self.speedup, "memory_mb": self.memory_mb,
+                "max_accuracy_drop_pt": self.max_accuracy_drop_pt, "flash_mb": self.flash_mb,
+                "met": self.met, "judged_on": self.judged_on}
+
+
+@dataclass(frozen=True)
+class SearchLatency:
+    """The shipped round's latency: predicted by the cost model, judged beside the original, measured alone."""
+
+    predicted: float
+    judged_ms: float | None  # median per-round ratio to the original × its p50 at the start; None off the device
+    measured_p50: float | None  # the candidate's own p50 in its report, where it was measured
+    side_by_side: dict | None  # the timing behind judged_ms (edgekit.search.anchor.Measurement)
+    original_ms: float | None  # the original's p50 when the search started
+    how: str | None
+    report: dict  # the candidate's latency in its deploy report
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchAccuracy:
+    validation: float
+    validation_original: float
+    # the final distillation trains on the validation inputs (unlabelled): the test split is the held-out figure
+    validation_held_out: bool
+    within_max_drop: bool
+    test: float | None
+    test_original: float
+    test_drop_pt: float | None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    keep: dict[str, str]  # group → "kept/original"
+    moves: list[dict]
+    precision: dict[str, str] | None
+    candidate: dict
+    run_dir: str  # the shipped round's run directory
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    target: str
+    backend: str
+    model: str | None
+    strategy: str
+    budget: SearchBudget
+    flash: dict | None
+    qat: dict | None  # post-training vs quantization-aware int8 on validation, when int8 fell short
+    latency: SearchLatency
+    metric: dict
+    accuracy: SearchAccuracy
+    chosen: Chosen
+    rounds: tuple[Round, ...]
+    cost_model: dict
+    trials: int
+    pareto: list[dict]
+    trials_all: list[dict]
+    seconds: float
+    run_dir: str
+    skipped: tuple[dict, ...] = ()  # moves whose model did not run or export, and why
+    warnings: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        """search.json's content."""
+        return {
+            "format": FORMAT, "target": self.target, "backend": self.backend, "model": self.model,
+            "strategy": self.strategy, "budget": self.budget.as_dict(), "flash": self.flash, "qat": self.qat,
+            "latency_ms": self.latency.as_dict(), "metric": self.metric, "accuracy": self.accuracy.as_dict(),
+            "chosen": self.chosen.as_dict(),
+            "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"}
+                       | {"cost_model_error": r.cost_model_error} for r in self.rounds],
+            "cost_model": self.cost_model, "trials": self.trials, "pareto": self.pareto, "trials_all": self.trials_all,
+            "seconds": self.seconds, "run_dir": self.run_dir, "skipped": list(self.skipped), "warnings": list(self.warnings),
+        }
+
+
+def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> SearchResult:
+    """The round that ships (chosen_round) with its test accuracy next to the original's, every round,
+    the cost model's errors and every trial."""
+    ctx, request, budget_ms = loop.ctx, loop.ctx.request, loop.budget_ms
     shipped = chosen_round(rounds, budget_ms)
     last = rounds[shipped]
+    metric, accuracy = _accuracy(loop, last)
+    latency = _latency(loop, last)
+    judged = latency.judged_ms if latency.judged_ms is not None else latency.report.get("p50")
+    flash = last.report.get("flash")
+    budget = SearchBudget(budget_ms, request.speedup, request.memory_budget_mb, request.max_accuracy_drop,
+                          request.flash_budget_mb,
+                          judge("latency_ms", budget_ms, judged, "measured" if latency.judged_ms is not None else "predicted"),
+                          None if flash is None else flash["met"])
+    groups = {g.name: g.channels for g in loop.original.space.groups}
+    kept_qat = (last.report.get("qat") or {}).get("kept")
+    chosen = Chosen({g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
+                    chosen_moves(loop.original.space, last.candidate), last.report.get("precision", {}).get("planned"),
+                    last.candidate, str(ctx.run_dir / f"round-{shipped + 1}" / ("qat" if kept_qat else "")))
+    model_cost = loop.pricing.model_cost
+    return SearchResult(
+        ctx.target.name, ctx.backend_name, ctx.loaded.spec, request.strategy, budget, flash, last.report.get("qat"),
+        latency, metric, accuracy, chosen, tuple(rounds),
+        {"source": model_cost.source, "calibration": model_cost.calibration, "errors": model_cost.errors(),
+         "mean_abs_error": model_cost.mean_abs_error()},
+        len(trials), [dataclasses.asdict(e) for e in trials.pareto()],
+        [{"key": e.key, "latency_ms": e.latency_ms, "latency_kind": e.latency_kind, "accuracy": e.accuracy}
+         for e in trials.evaluations()],
+        round(time.monotonic() - ctx.started, 1), str(ctx.run_dir))
+
+
+def _latency(loop: ClosedLoop, last: Round) -> SearchLatency:
+    anchor, report = loop.original.anchor, last.report.get("latency_ms", {})
+    return SearchLatency(last.predicted_ms, last.judged_ms, report.get("p50") if report.get("kind") == "measured" else None,
+                         last.measurement, anchor.p50_ms if anchor else None, None if anchor is None else _SIDE_BY_SIDE,
+                         report)
+
+
+def _accuracy(loop: ClosedLoop, last: Round) -> tuple[dict, SearchAccuracy]:
+    """The metric's description and the shipped round's accuracy: validation (the walk's), test (the
+    built engine's, against the original model's test figure)."""
+    ctx, request, base = loop.ctx, loop.ctx.request, loop.original.accuracy
     test_ref = evaluate.outputs(ctx.teacher, ctx.splits.test, ctx.loaded)
     metric = choose_metric(request.metric, ctx.splits.validation.labels, [test_ref[:1]])
     original_test = evaluate.score(test_ref, ctx.splits.test, test_ref, metric)
@@ -30,43 +181,8 @@ def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> dict
     on_test = accuracy.get("metric") or {}
     test = on_test["value"] * metric.points / 100 if on_test.get("name") == metric.name else (
         accuracy.get("test") if accuracy.get("test") is not None else accuracy.get("agreement"))
-    latency = last.report.get("latency_ms", {})
-    judged = last.measured_ms if last.measured_ms is not None else latency.get("p50")
-    groups = {g.name: g.channels for g in loop.original.space.groups}
-    flash = last.report.get("flash")
-    base_accuracy, model_cost = loop.original.accuracy, loop.pricing.model_cost
-    return {
-        "target": ctx.target.name, "backend": ctx.backend_name, "model": ctx.loaded.spec, "strategy": request.strategy,
-        "budget": {"latency_ms": budget_ms, "speedup": request.speedup, "memory_mb": request.memory_budget_mb,
-                   "max_accuracy_drop_pt": request.max_accuracy_drop,
-                   "flash_mb": request.flash_budget_mb,
-                   "met": judged is not None and judged <= budget_ms and (flash is None or flash["met"]),
-                   "judged_on": "measured" if last.measured_ms is not None else "predicted"},
-        "flash": flash,
-        "qat": last.report.get("qat"),  # post-training vs quantization-aware int8 on validation, when int8 fell short
-        "latency_ms": {"predicted": last.predicted_ms, "measured": last.measured_ms, "side_by_side": last.measurement,
-                       "original_ms": anchor.p50_ms if anchor else None, "how": None if anchor is None else _SIDE_BY_SIDE,
-                       "report": latency},
-        "metric": {**metric.describe(), "scale": "accuracy values below are the metric × points / 100"},
-        "accuracy": {"validation": last.accuracy_validation, "validation_original": base_accuracy,
-                     # the final distillation trains on the validation inputs (unlabelled): the test split is the held-out figure
-                     "validation_held_out": not (last.candidate["keep"] or last.candidate.get("drop")
-                                                 or last.candidate.get("rank")),
-                     "within_max_drop": last.accuracy_validation >= base_accuracy - request.max_accuracy_drop / 100 - 1e-9,
-                     "test": test, "test_original": original_test,
-                     "test_drop_pt": None if test is None else round(100 * (original_test - test), 3)},
-        "chosen": {"keep": {g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
-                   "moves": chosen_moves(loop.original.space, last.candidate),
-                   "precision": last.report.get("precision", {}).get("planned"),
-                   "candidate": last.candidate, "run_dir": str(ctx.run_dir / f"round-{shipped + 1}"
-                                                                  / ("qat" if (last.report.get("qat") or {}).get("kept") else ""))},
-        "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"} |
-                   {"cost_model_error": None if r.measured_ms is None else round(r.predicted_ms / r.measured_ms - 1, 4)}
-                   for r in rounds],
-        "cost_model": {"source": model_cost.source, "calibration": model_cost.calibration, "errors": model_cost.errors(),
-                       "mean_abs_error": model_cost.mean_abs_error()},
-        "trials": len(trials), "pareto": [dataclasses.asdict(e) for e in trials.pareto()],
-        "trials_all": [{"key": e.key, "latency_ms": e.latency_ms, "latency_kind": e.latency_kind, "accuracy": e.accuracy}
-                       for e in trials.evaluations()],
-        "seconds": round(time.monotonic() - ctx.started, 1), "run_dir": str(ctx.run_dir),
-    }
+    return ({**metric.describe(), "scale": "accuracy values below are the metric × points / 100"}, SearchAccuracy(
+        last.accuracy_validation, base,
+        not (last.candidate["keep"] or last.candidate.get("drop") or last.candidate.get("rank")),
+        last.accuracy_validation >= base - request.max_accuracy_drop / 100 - 1e-9,
+        test, original_test, None if test is None else round(100 * (original_test - test), 3)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit import graph
+from edgekit.budget import BudgetVerdict, judge
 from edgekit.search import greedy, nsga
 from edgekit.search.build import ClosedLoop, build_candidate
 from edgekit.search.qat_fallback import with_qat
@@ -35,10 +36,21 @@ class Round:
     stopped: str
     candidate: dict
     predicted_ms: float
-    measured_ms: float | None  # on the anchor's scale (edgekit.search.anchor): what the budget is judged on
+    judged_ms: float | None  # measured, on the anchor's scale (edgekit.search.anchor): what the budget is judged on
     accuracy_validation: float
-    measurement: dict | None = None  # the side-by-side timing behind measured_ms
+    measurement: dict | None = None  # the side-by-side timing behind judged_ms
     report: dict = field(default_factory=dict)
+
+    @property
+    def cost_model_error(self) -> float | None:
+        """predicted / judged − 1, where the device judged the candidate."""
+        return None if self.judged_ms is None else round(self.predicted_ms / self.judged_ms - 1, 4)
+
+    def verdict(self, budget_ms: float) -> BudgetVerdict:
+        """The latency budget against this round: its judged latency, or off the device its predicted one."""
+        if self.judged_ms is not None:
+            return judge("latency_ms", budget_ms, self.judged_ms, "measured")
+        return judge("latency_ms", budget_ms, self.predicted_ms, "predicted")
 
 
 def run_rounds(loop: ClosedLoop, walk: greedy.Walk, start: greedy.State, budget: greedy.Budget,
@@ -70,22 +82,22 @@ def run_rounds(loop: ClosedLoop, walk: greedy.Walk, start: greedy.State, budget:
                        measured.ms if measured else None, built.validation, measured.as_dict() if measured else None,
                        built.report)
         if measured:
-            progress(f"round {number + 1}: measured {measured.ms:.3f} ms ({measured.ratio:.2f}× the original timed beside it, "
+            progress(f"round {number + 1}: judged at {measured.ms:.3f} ms ({measured.ratio:.2f}× the original timed beside it, "
                      f"raw p50 {measured.raw_p50_ms:.3f} ms), budget {budget_ms:.3f} ms")
         rounds.append(round_)
-        if round_.measured_ms is not None:
+        if round_.judged_ms is not None:
             layers = graph.layer_table(built.onnx_path)
-            model_cost.observe(layers, built.precisions, round_.measured_ms, default=state.candidate.default_precision,
+            model_cost.observe(layers, built.precisions, round_.judged_ms, default=state.candidate.default_precision,
                                candidate=state.candidate.key())
-            trials.record(Evaluation("measured:" + state.candidate.key(), state.candidate.as_dict(), round_.measured_ms,
+            trials.record(Evaluation("measured:" + state.candidate.key(), state.candidate.as_dict(), round_.judged_ms,
                                      "measured", state.accuracy, {"round": number + 1, "predicted_ms": state.latency_ms}))
-        if round_.measured_ms is None or round_.measured_ms <= budget_ms * (1 - MEASURED_MARGIN) or not (stopped == "met" or strategy is nsga) or time.monotonic() > ctx.walk_deadline:
+        if round_.judged_ms is None or round_.judged_ms <= budget_ms * (1 - MEASURED_MARGIN) or not (stopped == "met" or strategy is nsga) or time.monotonic() > ctx.walk_deadline:
             break
         # Missed on the device. The cost model has learnt from the measurement; predict the candidate again
         # and go on from it, aiming below the budget by what the model still misses it by, or by its error.
         state.latency_ms, state.memory_mb = loop.pricing.predict(state.candidate, state.module)
         walk_budget = dataclasses.replace(walk_budget, latency_ms=tightened(
-            budget_ms, state.latency_ms, round_.measured_ms, model_cost.errors()))
+            budget_ms, state.latency_ms, round_.judged_ms, model_cost.errors()))
     return rounds
 
 
@@ -93,8 +105,7 @@ def chosen_round(rounds: list[Round], budget_ms: float) -> int:
     """The round that ships: the last one measured (or, off the device, predicted) within the budget, the
     last round if none is. Rounds only tighten, so it has the most room under the budget: a candidate a
     hair under it (MEASURED_MARGIN) may be over it at the next measurement."""
-    judged = [r.measured_ms if r.measured_ms is not None else r.predicted_ms for r in rounds]
-    within = [i for i, ms in enumerate(judged) if ms <= budget_ms]
+    within = [i for i, r in enumerate(rounds) if r.verdict(budget_ms).met]
     return within[-1] if within else len(rounds) - 1
 
 
