@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends import hls4ml_project as project_files
-from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends.base import Artifact, Availability, BackendDefaults, BuildContext, Executed, LayerTime
 from edgekit.backends.hls4ml_config import multiply_nodes, width_of
 from edgekit.backends.hls4ml_graph import observe, prepare
 from edgekit.backends.hls4ml_project import PROJECT, PROJECT_NAME, first_line, quiet
@@ -88,7 +88,7 @@ def planned_widths(plan: PrecisionPlan, onnx_path: Path, multiply: list[str], op
     return {fx: width_of(plan.precision_of(name), options) for name, fx in zip(planned, multiply, strict=True)}
 
 
-class Hls4mlBackend:
+class Hls4mlBackend(BackendDefaults):
     name = "hls4ml"
     suffixes = (".hls4ml",)
 

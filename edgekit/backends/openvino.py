@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends.base import Artifact, Availability, BackendDefaults, BuildContext, Executed, LayerTime
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -119,7 +119,7 @@ def _onnx_layer(original: str, wanted: set[str]) -> str | None:
     return None
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(BackendDefaults):
     name = "openvino"
     suffixes = (".xml",)
 
