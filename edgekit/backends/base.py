@@ -135,6 +135,11 @@ class Backend(Protocol):
         model and scales.json: {key: path relative to out_dir}; {} where the Q/DQ model is all it takes."""
         ...
 
+    def replan_calibration_files(self, files: dict[str, str], out_dir: Path, planned: dict[str, str]) -> None:
+        """Those files (among calibration's `files`, relative to out_dir) made to follow `planned`, a new
+        plan from the same calibration (a mixed plan)."""
+        ...
+
     def profile_unit(self, model, target: Target, unit: UnitRun) -> UnitTimes | None:
         """A cost-model unit (an onnx.ModelProto) timed with the runtime's own profiler, without an
         Engine; None where the backend has none (the unit is then timed through its Engine)."""
@@ -149,6 +154,9 @@ class BackendDefaults:
     def write_calibration_files(self, result: CalibrationResult, stats: dict[str, TensorStats],
                                 options: CalibrationOptions, target: Target, out_dir: Path) -> dict[str, str]:
         return {}
+
+    def replan_calibration_files(self, files: dict[str, str], out_dir: Path, planned: dict[str, str]) -> None:
+        return None
 
     def profile_unit(self, model, target: Target, unit: UnitRun) -> UnitTimes | None:
         return None

@@ -117,6 +117,9 @@ class TensorRTBackend(BackendDefaults):
                                 options: CalibrationOptions, target: Target, out_dir: Path) -> dict[str, str]:
         return tensorrt_calibration.write_calibration_files(result, stats, options, target, out_dir)
 
+    def replan_calibration_files(self, files: dict[str, str], out_dir: Path, planned: dict[str, str]) -> None:
+        tensorrt_calibration.replan_calibration_files(files, out_dir, planned)
+
     def available(self, target: Target) -> Availability:
         trt, why = _tensorrt()
         versions = {"tensorrt": trt.__version__} if trt else {}

@@ -1,7 +1,8 @@
 """TensorRT's own calibration files, written when edgekit calibrates for a TensorRT target (the
 backend's `write_calibration_files`): the calibration cache with the symmetric scale of every float
 tensor, the trtexec layer-precision flags that pin the plan, and the device-side trtexec line that
-builds from the float model and the cache (implicit quantization)."""
+builds from the float model and the cache (implicit quantization); the flags rewritten when a mixed
+plan is made from the same calibration (`replan_calibration_files`)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,16 @@ def write_calibration_files(result: CalibrationResult, stats: dict[str, TensorSt
                                  "# to float (TensorRT dequantizes int8 only), which edgekit deploy writes as model.trt.onnx:\n"
                                  "#   trtexec --onnx=model.trt.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
     return {"tensorrt_cache": CACHE, "tensorrt_layer_precisions": FLAGS, "tensorrt_build": BUILD}
+
+
+def replan_calibration_files(files: dict[str, str], out_dir: Path, planned: dict[str, str]) -> None:
+    """The layer precisions (and the trtexec line that repeats them) made to follow `planned`, a new plan
+    of the same calibration; the cache is unchanged (the scales are the same)."""
+    flags_file = files.get("tensorrt_layer_precisions")
+    if flags_file:
+        old = (out_dir / flags_file).read_text().strip()
+        new = trt_cache.layer_precisions(planned)
+        (out_dir / flags_file).write_text(new + "\n")
+        build = out_dir / files.get("tensorrt_build", BUILD)
+        if build.is_file():
+            build.write_text(build.read_text().replace(old, new))
