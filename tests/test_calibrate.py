@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit.backends.base import calibration_runtime
 from edgekit.calibrate import observers, scales, trt_cache
 from edgekit.calibrate.run import CalibrationOptions, calibrate
 from edgekit.data import Samples, demo_data, split
@@ -117,8 +118,9 @@ def test_qdq_model_is_valid_runs_everywhere_and_openvino_runs_the_plan(tmp_path,
 
 
 def test_scales_json_and_tensorrt_files_for_a_jetson(tmp_path, demo_onnx, demo_splits):
-    result = calibrate(demo_onnx, demo_splits.calibration, load_target("jetson"), PrecisionPlan("int8"), tmp_path,
-                       CalibrationOptions(method="entropy"))
+    jetson = load_target("jetson")
+    result = calibrate(demo_onnx, demo_splits.calibration, jetson, PrecisionPlan("int8"), tmp_path,
+                       CalibrationOptions(method="entropy"), runtime=calibration_runtime(jetson))
     saved = json.loads((tmp_path / "scales.json").read_text())
     assert saved["activations"] == "symmetric int8"
     assert all(t["dtype"] == "int8" and t["zero_point"] == 0 for t in saved["tensors"].values())

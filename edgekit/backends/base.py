@@ -6,17 +6,20 @@ same for every runtime, in `edgekit.profile`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgekit.errors import BadInput
+from edgekit.errors import BadInput, MissingRuntime
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
 
 if TYPE_CHECKING:
+    from edgekit.calibrate.observers import TensorStats
+    from edgekit.calibrate.run import CalibrationOptions, CalibrationResult
     from edgekit.data import Samples
     from edgekit.models import LoadedModel
 
@@ -91,9 +94,28 @@ class Engine(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class UnitRun:
+    """How a cost-model unit (`edgekit.microbench`) is to be timed: in `precision`, on `feed`, `runs`
+    profiled runs, the wall-clock p50 too if `wall`; `own(name, op)` tells the unit's own kernels from
+    the harness's (its inputs, outputs, layout changes)."""
+
+    precision: str
+    feed: dict[str, np.ndarray]
+    runs: int
+    wall: bool
+    own: Callable[[str, str], bool]
+
+
+UnitTimes = tuple[float, float | None, list[str]]  # own kernels' ms, wall-clock p50 ms (if asked), the kernels
+
+
 class Backend(Protocol):
     name: str
     suffixes: tuple[str, ...]  # engine files this backend loads
+    # Calibration observes every float tensor (the runtime's own calibration cache scales them all), not
+    # only those the int8 layers read.
+    calibration_observes_all: bool
 
     def available(self, target: Target) -> Availability: ...
 
@@ -106,6 +128,38 @@ class Backend(Protocol):
     def load(self, artifact: Artifact, *, target: Target, threads: int) -> Engine: ...
 
     def artifact_from_file(self, path: Path) -> Artifact: ...
+
+    def write_calibration_files(self, result: CalibrationResult, stats: dict[str, TensorStats],
+                                options: CalibrationOptions, target: Target, out_dir: Path) -> dict[str, str]:
+        """The runtime's own calibration files (TensorRT's cache and layer precisions) beside the Q/DQ
+        model and scales.json: {key: path relative to out_dir}; {} where the Q/DQ model is all it takes."""
+        ...
+
+    def replan_calibration_files(self, files: dict[str, str], out_dir: Path, planned: dict[str, str]) -> None:
+        """Those files (among calibration's `files`, relative to out_dir) made to follow `planned`, a new
+        plan from the same calibration (a mixed plan)."""
+        ...
+
+    def profile_unit(self, model, target: Target, unit: UnitRun) -> UnitTimes | None:
+        """A cost-model unit (an onnx.ModelProto) timed with the runtime's own profiler, without an
+        Engine; None where the backend has none (the unit is then timed through its Engine)."""
+        ...
+
+
+class BackendDefaults:
+    """What a backend without runtime-specific calibration files or unit profiler inherits."""
+
+    calibration_observes_all = False
+
+    def write_calibration_files(self, result: CalibrationResult, stats: dict[str, TensorStats],
+                                options: CalibrationOptions, target: Target, out_dir: Path) -> dict[str, str]:
+        return {}
+
+    def replan_calibration_files(self, files: dict[str, str], out_dir: Path, planned: dict[str, str]) -> None:
+        return None
+
+    def profile_unit(self, model, target: Target, unit: UnitRun) -> UnitTimes | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -137,6 +191,16 @@ def get_backend(name: str) -> Backend:
     if name in BACKENDS:
         return importlib.import_module(BACKENDS[name].module).BACKEND
     raise BadInput(f"unknown backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
+
+
+def calibration_runtime(target: Target) -> Backend | None:
+    """The target's own backend, which says what calibration must observe and writes the runtime's own
+    calibration files (`calibrate(..., runtime=)`); None where it cannot load here (then calibration
+    writes the Q/DQ model and scales.json only)."""
+    try:
+        return get_backend(target.backend.name)
+    except MissingRuntime:
+        return None
 
 
 def backend_for_file(path: Path, preferred: str) -> Backend:

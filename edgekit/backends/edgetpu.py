@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends import tflite_graph as tg
-from edgekit.backends.base import Artifact, Availability, BuildContext
+from edgekit.backends.base import Artifact, Availability, BackendDefaults, BuildContext
 from edgekit.backends.tflite import TFLiteBackend, TFLiteEngine, build_tflite
 from edgekit.errors import BadInput, Failure
 from edgekit.plan import PrecisionPlan
@@ -165,7 +165,7 @@ def _summary(cov: dict, compiled: dict | None, pending: str | None) -> list[str]
     return lines
 
 
-class EdgeTPUBackend:
+class EdgeTPUBackend(BackendDefaults):
     name = "edgetpu"
     suffixes = (".tflite",)
 

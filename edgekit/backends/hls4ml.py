@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends import hls4ml_project as project_files
-from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends.base import Artifact, Availability, BackendDefaults, BuildContext, Executed, LayerTime
 from edgekit.backends.hls4ml_config import multiply_nodes, width_of
 from edgekit.backends.hls4ml_graph import observe, prepare
-from edgekit.backends.hls4ml_project import PROJECT, PROJECT_NAME, first_line, quiet
+from edgekit.backends.hls4ml_project import PROJECT, PROJECT_NAME, first_line, hls4ml_module, quiet
 from edgekit.calibrate.qdq import quantizable_layers
-from edgekit.errors import BadInput, Failure, require
+from edgekit.errors import BadInput, Failure
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
 from edgekit.util import write_json
@@ -31,10 +31,6 @@ from edgekit.util import write_json
 SYNTHESIS = "vitis-run"  # Vitis 2024.2+ unified command, what hls4ml 1.3's Vitis backend runs
 BUILD_OPTIONS = {"reset": 0, "csim": 0, "synth": 1, "cosim": 0, "validation": 0, "export": 1, "vsynth": 0, "fifo_opt": 0}
 _LIVE: dict[str, object] = {}  # manifest path → compiled hls4ml model, so deploy's check does not compile twice
-
-
-def _hls4ml():
-    return require("hls4ml", "fpga")
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:
@@ -88,13 +84,13 @@ def planned_widths(plan: PrecisionPlan, onnx_path: Path, multiply: list[str], op
     return {fx: width_of(plan.precision_of(name), options) for name, fx in zip(planned, multiply, strict=True)}
 
 
-class Hls4mlBackend:
+class Hls4mlBackend(BackendDefaults):
     name = "hls4ml"
     suffixes = (".hls4ml",)
 
     def available(self, target: Target) -> Availability:
         try:
-            hls4ml = _hls4ml()
+            hls4ml = hls4ml_module()
         except Exception as err:
             return Availability(False, False, str(err))
         versions = {"hls4ml": hls4ml.__version__}
@@ -108,7 +104,7 @@ class Hls4mlBackend:
 
     def build(self, *, onnx_path: Path, plan: PrecisionPlan, target: Target, out_dir: Path,
               context: BuildContext | None = None) -> Artifact:
-        hls4ml = _hls4ml()
+        hls4ml = hls4ml_module()
         model = context.model if context else None
         if model is None or model.kind != "torch":
             raise BadInput("hls4ml builds from the PyTorch module (its converter reads nn.Modules through torch.fx); "
@@ -177,7 +173,7 @@ class Hls4mlBackend:
         return Artifact(self.name, Path(path), (Path(path), project), f"int{manifest.get('width', 8)}", {})
 
     def load(self, artifact: Artifact, *, target: Target, threads: int) -> HlsEngine:
-        hls4ml = _hls4ml()
+        hls4ml = hls4ml_module()
         path = Path(artifact.path)
         manifest = json.loads(path.read_text())
         model = _LIVE.get(str(path.resolve()))

@@ -1,5 +1,6 @@
 """The hls4ml project edgekit writes: hls4ml's config filled in, converted, folded to fit, and the
-notes the report shows. Kept apart from the backend class, which only sequences the steps."""
+notes the report shows. Kept apart from the backend class, which only sequences the steps.
+`DesignEstimator` is the same conversion without a build: what the fixed-point search prices with."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ import yaml
 from edgekit.backends.hls4ml_config import configure, fit_bram
 from edgekit.backends.hls4ml_estimate import estimate, summary
 from edgekit.backends.hls4ml_graph import Prepared
-from edgekit.errors import BadInput, Failure
+from edgekit.errors import BadInput, Failure, require
 from edgekit.latency import Latency
 from edgekit.targets import Target
 
 PROJECT = "hls4ml"  # the project folder, beside the manifest
 PROJECT_NAME = "edgekit_model"  # the HLS top function
 MAX_FOLDS = 64  # conversions tried while raising reuse factors to fit the BRAM
+
+
+def hls4ml_module():
+    """hls4ml, imported (MissingRuntime naming edgekit's fpga extra where it is not installed)."""
+    return require("hls4ml", "fpga")
 
 
 @contextlib.contextmanager
@@ -81,6 +87,22 @@ def convert(hls4ml, prepared: Prepared, width: int, target: Target, project: Pat
     except Exception as err:
         raise Failure(f"hls4ml {hls4ml.__version__} could not convert the model: {first_line(err)} (log: {log})") from err
     return hls_model, [replace(c, reuse=config["LayerName"][c.name].get("ReuseFactor", 1)) for c in choices], est
+
+
+class DesignEstimator:
+    """edgekit's estimate of the hls4ml design (hls4ml_estimate) of a prepared module: converted with the
+    config the build writes (reuse factors from the DSP budget, folded until the BRAM fits) in a scratch
+    project under `folder`, nothing compiled."""
+
+    def __init__(self, target: Target, folder: Path) -> None:
+        self.hls4ml = hls4ml_module()  # MissingRuntime here, not at the first estimate
+        self.target, self.folder = target, Path(folder)
+
+    def estimate(self, prepared: Prepared, widths: dict[str, int]) -> dict:
+        """The estimate (hls4ml_estimate.estimate's dict) with the multiplying layers in `widths` (bits)."""
+        _, _, est = convert(self.hls4ml, prepared, max(widths.values()), self.target, self.folder / "project",
+                            self.folder / "convert.log", widths)
+        return est
 
 
 def notes(version: str, width: int, choices, prepared: Prepared, est: dict, samples: int) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends.base import Artifact, Availability, BackendDefaults, BuildContext, Executed, LayerTime
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -95,7 +95,7 @@ class OnnxRuntimeEngine:
                 for name, (op, provider, times) in per_node.items()]
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BackendDefaults):
     name = "onnxruntime"
     suffixes = (".onnx",)
 

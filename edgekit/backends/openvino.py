@@ -6,12 +6,22 @@ edgekit. Per-layer times and the kernels actually chosen come from OpenVINO's pe
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends.base import (
+    Artifact,
+    Availability,
+    BackendDefaults,
+    BuildContext,
+    Executed,
+    LayerTime,
+    UnitRun,
+    UnitTimes,
+)
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
@@ -21,6 +31,8 @@ from edgekit.targets import Target
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16"}
 # OpenVINO's runtime precisions → edgekit's (u8/i8 inputs: an int8 kernel).
 RUNTIME_PRECISION = {"u8": "int8", "i8": "int8", "f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+UNIT_WARMUP = 10  # a cost-model unit's runs before the profiled ones
+UNIT_QUANTILE = 0.25  # of a unit's per-run profiled totals
 
 
 def _ov():
@@ -119,9 +131,47 @@ def _onnx_layer(original: str, wanted: set[str]) -> str | None:
     return None
 
 
-class OpenVINOBackend:
+def profile_unit(model, target: Target, unit: UnitRun) -> UnitTimes:
+    """A cost-model unit compiled as the backend loads an IR (latency hint, one stream, the target's
+    cores, f32 unless fp16), with performance counters: per run the sum of the unit's own executed
+    kernels; the UNIT_QUANTILE of those sums over the runs after UNIT_WARMUP runs. The lower quantile
+    (not the median) keeps bursts of other load on the machine out of the latency table."""
+    ov = _ov()
+    core = ov.Core()
+    device = target.backend.options.get("device", "CPU")
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f16" if unit.precision == "fp16" else "f32"}
+    if device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = str(target.cores)
+    ov_model = core.read_model(model.SerializeToString(), b"")
+    request = core.compile_model(ov_model, device, {**config, "PERF_COUNT": "YES"}).create_infer_request()
+    for _ in range(UNIT_WARMUP):
+        request.infer(unit.feed)
+    totals, kernels = [], []
+    for _ in range(unit.runs):
+        request.infer(unit.feed)
+        own = [i for i in request.profiling_info if i.status.name == "EXECUTED" and unit.own(i.node_name, i.node_type)]
+        totals.append(sum(i.real_time.total_seconds() for i in own) * 1e3)
+        kernels = [f"{i.node_type}:{i.exec_type}" for i in own]
+    wall_ms = None
+    if unit.wall:
+        plain = core.compile_model(ov_model, device, config).create_infer_request()
+        times = []
+        for i in range(UNIT_WARMUP + 10 * unit.runs):
+            start = time.perf_counter()
+            plain.infer(unit.feed, share_inputs=True, share_outputs=True)
+            if i >= UNIT_WARMUP:
+                times.append((time.perf_counter() - start) * 1e3)
+        wall_ms = float(np.percentile(times, UNIT_QUANTILE * 100))
+    return float(np.percentile(totals, UNIT_QUANTILE * 100)), wall_ms, kernels
+
+
+class OpenVINOBackend(BackendDefaults):
     name = "openvino"
     suffixes = (".xml",)
+
+    def profile_unit(self, model, target: Target, unit: UnitRun) -> UnitTimes:
+        """OpenVINO's own performance counters, without an Engine (see `profile_unit` above)."""
+        return profile_unit(model, target, unit)
 
     def available(self, target: Target) -> Availability:
         try:

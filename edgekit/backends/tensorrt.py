@@ -8,18 +8,21 @@ check runs that same ONNX in ONNX Runtime with graph optimizations off (the Q/DQ
 written), which is what TensorRT computes in int8, not TensorRT itself.
 
 This module is the backend; its parts: tensorrt_source (the ONNX checked against TensorRT's Q/DQ
-rules), tensorrt_spec (the build's flags and its trtexec line), tensorrt_device (the Python API
-build and the engine, where TensorRT and a GPU are).
+rules), tensorrt_spec (the build's flags and its trtexec line), tensorrt_calibration (the cache and
+layer precisions calibration writes), tensorrt_device (the Python API build and the engine, where
+TensorRT and a GPU are).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends import tensorrt_calibration
+from edgekit.backends.base import Artifact, Availability, BackendDefaults, BuildContext, Executed, LayerTime
 from edgekit.backends.onnxruntime import _options, _ort
 from edgekit.backends.tensorrt_device import NOT_HERE, TensorRTEngine, _tensorrt, build_engine
 from edgekit.backends.tensorrt_source import (
@@ -38,6 +41,10 @@ from edgekit.plan import PrecisionPlan
 from edgekit.targets import Target
 from edgekit.util import atomic_write_text
 
+if TYPE_CHECKING:
+    from edgekit.calibrate.observers import TensorStats
+    from edgekit.calibrate.run import CalibrationOptions, CalibrationResult
+
 # What other modules and tests reach through this module (the pieces live in tensorrt_*.py).
 __all__ = ["BACKEND", "DOCUMENTED_OPSET", "ENGINE", "FOLDER", "MIN_QDQ_OPSET", "NOT_HERE", "SOURCE", "UNSUPPORTED",
            "BuildSpec", "QdqTwin", "TensorRTBackend", "TensorRTEngine", "build_engine", "build_spec", "check_source",
@@ -45,8 +52,8 @@ __all__ = ["BACKEND", "DOCUMENTED_OPSET", "ENGINE", "FOLDER", "MIN_QDQ_OPSET", "
 
 
 def _calibration_files(out_dir: Path, planned: dict[str, str], target: Target, context: BuildContext | None) -> dict:
-    """edgekit's calibration in TensorRT's own files (written by calibrate for TensorRT targets; made
-    here from scales.json otherwise), each read back and checked."""
+    """edgekit's calibration in TensorRT's own files (written when calibrating for a TensorRT target:
+    tensorrt_calibration; made here from scales.json otherwise), each read back and checked."""
     folder = out_dir / FOLDER
     cache, flags = folder / "calibration.cache", folder / "layer_precisions.txt"
     version = str(target.backend.options.get("tensorrt_version", "10.3.0"))
@@ -101,9 +108,17 @@ class QdqTwin:
         return {}
 
 
-class TensorRTBackend:
+class TensorRTBackend(BackendDefaults):
     name = "tensorrt"
     suffixes = (".engine", ".plan")
+    calibration_observes_all = True  # the calibration cache scales every tensor TensorRT may run in int8
+
+    def write_calibration_files(self, result: CalibrationResult, stats: dict[str, TensorStats],
+                                options: CalibrationOptions, target: Target, out_dir: Path) -> dict[str, str]:
+        return tensorrt_calibration.write_calibration_files(result, stats, options, target, out_dir)
+
+    def replan_calibration_files(self, files: dict[str, str], out_dir: Path, planned: dict[str, str]) -> None:
+        tensorrt_calibration.replan_calibration_files(files, out_dir, planned)
 
     def available(self, target: Target) -> Availability:
         trt, why = _tensorrt()

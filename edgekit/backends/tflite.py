@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekit.backends import tflite_graph as tg
 from edgekit.backends import tflite_int8
-from edgekit.backends.base import Artifact, Availability, BuildContext, Executed, LayerTime
+from edgekit.backends.base import Artifact, Availability, BackendDefaults, BuildContext, Executed, LayerTime
 from edgekit.calibrate.qdq import quantizable_layers
 from edgekit.errors import BadInput, Failure, require, runtime_message
 from edgekit.plan import PrecisionPlan
@@ -290,7 +290,7 @@ def _summary(file: str, notes: dict, executed: dict[str, Executed], layers: list
     return lines
 
 
-class TFLiteBackend:
+class TFLiteBackend(BackendDefaults):
     name = "tflite"
     suffixes = (".tflite",)
 

@@ -1,6 +1,7 @@
 """The calibration step: observe the fp32 graph on the calibration split, choose scales, and write
-the int8 model in every form the target's runtime takes (Q/DQ ONNX always; TensorRT's cache and
-layer precisions for TensorRT targets), plus scales.json with every scale and why.
+the int8 model in every form the target's runtime takes (Q/DQ ONNX always; the runtime's own files,
+such as TensorRT's cache and layer precisions, by the runtime that wants them: `RuntimeCalibration`),
+plus scales.json with every scale and why.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from edgekit.calibrate import equalize, observers, qdq, scales, select, trt_cache
+from edgekit.calibrate import equalize, observers, qdq, scales, select
 from edgekit.calibrate.observers import TensorStats
 from edgekit.calibrate.scales import QParams
 from edgekit.data import Samples
@@ -109,6 +111,18 @@ class CalibrationResult:
         return [name for name, p in self.planned.items() if p == "int8"]
 
 
+class RuntimeCalibration(Protocol):
+    """What the target's runtime wants from calibration besides the Q/DQ model and scales.json: the
+    target's Backend (`edgekit.backends.base`), passed in by the caller that knows both."""
+
+    calibration_observes_all: bool  # every float tensor observed, not only what the int8 layers read
+
+    def write_calibration_files(self, result: CalibrationResult, stats: dict[str, TensorStats],
+                                options: CalibrationOptions, target: Target, out_dir: Path) -> dict[str, str]:
+        """Its own files written into out_dir: {key: path relative to out_dir}."""
+        ...
+
+
 def symmetric_activations(target: Target) -> bool:
     return target.quantization.activations == "symmetric"
 
@@ -150,9 +164,10 @@ def _check_stats(stats: dict[str, TensorStats], warnings: list[str]) -> None:
 
 
 def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: PrecisionPlan, out_dir: Path,
-              options: CalibrationOptions = CalibrationOptions(), *, metric: Metric | None = None) -> CalibrationResult:
-    """Calibrate the fp32 ONNX model and write `model.int8.onnx` (Q/DQ), scales.json and the target
-    runtime's own files into out_dir."""
+              options: CalibrationOptions = CalibrationOptions(), *, metric: Metric | None = None,
+              runtime: RuntimeCalibration | None = None) -> CalibrationResult:
+    """Calibrate the fp32 ONNX model and write `model.int8.onnx` (Q/DQ), scales.json and, given the
+    target's `runtime` (its Backend), the runtime's own files into out_dir."""
     import onnx
 
     started = time.perf_counter()
@@ -161,7 +176,8 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
     planned = resolve_plan(plan, model)
     samples = _take(samples, options.samples, warnings)
     init_arrays = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    observed = _observed_tensors(model, planned, target, init_arrays)
+    observe_all = runtime is not None and runtime.calibration_observes_all
+    observed = None if observe_all else _observed_tensors(model, planned, init_arrays)
     variants = _observe(model, samples, observed, init_arrays, options, warnings)
     symmetric = symmetric_activations(target)
     demoted = _demotions(planned, plan, target, model, init_arrays, variants["plain"].stats)
@@ -192,16 +208,14 @@ def calibrate(onnx_path: Path, samples: Samples, target: Target, plan: Precision
         result.files["equalized_onnx"] = "model.equalized.onnx"
     _write_scales(out_dir / "scales.json", result, stats, options, symmetric, samples)
     result.files["scales"] = "scales.json"
-    if target.backend.name == "tensorrt":
-        result.files.update(_write_tensorrt(out_dir, result, stats, options, target))
+    if runtime is not None:
+        result.files.update(runtime.write_calibration_files(result, stats, options, target, out_dir))
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _observed_tensors(model, planned: dict[str, str], target: Target, init_arrays: dict) -> list[str] | None:
-    """What int8 layers read (and the joins and pools between them); None, every tensor, for TensorRT's cache."""
-    if target.backend.name == "tensorrt":
-        return None
+def _observed_tensors(model, planned: dict[str, str], init_arrays: dict) -> list[str]:
+    """What int8 layers read (and the joins and pools between them)."""
     layers = qdq.quantizable_layers(model)
     wanted = [name for name, p in planned.items() if p == "int8"]
     return sorted(({t for name in wanted for t in qdq.activation_inputs(layers[name], init_arrays)}
@@ -332,29 +346,3 @@ def _write_scales(path: Path, result: CalibrationResult, stats: dict[str, Tensor
         "tensors": tensors, "weight_scales": result.summary.weights, "bias_shift": result.summary.bias_corrected,
     })
 
-
-def _write_tensorrt(out_dir: Path, result: CalibrationResult, stats: dict[str, TensorStats], options: CalibrationOptions,
-                    target: Target) -> dict[str, str]:
-    """TensorRT's calibration cache (symmetric scales of every non-sentinel tensor) and the
-    trtexec layer-precision flags that pin the plan."""
-    folder = out_dir / "tensorrt"
-    folder.mkdir(exist_ok=True)
-    cache = {}
-    for name, s in stats.items():
-        if s.sentinel:
-            continue  # no scale: TensorRT keeps the tensor in float
-        lo, hi = scales.activation_range(s, result.method, symmetric=True, percentile=options.percentile)
-        cache[name] = scales.qparams(lo, hi, symmetric=True, method=result.method).scale
-    version = str(target.backend.options.get("tensorrt_version", "10.3.0"))
-    trt_cache.write_cache(folder / "calibration.cache", cache, version=version, algorithm=trt_cache.ALGORITHMS[result.method])
-    flags = trt_cache.layer_precisions(result.planned)
-    (folder / "layer_precisions.txt").write_text(flags + "\n")
-    fp32_model = result.files.get("equalized_onnx", "model.onnx")  # the scales are those of this model
-    command = (f"trtexec --onnx={fp32_model} --int8 --fp16 --calib=tensorrt/calibration.cache "
-               f"--precisionConstraints=obey --layerPrecisions={flags} --saveEngine=model.engine")
-    (folder / "trtexec.sh").write_text("#!/bin/sh\n# Build on the device (TensorRT is not on this machine). Run from the run directory.\n"
-                                       "# Or build the explicit-quantization engine from the Q/DQ model with int32 biases folded\n"
-                                       "# to float (TensorRT dequantizes int8 only), which edgekit deploy writes as model.trt.onnx:\n"
-                                       "#   trtexec --onnx=model.trt.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
-    return {"tensorrt_cache": "tensorrt/calibration.cache", "tensorrt_layer_precisions": "tensorrt/layer_precisions.txt",
-            "tensorrt_build": "tensorrt/trtexec.sh"}

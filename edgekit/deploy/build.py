@@ -16,7 +16,14 @@ from pathlib import Path
 import onnx
 
 from edgekit import cost, graph, metrics, recipes, roofline
-from edgekit.backends.base import Artifact, Availability, Backend, BuildContext, get_backend
+from edgekit.backends.base import (
+    Artifact,
+    Availability,
+    Backend,
+    BuildContext,
+    calibration_runtime,
+    get_backend,
+)
 from edgekit.calibrate.qdq import quantizable_layers
 from edgekit.calibrate.run import CalibrationResult, calibrate
 from edgekit.data import Samples, Splits
@@ -159,7 +166,7 @@ def _choose_precision(built: Build, measurer: Measurer, step: Callable[[str], No
             built.finish()
             raise BadInput("int8 needs calibration data: pass --data (a few hundred samples of real inputs)")
         calibration = calibrate(built.onnx_path, splits.calibration, built.target, built.plan, built.run_dir,
-                                request.calibration, metric=built.metric)
+                                request.calibration, metric=built.metric, runtime=calibration_runtime(built.target))
         built.calibration = calibration_summary(calibration)
         built.artifacts.update(calibration.files)
         planned = calibration.planned

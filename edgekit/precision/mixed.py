@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import graph, roofline
-from edgekit.backends.base import Artifact
-from edgekit.calibrate import trt_cache
+from edgekit.backends.base import Artifact, calibration_runtime
 from edgekit.calibrate.run import CalibrationResult
 from edgekit.latency import Latency
 from edgekit.plan import PrecisionPlan
@@ -68,12 +67,13 @@ def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path
                                                              reason=f"mixed is predicted no faster than {float_p} ({side})")
         choice = dataclasses.replace(choice, reason=f"{choice.reason}; predicted {side}")
     summary = calibration.rewrite(int8, calibration.qdq_path)
-    _record_plan(run_dir, calibration, plan.layers, summary)
+    _record_plan(run_dir, calibration, plan.layers, summary, target)
     return plan, calibration.qdq_path, choice
 
 
-def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[str, str], summary) -> None:
-    """scales.json and TensorRT's layer precisions follow the mixed plan, not the all-int8 calibration."""
+def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[str, str], summary, target: Target) -> None:
+    """scales.json and the runtime's own calibration files (TensorRT's layer precisions) follow the
+    mixed plan, not the all-int8 calibration."""
     scales_path = run_dir / calibration.files.get("scales", "scales.json")
     if scales_path.is_file():
         scales = json.loads(scales_path.read_text())
@@ -81,14 +81,9 @@ def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[st
         for name, entry in scales.get("tensors", {}).items():
             entry["quantized"] = name in summary.activations
         write_json(scales_path, scales)
-    flags_file = calibration.files.get("tensorrt_layer_precisions")
-    if flags_file:
-        old = (run_dir / flags_file).read_text().strip()
-        new = trt_cache.layer_precisions(planned)
-        (run_dir / flags_file).write_text(new + "\n")
-        build = run_dir / calibration.files.get("tensorrt_build", "tensorrt/trtexec.sh")
-        if build.is_file():
-            build.write_text(build.read_text().replace(old, new))
+    runtime = calibration_runtime(target)  # the backend that wrote them (calibrate's runtime=)
+    if runtime is not None:
+        runtime.replan_calibration_files(calibration.files, run_dir, planned)
 
 
 def never_slower(timing: Timing, artifact: Artifact, plan: PrecisionPlan, onnx_path: Path, run_dir: Path,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import graph
-from edgekit.backends.base import get_backend
+from edgekit.backends.base import calibration_runtime, get_backend
 from edgekit.calibrate import qdq, select
 from edgekit.calibrate.run import CalibrationOptions, CalibrationResult, calibrate
 from edgekit.data import Splits
@@ -198,7 +198,8 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *, h
     out_dir.mkdir(parents=True, exist_ok=True)
     float_p = check_target(target)
     if calibration is None:
-        calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), out_dir, how.options)
+        calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), out_dir, how.options,
+                                runtime=calibration_runtime(target))
     proto = onnx.load(str(onnx_path), load_external_data=False)
     nodes = qdq.quantizable_layers(proto)
     table = {layer.name: layer for layer in graph.layer_table(onnx_path)}

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends import hls4ml_project as project_files
-from edgekit.backends.hls4ml import _hls4ml
 from edgekit.backends.hls4ml_config import fitted, multiply_nodes, width_of
 from edgekit.backends.hls4ml_graph import Range, observe, prepare
+from edgekit.backends.hls4ml_project import DesignEstimator
 from edgekit.data import Samples
 from edgekit.models import LoadedModel
 from edgekit.plan import FLOATS, bits
@@ -62,9 +61,9 @@ class DesignCost:
 
     def __init__(self, target: Target, loaded: LoadedModel, calibration: dict[str, np.ndarray]) -> None:
         self.target, self.loaded, self.calibration = target, loaded, calibration
-        self.hls4ml = _hls4ml()
         self.folder = Path(tempfile.mkdtemp(prefix="edgekit-hls4ml-"))  # the scratch project, gone with this object
         weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.estimator = DesignEstimator(target, self.folder)
         self.last: dict | None = None
 
     def predict(self, module, layer_widths: list[str]) -> tuple[float, float]:
@@ -73,8 +72,7 @@ class DesignCost:
         options = self.target.backend.options
         fx = multiply_nodes(prepared)
         per_layer = {name: width_of(p, options) for name, p in zip(fx, layer_widths, strict=True)}
-        _, _, est = project_files.convert(self.hls4ml, prepared, max(per_layer.values()), self.target,
-                                          self.folder / "project", self.folder / "convert.log", per_layer)
+        est = self.estimator.estimate(prepared, per_layer)
         self.last = est
         return est["latency_ms"], bram_mb(est["used"]["bram36"])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from edgekit.backends.base import calibration_runtime
 from edgekit.calibrate.run import calibrate
 from edgekit.plan import PrecisionPlan
 from edgekit.precision import sensitivity
@@ -84,7 +85,7 @@ def _precision_plan(ctx: SearchContext, original: Original) -> tuple[PrecisionPl
         return sensitivity.mixed_plan(analysis), analysis
     ctx.progress("measuring each layer's int8 sensitivity on the target")
     calibration = calibrate(original.onnx_path, ctx.splits.calibration, target, PrecisionPlan("int8"), folder,
-                            request.calibration, metric=metric)
+                            request.calibration, metric=metric, runtime=calibration_runtime(target))
     how = sensitivity.HowToAnalyse(options=request.calibration, threads=request.settings.threads, backend_name=ctx.backend_name,
                                    settings=request.settings, measurer=ctx.measurer, metric=metric)
     analysis = sensitivity.analyse(original.onnx_path, ctx.splits, target, folder, calibration=calibration, how=how)
