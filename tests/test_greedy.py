@@ -5,6 +5,7 @@ accuracy are given as functions, so the test is about the walk, not about models
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import pytest
@@ -92,3 +93,36 @@ def test_the_last_round_within_the_budget_ships():
     assert chosen_round([round_(0.95), round_(1.05)], 1.0) == 0  # a later round measured over it does not ship
     assert chosen_round([round_(1.2), round_(1.1)], 1.0) == 1  # none met: the last, reported as missed
     assert chosen_round([round_(None, 0.8)], 1.0) == 0  # off the device the prediction judges
+
+
+def _probe(probed: list, width: int) -> int:
+    probed.append(width)
+    return width
+
+
+@pytest.mark.parametrize("shape", ["linear", "convex", "concave", "steps", "kinked"])
+def test_a_group_proposal_is_the_largest_width_saving_a_slice_in_few_predictions(shape):
+    """An FFN's kept width (256 to 1020 in steps of 4) is chosen by guessing from the latencies known
+    either side of the answer: the bisection's answer, whatever the (rising) curve; 3 predictions where
+    latency is linear in the width (bisection: 8 or 9), and at most 4 over bisection's."""
+    import math
+
+    curves = {"linear": lambda w: 0.2 + w / 1024, "convex": lambda w: 0.2 + (w / 1024) ** 2,
+              "concave": lambda w: 0.2 + math.sqrt(w / 1024), "steps": lambda w: 0.2 + math.ceil(w / 128) / 8,
+              "kinked": lambda w: 0.2 + (0.3 * w / 1024 if w < 600 else 0.3 * 600 / 1024 + 3 * (w - 600) / 1024)}
+    latency, values = curves[shape], list(range(256, 1024, 4))
+    for slice_ms in (0.013, 0.071, 0.199, 0.333, 0.487):
+        counts = []
+        for current in (1024, None):  # None: plain bisection
+            probed = []
+            walk = greedy.Walk(greedy.Channels(groups=[], choices={}, with_keep=None, prune=None),
+                               greedy.Scoring(predict=lambda width, module: (latency(width), 1.0), finetune=None, accuracy=None))
+            state = greedy.State(None, None, latency(1024), 1.0, 1.0)
+            found = greedy._proposal(walk, state, values, functools.partial(_probe, probed), lambda w: None, str,
+                                     slice_ms, current)
+            expected = max((w for w in values if latency(1024) - latency(w) >= slice_ms), default=values[0])
+            assert found[0] == expected, (shape, slice_ms, probed)
+            counts.append(len(probed))
+        assert counts[0] <= counts[1] + 4, (shape, slice_ms, counts)
+        if shape == "linear":
+            assert counts[0] <= 3 < counts[1], (slice_ms, counts)

@@ -149,12 +149,13 @@ SEARCH = dict(step_finetune_s=0.5, final_finetune_s=5.0, time_limit_s=240, speed
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "speedup"), [("bert", 2.0)])
+@pytest.mark.parametrize(("model", "speedup"), [("bert_1layer", 2.0)])
 def test_search_meets_a_speedup_budget_on_a_transformer_with_head_and_ffn_moves(tmp_path, model, speedup):
     """Judged on the cost model of a board that is not here (tests/targets/rpi5-fp32.yaml): under the suite's
     other worker, this machine's measured ratios follow its load (a 2x walk measured 0.63x), so the suite
     checks the walk's moves on predictions; the measured 2x on host-fp32 is a command in README (Search),
-    run on a quiet machine (0.46x, 2026-12-03)."""
+    run on a quiet machine (0.46x, 2026-12-03). The walk is the 2-layer BERT's at one layer and sequence 64
+    (its heads and FFN width are pruned the same way): a quarter of the time, on predictions alone."""
     result = search(SearchRequest(model=f"tests.transformer_models:{model}", data=f"tests.transformer_models:{model}_data",
                                   out=tmp_path, moves=("prune",), **{**SEARCH, "speedup": speedup, "target": "rpi5-fp32"})).as_dict()
     assert result["budget"]["judged_on"] == "predicted" and result["budget"]["met"], result["rounds"]

@@ -146,13 +146,22 @@ def default_lr(model) -> float:
     return 1e-4 if any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()) else 1e-3
 
 
-def _plain_loss(student, teacher, tensors: list, temperature: float, objective: str = "auto") -> float:
+def _check_outputs(teacher, tensors: list):
+    """The teacher's outputs on the CHECK_SAMPLES the before/after loss is measured on (once per distillation:
+    the teacher only reads)."""
+    import torch
+
+    with torch.no_grad():
+        return teacher(*[t[:CHECK_SAMPLES] for t in tensors])
+
+
+def _plain_loss(student, reference, tensors: list, temperature: float, objective: str = "auto") -> float:
     import torch
 
     args = [t[:CHECK_SAMPLES] for t in tensors]
     student.eval()
     with torch.no_grad():
-        return float(_loss(student(*args), teacher(*args), temperature, objective))
+        return float(_loss(student(*args), reference, temperature, objective))
 
 
 def distill(student, teacher, inputs: dict[str, np.ndarray], settings: DistillSettings = DistillSettings()) -> DistillReport:
@@ -174,11 +183,12 @@ def distill(student, teacher, inputs: dict[str, np.ndarray], settings: DistillSe
     per_epoch = len(_batches(torch.arange(n), settings.batch))
     planned = settings.epochs * per_epoch
     teacher.eval()
-    before = _plain_loss(student, teacher, tensors, settings.temperature, settings.objective)
+    reference = _check_outputs(teacher, tensors)
+    before = _plain_loss(student, reference, tensors, settings.temperature, settings.objective)
     start_state = copy.deepcopy(student.state_dict())
     start = time.perf_counter()
     losses, stopped_by, target = _train(student, teacher, tensors, settings, lr, planned, start)
-    kept = _plain_loss(student, teacher, tensors, settings.temperature, settings.objective) <= before
+    kept = _plain_loss(student, reference, tensors, settings.temperature, settings.objective) <= before
     if not kept:
         student.load_state_dict(start_state)
     student.eval()

@@ -5,6 +5,8 @@ in*out. It only pays when r < in*out / (in+out), and only in ranks the target's 
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections import OrderedDict
 
 from edgekit.errors import BadInput
 
@@ -28,6 +30,31 @@ def rank_choices(layer, alignment: int) -> tuple[int, ...]:
     return tuple(r for r in range(alignment, min(n_in, n_out) + 1, alignment) if r * (n_in + n_out) < n_in * n_out)
 
 
+_SVDS: OrderedDict[tuple, tuple] = OrderedDict()  # the last few weights' SVDs, by their bytes
+SVD_CACHE = 4
+
+
+def _svd(weight) -> tuple:
+    """The SVD (in float64) of a weight matrix, kept for the last SVD_CACHE weights: the search's rank
+    ladder factorizes one layer's unchanged weight at several ranks (the SVD of a 2048x512 layer takes
+    about 0.5 s, the digest of its bytes a few ms)."""
+    import torch
+
+    try:
+        data = weight.contiguous().numpy()
+    except (TypeError, RuntimeError):  # a dtype or device numpy cannot read: not cached
+        return torch.linalg.svd(weight.double(), full_matrices=False)
+    key = (tuple(data.shape), str(data.dtype), hashlib.sha256(data.tobytes()).hexdigest())
+    if key in _SVDS:
+        _SVDS.move_to_end(key)
+        return _SVDS[key]
+    found = torch.linalg.svd(weight.double(), full_matrices=False)
+    _SVDS[key] = found = tuple(t.clone() for t in found)
+    while len(_SVDS) > SVD_CACHE:
+        _SVDS.popitem(last=False)
+    return found
+
+
 def _split(layer, rank: int):
     import torch
     import torch.nn as nn
@@ -35,8 +62,7 @@ def _split(layer, rank: int):
     n_in, n_out = _shape(layer)
     if not isinstance(rank, int) or not 1 <= rank <= min(n_in, n_out):
         raise BadInput(f"low-rank: rank {rank!r} is not in 1..{min(n_in, n_out)} for a {n_in}->{n_out} layer")
-    weight = layer.weight.detach().reshape(n_out, n_in).double()
-    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    u, s, vh = _svd(layer.weight.detach().reshape(n_out, n_in))
     root = s[:rank].sqrt()
     first_w = (root[:, None] * vh[:rank]).to(layer.weight.dtype)
     second_w = (u[:, :rank] * root[None, :]).to(layer.weight.dtype)

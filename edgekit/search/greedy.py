@@ -17,6 +17,7 @@ redoing only the pruning and short fine-tune of each accepted proposal, not the 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import time
 from collections.abc import Callable
@@ -111,11 +112,15 @@ def kept(candidate, group) -> int:
 
 
 def _proposal(walk: Walk, state: State, values: list[int], make: Callable, build: Callable, label: Callable,
-              slice_ms: float):
+              slice_ms: float, current: int | None = None):
     """The largest of `values` (ascending, all below the current setting) saving ≥ slice_ms, else the
     smallest. Predicted latency falls with the setting (channels kept, rank), so it is found by bisection:
-    a prediction exports the candidate for its layer table (0.1 s for a CNN, 1.5 s for a BERT through
-    torch.export), and an FFN offers dozens of aligned widths."""
+    a prediction exports the candidate for its layer table (0.1 s for a CNN, 1 to 2 s for a BERT through
+    torch.export), and an FFN offers dozens of aligned widths. Given the `current` setting (predicted at
+    state.latency_ms), each probe is guessed by linear interpolation between the nearest settings known
+    either side of the answer (Illinois-weighted, and plain bisection once three probes fail to halve the
+    bracket): the same answer, in 3 predictions instead of 8 or 9 for a 1024-wide FFN whose latency is
+    linear in its width, about 5 on a kinked roofline, at worst 4 over bisection's (on a staircase)."""
     if not values:
         return None
 
@@ -131,15 +136,38 @@ def _proposal(walk: Walk, state: State, values: list[int], make: Callable, build
     best = made(values[0])
     if best is None or state.latency_ms - best[2] < slice_ms:
         return best  # even the smallest saves less than a slice (or cannot be built)
+    goal = state.latency_ms - slice_ms
     low, high = 0, len(values) - 1  # values[low] saves a slice; is a larger one enough too?
+    below, above = (values[0], best[2]), (None if current is None else (current, state.latency_ms))
+    last, widths = None, []  # the side the previous probe fell on (True: it saved a slice); the bracket's widths
     while low < high:
-        middle = (low + high + 1) // 2
+        widths.append(high - low)
+        if len(widths) > 3 and widths[-1] > widths[-4] / 2:  # three guesses did not halve it: bisect from here
+            current = None
+        guess = current is not None and above is not None
+        middle = _guess(values, low, high, below, above, goal) if guess else (low + high + 1) // 2
         tried = made(values[middle])
-        if tried is not None and state.latency_ms - tried[2] >= slice_ms:
-            best, low = tried, middle
+        saves = tried is not None and state.latency_ms - tried[2] >= slice_ms
+        if saves:
+            best, low, below = tried, middle, (values[middle], tried[2])
+            if last is True and above is not None:  # Illinois: the stale far side weighs half
+                above = (above[0], goal + (above[1] - goal) / 2)
         else:
-            high = middle - 1
+            high, above = middle - 1, None if tried is None else (values[middle], tried[2])
+            if last is False:
+                below = (below[0], goal - (goal - below[1]) / 2)
+        last = saves
     return best
+
+
+def _guess(values: list[int], low: int, high: int, below: tuple, above: tuple, goal: float) -> int:
+    """The index in (low, high] of the largest setting whose latency, interpolated linearly between the
+    (setting, latency) points `below` (within the goal) and `above` (over it), is within `goal`."""
+    (x0, y0), (x1, y1) = below, above
+    if y1 <= y0:  # not rising: nothing to interpolate on
+        return (low + high + 1) // 2
+    x = x0 + (goal - y0) * (x1 - x0) / (y1 - y0)
+    return min(max(bisect.bisect_right(values, x) - 1, low + 1), high)
 
 
 def _group_proposal(walk: Walk, state: State, group, slice_ms: float):
@@ -148,7 +176,7 @@ def _group_proposal(walk: Walk, state: State, group, slice_ms: float):
     return _proposal(walk, state, sorted(k for k in channels.choices[group.name] if k < current),
                      lambda keep: channels.with_keep(state.candidate, group.name, keep),
                      lambda keep: channels.prune(state.module, {group.name: keep}),
-                     lambda keep: f"{group.name} → {keep}", slice_ms)
+                     lambda keep: f"{group.name} → {keep}", slice_ms, current)
 
 
 def _move_proposal(walk: Walk, state: State, move: Move, slice_ms: float):
