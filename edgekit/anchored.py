@@ -12,7 +12,7 @@ rate) and memory time (bytes at the bandwidth): an efficiency per kind of work, 
 measure). A target whose anchors name fewer than 3 distinct models fits one slowdown of the whole roofline. Other
 terms `fit` takes: a per-inference overhead (`overhead_ms`), one slowdown of the roofline (`slowdown`), a per-layer
 overhead (`per_layer_ms` × compute layers). The host's bench (bench/anchors_host.py) measured them against each
-other: overhead + slowdown, the first form tried, missed by a median 62% on models outside the fit; the two
+other: overhead + slowdown, the first form tried, missed by a median 54% on models outside the fit; the two
 efficiencies did best. The fit minimizes the relative error (least squares on (predicted − published) /
 published, linear in the parameters, so numpy solves it exactly): anchors range from 0.6 to 420 ms, and an
 absolute fit would let the slowest decide alone. No parameter is negative (a term that fits negative is dropped).
