@@ -13,7 +13,8 @@ measure). A target whose anchors name fewer than 3 distinct models fits one slow
 terms `fit` takes: a per-inference overhead (`overhead_ms`), one slowdown of the roofline (`slowdown`), a per-layer
 overhead (`per_layer_ms` × compute layers). The host's bench (bench/anchors_host.py) measured them against each
 other: overhead + slowdown, the first form tried, missed by a median 54% on models outside the fit; the two
-efficiencies did best. The fit minimizes the relative error (least squares on (predicted − published) /
+efficiencies did best of the 2-parameter forms (a per-layer overhead on top, a third parameter, did better on
+models far smaller than the anchors, but three anchors cannot test it). The fit minimizes the relative error (least squares on (predicted − published) /
 published, linear in the parameters, so numpy solves it exactly): anchors range from 0.6 to 420 ms, and an
 absolute fit would let the slowest decide alone. No parameter is negative (a term that fits negative is dropped).
 
