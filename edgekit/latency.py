@@ -20,6 +20,10 @@ class Latency:
     max: float | None = None
     std: float | None = None
     samples: int = 0
+    # a prediction's bound (edgekit.anchored: from the target's leave-one-out error over its published anchors);
+    # None where no bound is known, and then left out of as_dict
+    low: float | None = None
+    high: float | None = None
 
     @classmethod
     def from_samples(cls, times_ms: list[float], source: str) -> Latency:
@@ -29,11 +33,15 @@ class Latency:
                    float(t.min()), float(t.max()), float(t.std()), len(t))
 
     @classmethod
-    def predicted(cls, value_ms: float, source: str) -> Latency:
-        return cls("predicted", source, float(value_ms))
+    def predicted(cls, value_ms: float, source: str, low: float | None = None, high: float | None = None) -> Latency:
+        def number(v: float | None) -> float | None:
+            return None if v is None else float(v)
+
+        return cls("predicted", source, float(value_ms), low=number(low), high=number(high))
 
     def label(self) -> str:
-        return f"{self.p50:.3f} ms ({self.kind})"
+        bound = "" if self.high is None else f", {self.low or 0:.3f}-{self.high:.3f}"
+        return f"{self.p50:.3f} ms ({self.kind}{bound})"
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -110,7 +110,7 @@ LAYERS = {
     "inputs": ["edgekit.models", "edgekit.normalize", "edgekit.output_check", "edgekit.data", "edgekit.data_checks",
                "edgekit.demo", "edgekit.zoo", "edgekit.ocr_zoo", "edgekit.recipes", "edgekit.targets"],
     "graph": ["edgekit.graph", "edgekit.fusion", "edgekit.metrics", "edgekit.roofline", "edgekit.microbench",
-              "edgekit.reference_models"],
+              "edgekit.reference_models", "edgekit.anchored"],
     "quantize": ["edgekit.calibrate", "edgekit.compress"],
     "runtimes": ["edgekit.backends"],
     "measure": ["edgekit.profile", "edgekit.unit_timing", "edgekit.agent", "edgekit.devices", "edgekit.remote",

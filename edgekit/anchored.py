@@ -1,0 +1,301 @@
+"""Predicted latency anchored on published measurements, with the error bound its anchors can vouch for (issue 15).
+
+The roofline (`edgekit.roofline`) is a floor: it knows the target's peak rate and bandwidth, not what a runtime
+pays on top. Each target's `reference_latencies:` are published per-inference times of standard architectures
+(`edgekit.reference_models`), so the runtime's real cost is fitted per target on them:
+
+    ms = compute_slowdown × compute_ms + memory_slowdown × memory_ms
+
+where compute_ms and memory_ms are the sums over the layers of the roofline's compute time (MACs at the peak
+rate) and memory time (bytes at the bandwidth): an efficiency per kind of work, two free parameters, because 3 to
+5 anchors cannot support more (a third term fitted on three anchors passes through them and leaves no error to
+measure). A target whose anchors name fewer than 3 distinct models fits one slowdown of the whole roofline. Other
+terms `fit` takes: a per-inference overhead (`overhead_ms`), one slowdown of the roofline (`slowdown`), a per-layer
+overhead (`per_layer_ms` × compute layers). The host's bench (bench/anchors_host.py) measured them against each
+other: overhead + slowdown, the first form tried, missed by a median 54% on models outside the fit; the two
+efficiencies did best of the 2-parameter forms (a per-layer overhead on top, a third parameter, did better on
+models far smaller than the anchors, but three anchors cannot test it). The fit minimizes the relative error (least squares on (predicted − published) /
+published, linear in the parameters, so numpy solves it exactly): anchors range from 0.6 to 420 ms, and an
+absolute fit would let the slowest decide alone. No parameter is negative (a term that fits negative is dropped).
+
+Its error is leave-one-out: each anchor predicted by the fit on the others. The bound of a prediction is a factor
+f (low = p50 / f, high = p50 × f): the largest leave-one-out error, as a ratio, at least `MIN_FACTOR`. A target
+with one anchor (no leave-one-out) gets `UNTESTED_FACTOR`, stated, not measured. A target with no anchors gets the
+bare roofline, labelled so, with no bound.
+
+Fits are generated files shipped with the targets (`targets/fitted/<name>.json`, written by bench/fit_anchors.py:
+exporting the reference models takes a minute); a target whose anchors or figures changed since is fitted on
+first use instead (the fingerprint says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.graph import Layer
+from edgekit.latency import Latency
+from edgekit.reference_models import reference_table
+from edgekit.roofline import layer_costs, predict_latency
+from edgekit.targets import ReferenceLatency, Target, shipped_dir
+from edgekit.user_files import read_text
+from edgekit.util import atomic_write_text
+
+COLUMNS = {"overhead_ms": (None, " ms"), "slowdown": ("roofline_ms", " x roofline"),  # term: (feature, unit)
+           "compute_slowdown": ("compute_ms", " x compute"), "memory_slowdown": ("memory_ms", " x memory"),
+           "per_layer_ms": ("compute_layers", " ms x compute layers")}
+TERMS = tuple(COLUMNS)
+DEFAULT_TERMS = ("compute_slowdown", "memory_slowdown")
+FEW_TERMS = ("slowdown",)  # fewer than MIN_DISTINCT anchor models
+MIN_DISTINCT = 3  # distinct anchor models needed for 2 parameters
+MIN_FACTOR = 1.1  # a published or measured p50 itself varies by several percent run to run
+UNTESTED_FACTOR = 2.0  # one anchor: nothing to leave out, so the bound is stated, not measured
+RUNTIME_NAMES = {  # backend → how publications spell its runtime (lower case, spaces kept)
+    "tensorrt": ("tensorrt",), "edgetpu": ("edge tpu", "edgetpu"), "tflite": ("tflite", "tensorflow lite", "litert"),
+    "openvino": ("openvino",), "hls4ml": ("hls4ml",), "onnxruntime": ("onnx runtime", "onnxruntime"),
+}
+
+
+def features(layers: list[Layer], target: Target, precision: str) -> dict:
+    """What the fit sees of a model on a target: its roofline time (and its compute and memory parts) and its
+    compute layers (those with multiply-accumulates: what a runtime launches as kernels, activations fused)."""
+    costs = layer_costs(layers, target, precision)
+    return {"roofline_ms": sum(c.ms for c in costs), "compute_ms": sum(c.compute_ms for c in costs),
+            "memory_ms": sum(c.memory_ms for c in costs), "compute_layers": sum(1 for x in layers if x.macs > 0)}
+
+
+def _column(term: str, feats: dict) -> float:
+    feature = COLUMNS[term][0]
+    return 1.0 if feature is None else float(feats[feature])
+
+
+def _design(rows: list[dict], terms: tuple[str, ...]) -> np.ndarray:
+    return np.array([[_column(t, r) for t in terms] for r in rows], dtype=np.float64)
+
+
+def _solve(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares of the relative error: rows divided by the published value, solved for 1."""
+    params, *_ = np.linalg.lstsq(x / y[:, None], np.ones(len(y)), rcond=None)
+    return params
+
+
+def solve(rows: list[dict], ms: list[float], terms: tuple[str, ...] = DEFAULT_TERMS) -> dict[str, float]:
+    """The parameters of `terms` fitted on anchors (features, ms), none negative: when the full fit has a
+    negative one, the best fit of the subsets of terms whose parameters are all positive (fewest terms dropped)."""
+    y = np.asarray(ms, dtype=np.float64)
+    x = _design(rows, terms)
+    for keep in range(len(terms), 0, -1):
+        best, best_cost = None, math.inf
+        for subset in _subsets(len(terms), keep):
+            params = _solve(x[:, subset], y)
+            cost = float(np.sum((x[:, subset] @ params / y - 1) ** 2))
+            if np.all(params >= 0) and cost < best_cost:
+                best, best_cost = dict(zip(subset, params, strict=True)), cost
+        if best is not None:
+            return {t: float(best.get(i, 0.0)) for i, t in enumerate(terms)}
+    return dict.fromkeys(terms, 0.0)
+
+
+def _subsets(n: int, k: int) -> list[list[int]]:
+    return [list(c) for c in combinations(range(n), k)]
+
+
+def model_ms(params: dict[str, float], feats: dict) -> float:
+    return sum(value * _column(term, feats) for term, value in params.items())
+
+
+def leave_one_out(rows: list[dict], ms: list[float], terms: tuple[str, ...] = DEFAULT_TERMS) -> list[float]:
+    """Each anchor's relative error (predicted / published − 1) under the fit on all the others."""
+    errors = []
+    for i in range(len(rows)):
+        rest = [j for j in range(len(rows)) if j != i]
+        params = solve([rows[j] for j in rest], [ms[j] for j in rest], terms)
+        errors.append(model_ms(params, rows[i]) / ms[i] - 1)
+    return errors
+
+
+def interval_factor(loo_errors: list[float]) -> float:
+    """The bound's factor: the largest leave-one-out error as a ratio (−50% and +100% are both a factor 2)."""
+    if not loo_errors:
+        return UNTESTED_FACTOR
+    worst = max(abs(math.log(max(1 + e, 1e-9))) for e in loo_errors)
+    return max(MIN_FACTOR, math.exp(worst))
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One target's fitted model, as stored in targets/fitted/<name>.json."""
+
+    target: str
+    fingerprint: str
+    terms: tuple[str, ...]
+    params: dict[str, float]
+    anchors: tuple[dict, ...]  # used: model, input, precision, runtime, ms, how, features, fitted_ms
+    skipped: tuple[dict, ...]  # model, input, value, unit, why
+    loo_errors: tuple[float, ...]
+    median_abs_loo: float | None
+    interval_factor: float
+    interval: str  # how the factor was obtained
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def free_parameters(self) -> int:
+        return sum(1 for v in self.params.values() if v > 0)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "free_parameters": self.free_parameters}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Fit:
+        data = {k: v for k, v in data.items() if k != "free_parameters"}
+        return cls(**{**data, "terms": tuple(data["terms"]), "anchors": tuple(data["anchors"]),
+                      "skipped": tuple(data["skipped"]), "loo_errors": tuple(data["loo_errors"]),
+                      "notes": tuple(data.get("notes", ()))})
+
+
+# ---- a target's anchors ---------------------------------------------------------------------------------------
+def _per_inference(ref: ReferenceLatency) -> tuple[float | None, str]:
+    """(ms per inference, how it was read) or (None, why the figure is not one inference's latency)."""
+    if ref.batch is not None and ref.batch > 1:
+        return None, f"batch {ref.batch}: the time of a query of {ref.batch} samples, not of one inference"
+    if ref.unit == "fps":
+        if ref.batch is None:
+            return None, "a throughput with batching unstated (an Offline scenario): not a per-inference latency"
+        return 1e3 / ref.value, "1000 / fps: batch 1 and one stream, so one inference every 1/throughput"
+    return ref.value, f"ms ({ref.which}{', batch unstated: taken as 1' if ref.batch is None else ''})"
+
+
+def _runs_backend(ref: ReferenceLatency, backend: str) -> bool:
+    return any(name in ref.runtime.lower() for name in RUNTIME_NAMES.get(backend, (backend,)))
+
+
+def select(target: Target) -> tuple[list[tuple[ReferenceLatency, float, str]], list[dict]]:
+    """The anchors a fit uses (each with its ms and how it was read) and those skipped, with why: figures that
+    are not one inference's latency, and — where at least `MIN_DISTINCT` anchors ran the target's own backend —
+    those of other runtimes (another runtime is another efficiency)."""
+    used, skipped = [], []
+    for ref in target.reference_latencies:
+        ms, how = _per_inference(ref)
+        if ms is None:
+            skipped.append({"model": ref.model, "input": ref.input, "value": ref.value, "unit": ref.unit, "why": how})
+        else:
+            used.append((ref, ms, how))
+    own = [u for u in used if _runs_backend(u[0], target.backend.name)]
+    if len(own) >= MIN_DISTINCT and len(own) < len(used):
+        for ref, _, _ in used:
+            if not _runs_backend(ref, target.backend.name):
+                skipped.append({"model": ref.model, "input": ref.input, "value": ref.value, "unit": ref.unit,
+                                "why": f"runtime '{ref.runtime}' is not the target's backend ({target.backend.name}), "
+                                       f"which {len(own)} anchors ran"})
+        used = own
+    return used, skipped
+
+
+def fingerprint(target: Target) -> str:
+    """What a fit depends on: the anchors and the figures the roofline reads."""
+    facts = {"anchors": [r.model_dump() for r in target.reference_latencies], "peak_gops": target.peak_gops,
+             "memory_bandwidth_gbs": target.memory_bandwidth_gbs, "backend": target.backend.name}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tables(keys: set[tuple[str, str]], work: Path) -> dict[tuple[str, str], list[Layer]]:
+    return {key: reference_table(key[0], work / f"{key[0]}-{key[1]}", key[1]) for key in sorted(keys)}
+
+
+def fit_target(target: Target, tables: dict[tuple[str, str], list[Layer]] | None = None) -> Fit | None:
+    """The target's fit on its anchors (None without any usable). `tables`: reference layer tables by
+    (model, input), exported here where missing."""
+    used, skipped = select(target)
+    if not used:
+        return None
+    tables = dict(tables or {})
+    missing = {(r.model, r.input) for r, _, _ in used} - set(tables)
+    if missing:
+        with tempfile.TemporaryDirectory() as tmp:
+            tables.update(_tables(missing, Path(tmp)))
+    rows = [features(tables[(r.model, r.input)], target, r.precision) for r, _, _ in used]
+    ms = [m for _, m, _ in used]
+    distinct = len({(r.model, r.input) for r, _, _ in used})
+    terms = DEFAULT_TERMS if distinct >= MIN_DISTINCT else FEW_TERMS
+    params = solve(rows, ms, terms)
+    loo = leave_one_out(rows, ms, terms) if len(used) > 1 else []
+    anchors = tuple({"model": r.model, "input": r.input, "precision": r.precision, "runtime": r.runtime, "ms": m,
+                     "how": how, "features": f, "fitted_ms": model_ms(params, f)}
+                    for (r, m, how), f in zip(used, rows, strict=True))
+    notes = [] if distinct >= MIN_DISTINCT else [
+        f"{distinct} distinct anchor model(s): two efficiencies cannot be told apart, so one slowdown of the whole "
+        f"roofline is fitted (1 parameter)"]
+    if not any(_runs_backend(r, target.backend.name) for r, _, _ in used):
+        notes.append(f"no anchor ran the target's backend ({target.backend.name}): the fit carries the published "
+                     f"runtime's efficiency ({'; '.join(sorted({r.runtime for r, _, _ in used}))})")
+    if len({r.precision for r, _, _ in used}) == 1:
+        notes.append(f"anchors in {used[0][0].precision} only: other precisions get the same terms on their roofline")
+    interval = (f"largest leave-one-out error over {len(loo)} anchors (at least {MIN_FACTOR})" if loo else
+                f"stated, not measured: one anchor leaves nothing out (factor {UNTESTED_FACTOR})")
+    return Fit(target.name, fingerprint(target), terms, params, anchors, tuple(skipped), tuple(loo),
+               float(np.median(np.abs(loo))) if loo else None, interval_factor(loo), interval, tuple(notes))
+
+
+# ---- stored fits and predictions ------------------------------------------------------------------------------
+def fitted_dir() -> Path:
+    """Where the generated fits ship: beside the targets, in fitted/."""
+    return shipped_dir() / "fitted"
+
+
+def save(fit: Fit, folder: Path) -> Path:
+    path = Path(folder) / f"{fit.target}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(fit.as_dict(), indent=1) + "\n")
+    return path
+
+
+def load(path: Path) -> Fit:
+    return Fit.from_dict(json.loads(read_text(path, "fitted latency model")))
+
+
+_FITS: dict[tuple[str, str], Fit | None] = {}
+
+
+def fit_for(target: Target) -> Fit | None:
+    """The target's fit: the shipped one when it was fitted on the target as it is now, else fitted here once
+    per process (slow: the reference models are exported); None for a target without usable anchors."""
+    key = (target.name, fingerprint(target))
+    if key not in _FITS:
+        shipped = fitted_dir() / f"{target.name}.json"
+        fit = load(shipped) if shipped.is_file() else None
+        if fit is None or fit.fingerprint != key[1]:
+            fit = fit_target(target) if target.reference_latencies else None
+        _FITS[key] = fit
+    return _FITS[key]
+
+
+def describe(fit: Fit) -> str:
+    terms = " + ".join(f"{fit.params[t]:.4g}{COLUMNS[t][1]}" for t in fit.terms)
+    error = "no leave-one-out error (one anchor)" if fit.median_abs_loo is None else \
+        f"leave-one-out median error {fit.median_abs_loo:.0%} over {len(fit.loo_errors)}"
+    return f"{terms}; {error}; bound x/÷{fit.interval_factor:.2f}"
+
+
+def predict(layers: list[Layer], target: Target, precision: str = "fp32", fit: Fit | None = None) -> Latency:
+    """The latency of a model (its layer table) on a target, anchored on the target's published latencies, with
+    `low`/`high` from its leave-one-out error; the bare roofline, labelled so and unbounded, without anchors."""
+    fit = fit or fit_for(target)
+    if fit is None:
+        floor = predict_latency(layers, target, precision).p50
+        return Latency.predicted(floor, f"roofline of {target.name} ({precision}) only: no published reference "
+                                        f"latencies anchor it, so no error bound (a floor, not an estimate)")
+    return predict_from_features(features(layers, target, precision), fit, precision)
+
+
+def predict_from_features(feats: dict, fit: Fit, precision: str = "fp32") -> Latency:
+    """The fitted model on a model's features (`features`), bounded by the fit's interval factor."""
+    value = model_ms(fit.params, feats)
+    source = f"anchored on {len(fit.anchors)} published latencies of {fit.target} ({precision}): {describe(fit)}"
+    return Latency.predicted(value, source, value / fit.interval_factor, value * fit.interval_factor)
