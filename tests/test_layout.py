@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
 MAX_FILE_LINES, MAX_FUNCTION_LINES, MAX_PARAMETERS = 400, 80, 8
 # edgekit modules imported inside functions: the CLI's commands (so --help loads no library), the few that
 # load an optional runtime or numpy where it is not needed, and what the redesign has yet to hoist. Only down.
-MAX_FUNCTION_LEVEL_IMPORTS = 40
+MAX_FUNCTION_LEVEL_IMPORTS = 31
 # Over the limits until the redesign (issue 17) reaches them: each entry names what is left.
 NOT_YET: dict[str, str] = {}
 
@@ -106,11 +106,11 @@ def test_no_package_imports_itself_in_a_circle():
 # built from the layers below it (the search, which drives deploy, sits above the pipeline).
 LAYERS = {
     "base": ["edgekit", "edgekit.errors", "edgekit.util", "edgekit.user_files", "edgekit.latency", "edgekit.plan",
-             "edgekit.host"],
+             "edgekit.host", "edgekit.budget"],
     "inputs": ["edgekit.models", "edgekit.normalize", "edgekit.output_check", "edgekit.data", "edgekit.data_checks",
                "edgekit.demo", "edgekit.zoo", "edgekit.ocr_zoo", "edgekit.recipes", "edgekit.targets"],
     "graph": ["edgekit.graph", "edgekit.fusion", "edgekit.metrics", "edgekit.roofline", "edgekit.microbench",
-              "edgekit.reference_models", "edgekit.anchored"],
+              "edgekit.onnx_registry", "edgekit.reference_models", "edgekit.anchored"],
     "quantize": ["edgekit.calibrate", "edgekit.compress"],
     "runtimes": ["edgekit.backends"],
     "measure": ["edgekit.profile", "edgekit.unit_timing", "edgekit.agent", "edgekit.devices", "edgekit.remote",
@@ -135,6 +135,8 @@ def _layer_of(module: str) -> int:
 
 def test_every_import_goes_down_the_layers():
     modules = _modules()
+    for module in modules:
+        _layer_of(module)  # every module has its place
     upward = {(module, other) for module, imported in _imports(modules).items() for other in imported
               if _layer_of(module) < _layer_of(other)}
     assert upward == set(UPWARD), "an import goes up the layers (README: Architecture): " + \

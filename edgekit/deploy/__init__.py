@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgekit import graph, metrics, recipes
-from edgekit.backends.base import Artifact
+from edgekit.backends.base import Artifact, calibration_runtime
 from edgekit.calibrate.run import calibrate
 from edgekit.data import Samples
 from edgekit.deploy.build import EXPORT_CHECK_SAMPLES, Build, build, calibration_summary
@@ -71,7 +71,7 @@ def inspect_sensitivity(request: DeployRequest, step: Callable[[str], None] = la
     graph.check_export(model, onnx_path, [splits.calibration.sample(i) for i in range(min(EXPORT_CHECK_SAMPLES, len(splits.calibration)))])
     step("calibrate")
     calibration = calibrate(onnx_path, splits.calibration, target, PrecisionPlan("int8"), run_dir, request.calibration,
-                            metric=metric)
+                            metric=metric, runtime=calibration_runtime(target))
     step("sensitivity")
     how = sensitivity.HowToAnalyse(options=request.calibration, threads=request.settings.threads, backend_name=request.backend,
                                    settings=request.settings, measurer=LOCAL, metric=metric)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from edgekit import graph, remote
 from edgekit.backends.base import Artifact
+from edgekit.budget import judge
 from edgekit.deploy.build import Build
 from edgekit.deploy.result import DeployReport
 from edgekit.errors import EdgekitError
@@ -41,10 +42,10 @@ def measure(built: Build, measurer: Measurer, step: Callable[[str], None] = lamb
         if measured.accuracy is None and splits is not None and (availability.run or availability.check):
             step("check")
             where = f"this machine, the same engine with {built.backend.name}" if availability.run else availability.check_how
-            report = dataclasses.replace(report, accuracy=_checked_here(built, reference, where))
+            report = dataclasses.replace(report, checked_here=_checked_here(built, reference, where))
     elif availability.check and splits is not None:
         step("check")  # the device is not here, but its model's arithmetic is: accuracy, latency predicted
-        report = dataclasses.replace(report, accuracy=_checked_here(built, reference, availability.check_how),
+        report = dataclasses.replace(report, checked_here=_checked_here(built, reference, availability.check_how),
                                      status=f"{report.status}; accuracy checked here ({availability.check_how})")
     step("report")
     return built.finish(_judged(report))
@@ -76,6 +77,5 @@ def _checked_here(built: Build, model: LoadedModel, where: str) -> dict:
 def _judged(report: DeployReport) -> DeployReport:
     if report.budget is None:
         return report
-    budget = {**report.budget, "met": report.latency_ms["p50"] <= report.budget["latency_ms"],
-              "judged_on": report.latency_ms["kind"]}
-    return dataclasses.replace(report, budget=budget)
+    verdict = judge("latency_ms", report.budget["latency_ms"], report.latency_ms["p50"], report.latency_ms["kind"])
+    return dataclasses.replace(report, budget={**report.budget, "met": verdict.met, "judged_on": verdict.kind})

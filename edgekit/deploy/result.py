@@ -38,8 +38,17 @@ class DeployReport:
     build: dict | None = None  # the backend's notes and the step left to the vendor's tool
     mixed: MixedChoice | None = None
     measurement: Measurement | None = None
-    accuracy: dict | None = None  # checked on this machine where the engine ran elsewhere
+    checked_here: dict | None = None  # the accuracy checked on this machine where the engine ran elsewhere
     cost_model_error: float | None = None
+    flash: dict | None = None  # the search's: the shipped files' compressed size against --flash-budget-mb
+    qat: dict | None = None  # the search's: post-training vs quantization-aware int8 on validation
+
+    @property
+    def accuracy(self) -> dict | None:
+        """The engine's accuracy on the test split: checked here, else as measured with the engine."""
+        if self.checked_here is not None:
+            return self.checked_here
+        return self.measurement.accuracy if self.measurement is not None else None
 
     @property
     def met_budget(self) -> bool:
@@ -66,6 +75,9 @@ class DeployReport:
                 if getattr(self.measurement, key) is not None:
                     out[key] = getattr(self.measurement, key)
             out["cost_model_error"] = self.cost_model_error
-        if self.accuracy is not None:
-            out["accuracy"] = self.accuracy
+        if self.checked_here is not None:
+            out["accuracy"] = self.checked_here
+        for key in ("flash", "qat"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out | ({"run_dir": str(self.run_dir)} if run_dir else {})

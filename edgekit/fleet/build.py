@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgekit import __version__
 from edgekit.budget import judge as judge_budget
-from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
+from edgekit.compress.shrink import stored_size
+from edgekit.data import split
+from edgekit.deploy import DeployRequest, deploy, searches_first
+from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, require, runtime_message
 from edgekit.fleet import bundle as bundles
 from edgekit.fleet import ota
 from edgekit.fleet.cache import BuildAsk, BuildCache, build_key, model_digest
 from edgekit.fleet.manifest import DeviceClass, Fleet
+from edgekit.models import load_model
+from edgekit.recipes import model_samples
+from edgekit.search.loop import SearchRequest, search
+from edgekit.targets import load_target
 
 EXECUTORS = ("local", "ray")
 SUMMARY = "fleet.json"
@@ -57,12 +67,6 @@ def _one_line(err: BaseException) -> str:
 
 def _identity(klass: DeviceClass) -> dict:
     """Load what the class names and say what it is by content (the cache key's parts)."""
-    from edgekit import __version__
-    from edgekit.data import split
-    from edgekit.models import load_model
-    from edgekit.recipes import model_samples
-    from edgekit.targets import load_target
-
     target = load_target(klass.target, [])
     loaded = load_model(klass.model, list(klass.input_shape))
     samples = model_samples(loaded, klass.data, missing=f"model {klass.model} needs data: give the class a 'data:' "
@@ -99,12 +103,8 @@ def build_job(job: dict) -> dict:
 
 
 def _build(klass: DeviceClass, folder: Path) -> tuple[Path, dict | None]:
-    from edgekit.deploy import DeployRequest, deploy, searchable
-
     budgets = klass.budgets
-    if klass.searched and searchable(klass.model):
-        from edgekit.search.loop import SearchRequest, search
-
+    if searches_first(klass.model, budgets.latency_ms, budgets.flash_mb):
         result = search(SearchRequest(target=klass.target, latency_budget_ms=budgets.latency_ms, model=klass.model,
                                       data=klass.data, out=folder / "search", memory_budget_mb=budgets.memory_mb,
                                       flash_budget_mb=budgets.flash_mb, max_accuracy_drop=budgets.max_accuracy_drop,
@@ -112,8 +112,6 @@ def _build(klass: DeviceClass, folder: Path) -> tuple[Path, dict | None]:
         summary = {"budget": result.budget.as_dict(), "accuracy": result.accuracy.as_dict(),
                    "latency_ms": result.latency.as_dict(), "chosen": result.chosen.as_dict(), "seconds": result.seconds}
         return Path(result.chosen.run_dir), json.loads(json.dumps(summary, default=str))
-    if budgets.flash_mb is not None:
-        raise BadInput("a flash budget is met by the search, which prunes PyTorch models: this model is ONNX")
     deploy(DeployRequest(target=klass.target, model=klass.model, data=klass.data, out=folder / "run",
                          input_shapes=tuple(klass.input_shape),
                          precision=klass.precision, latency_budget_ms=budgets.latency_ms, metric=klass.metric))
@@ -124,7 +122,6 @@ def _build(klass: DeviceClass, folder: Path) -> tuple[Path, dict | None]:
 
 def judge(klass: DeviceClass, folder: Path, record: dict) -> dict:
     """Each budget the class sets, against the build: the value, how it was obtained, met or not."""
-    from edgekit.compress.shrink import stored_size
 
     report, budgets, out = record["report"], klass.budgets, {}
     latency = report.get("latency_ms") or {}
@@ -277,7 +274,6 @@ def _run(todo: dict[str, dict], executor: str, jobs: int):
             except Exception as err:
                 yield key, err
         return
-    import multiprocessing
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(build_job, job): key for key, job in todo.items()}
@@ -292,10 +288,6 @@ def _run(todo: dict[str, dict], executor: str, jobs: int):
 
 def _run_ray(todo: dict[str, dict]):
     """The builds as Ray tasks: the cluster at $RAY_ADDRESS, else a local Ray instance for this run."""
-    import os
-
-    from edgekit.errors import require
-
     ray = require("ray", "ray")
     started = False
     if not ray.is_initialized():

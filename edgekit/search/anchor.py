@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.backends.base import Artifact, get_backend
+from edgekit.deploy.result import DeployReport
 from edgekit.measurer import LOCAL, Measurer
 from edgekit.plan import PrecisionPlan
 from edgekit.profile import ProfileSettings
@@ -32,9 +33,9 @@ class Anchor:
         """What `deploy(..., beside=)` times a candidate with."""
         return NAME, self.artifact
 
-    def judge(self, report: dict) -> Measurement | None:
+    def judge(self, report: DeployReport) -> Measurement | None:
         """A built candidate's latency on the anchor's scale, from its deploy report; None if not measured."""
-        side, latency = report.get("side_by_side"), report.get("latency_ms", {})
+        side, latency = report.measurement and report.measurement.side_by_side, report.latency_ms
         if side is None or latency.get("kind") != "measured":
             return None
         return Measurement(round(side["ratio"] * self.p50_ms, 6), latency["p50"], side["ratio"], side["p50_ms"])

@@ -18,7 +18,7 @@ from edgekit.budget import judge
 from edgekit.calibrate.run import CalibrationOptions
 from edgekit.compress.distill import DistillSettings, distill
 from edgekit.compress.shrink import ShrinkResult, shrink_to_flash, stored_size
-from edgekit.deploy import DeployRequest, deploy
+from edgekit.deploy import DeployReport, DeployRequest, deploy
 from edgekit.errors import MissingRuntime
 from edgekit.plan import PrecisionPlan
 from edgekit.search.context import Original, SearchContext, validation_accuracy
@@ -38,7 +38,7 @@ class ClosedLoop:
 
 @dataclass
 class Built:
-    report: dict
+    report: DeployReport
     onnx_path: Path
     precisions: dict[str, str]  # by the built ONNX's layer names
     validation: float  # accuracy of the distilled model on the validation split (fp32 weights)
@@ -76,9 +76,9 @@ def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None) -> Bu
                                    calibration=request.calibration, settings=request.settings, metric=request.metric,
                                    targets_dir=request.targets_dir, device=request.device, devices_file=request.devices_file)
     report = deploy(deploy_request, model=pruned, samples=ctx.samples, plan=plan,  # deploy splits it the same way
-                    beside=anchor.beside() if anchor else None, original=loaded).as_dict()
+                    beside=anchor.beside() if anchor else None, original=loaded)
     if flash is not None:
-        report["flash"] = _flash_record(flash, shipped_files(report, folder), request.flash_budget_mb)
+        report = dataclasses.replace(report, flash=_flash_record(flash, shipped_files(report, folder), request.flash_budget_mb))
     return Built(report, onnx_path, precisions, validation_accuracy(ctx, loop.original, module), module, folder)
 
 
@@ -101,10 +101,10 @@ def final_inputs(splits) -> dict:
     return {name: np.concatenate([calibration[name], validation[name]]) for name in calibration}
 
 
-def shipped_files(report: dict, folder: Path) -> list[Path]:
+def shipped_files(report: DeployReport, folder: Path) -> list[Path]:
     """The files a bundle ships: the engine's, or the ONNX handed to the vendor's tool where nothing was built here."""
-    files = [folder / name for name in report.get("artifacts", {}).get("engine_files", [])]
-    return files or [folder / report["artifacts"].get("qdq_onnx", "model.onnx")]
+    files = [folder / name for name in report.artifacts.get("engine_files", [])]
+    return files or [folder / report.artifacts.get("qdq_onnx", "model.onnx")]
 
 
 def _shrink(ctx: SearchContext, pruned, plan: PrecisionPlan, folder: Path) -> ShrinkResult:
@@ -119,7 +119,7 @@ def _shrink(ctx: SearchContext, pruned, plan: PrecisionPlan, folder: Path) -> Sh
         report = deploy(DeployRequest(target=request.target, out=sub, backend=request.backend, measure=False,
                                       calibration=CalibrationOptions(method="mse", equalization="off"),
                                       targets_dir=request.targets_dir), model=model, samples=ctx.samples, plan=plan)
-        return shipped_files(report.as_dict(), sub)
+        return shipped_files(report, sub)
 
     ctx.progress(f"shrinking the stored model to {request.flash_budget_mb} MB (sparsity, then weight sharing)")
     return shrink_to_flash(pruned.module, ctx.teacher, ctx.splits.calibration.inputs, export, request.flash_budget_mb,

@@ -50,7 +50,7 @@ def calibrate_cost(ctx: SearchContext, original: Original, plan: PrecisionPlan, 
     report = deploy(DeployRequest(target=request.target, out=folder, backend=request.backend, targets_dir=request.targets_dir,
                                   calibration=CalibrationOptions(method="mse", equalization="off"), settings=request.settings,
                                   device=request.device, devices_file=request.devices_file),
-                    model=pruned, samples=ctx.samples, plan=probe_plan, beside=anchor.beside() if anchor else None).as_dict()
+                    model=pruned, samples=ctx.samples, plan=probe_plan, beside=anchor.beside() if anchor else None)
     measured = anchor.judge(report) if anchor else None
     if measured:
         fast = evaluate.fast_layer_table(module, loaded)

@@ -4,6 +4,7 @@ puts below the allowed accuracy drop."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ def int8_validation(loop: ClosedLoop, built: Built) -> float | None:
     """The built Q/DQ model's metric on the validation split, in ONNX Runtime (None: nothing is int8)."""
     qdq = built.folder / "model.int8.onnx"
     fixed = loop.pricing.design is not None
-    if fixed or not qdq.exists() or "int8" not in set(built.precisions.values()) | {built.report.get("precision", {}).get("label")}:
+    if fixed or not qdq.exists() or "int8" not in set(built.precisions.values()) | {built.report.precision.get("label")}:
         return None
     import onnxruntime as ort
 
@@ -39,13 +40,13 @@ def with_qat(loop: ClosedLoop, built: Built, state) -> Built:
     if ptq is None:
         return built
     floor = base_accuracy - request.max_accuracy_drop / 100
-    built.report["qat"] = {"ptq_validation": ptq, "floor": floor, "tried": False}
+    built.report = dataclasses.replace(built.report, qat={"ptq_validation": ptq, "floor": floor, "tried": False})
     if ptq >= floor or time.monotonic() + request.final_finetune_s + BUILD_RESERVE_S > ctx.deadline:
         return built
     ctx.progress(f"post-training int8 is {100 * (base_accuracy - ptq):.2f} pt below the original on validation: "
                  f"quantization-aware fine-tuning ({request.final_finetune_s:.0f} s at most)")
     module = copy.deepcopy(built.module)
-    quantizers = Quantizers(method=built.report.get("calibration", {}).get("method") or "mse",
+    quantizers = Quantizers(method=(built.report.calibration or {}).get("method") or "mse",
                             symmetric=symmetric_activations(ctx.target), weight_bits=ctx.target.quantization.weight_bits)
     report = qat(module, ctx.teacher, final_inputs(ctx.splits), quantizers,
                  QatTraining(seconds=request.final_finetune_s, objective=loop.original.objective))
@@ -56,6 +57,6 @@ def with_qat(loop: ClosedLoop, built: Built, state) -> Built:
               "folder": "qat", **report.as_dict()}
     ctx.progress(f"quantization-aware fine-tuning: validation {ptq:.4f} → {after:.4f} ({'kept' if kept else 'not kept'})")
     chosen = trained if kept else built
-    chosen.report["qat"] = record
-    write_json(chosen.folder / "report.json", chosen.report)
+    chosen.report = dataclasses.replace(chosen.report, qat=record)
+    write_json(chosen.folder / "report.json", chosen.report.as_dict())
     return chosen

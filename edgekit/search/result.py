@@ -125,7 +125,7 @@ class SearchResult:
             "strategy": self.strategy, "budget": self.budget.as_dict(), "flash": self.flash, "qat": self.qat,
             "latency_ms": self.latency.as_dict(), "metric": self.metric, "accuracy": self.accuracy.as_dict(),
             "chosen": self.chosen.as_dict(),
-            "rounds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"}
+            "rounds": [{f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "report"}
                        | {"cost_model_error": r.cost_model_error} for r in self.rounds],
             "cost_model": self.cost_model, "trials": self.trials, "pareto": self.pareto, "trials_all": self.trials_all,
             "seconds": self.seconds, "run_dir": self.run_dir, "skipped": list(self.skipped), "warnings": list(self.warnings),
@@ -141,19 +141,19 @@ def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> Sear
     metric, accuracy = _accuracy(loop, last)
     latency = _latency(loop, last)
     judged = latency.judged_ms if latency.judged_ms is not None else latency.report.get("p50")
-    flash = last.report.get("flash")
+    flash = last.report.flash
     budget = SearchBudget(budget_ms, request.speedup, request.memory_budget_mb, request.max_accuracy_drop,
                           request.flash_budget_mb,
                           judge("latency_ms", budget_ms, judged, "measured" if latency.judged_ms is not None else "predicted"),
                           None if flash is None else flash["met"])
     groups = {g.name: g.channels for g in loop.original.space.groups}
-    kept_qat = (last.report.get("qat") or {}).get("kept")
+    kept_qat = (last.report.qat or {}).get("kept")
     chosen = Chosen({g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
-                    chosen_moves(loop.original.space, last.candidate), last.report.get("precision", {}).get("planned"),
+                    chosen_moves(loop.original.space, last.candidate), last.report.precision.get("planned"),
                     last.candidate, str(ctx.run_dir / f"round-{shipped + 1}" / ("qat" if kept_qat else "")))
     model_cost = loop.pricing.model_cost
     return SearchResult(
-        ctx.target.name, ctx.backend_name, ctx.loaded.spec, request.strategy, budget, flash, last.report.get("qat"),
+        ctx.target.name, ctx.backend_name, ctx.loaded.spec, request.strategy, budget, flash, last.report.qat,
         latency, metric, accuracy, chosen, tuple(rounds),
         {"source": model_cost.source, "calibration": model_cost.calibration, "errors": model_cost.errors(),
          "mean_abs_error": model_cost.mean_abs_error()},
@@ -164,7 +164,7 @@ def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> Sear
 
 
 def _latency(loop: ClosedLoop, last: Round) -> SearchLatency:
-    anchor, report = loop.original.anchor, last.report.get("latency_ms", {})
+    anchor, report = loop.original.anchor, last.report.latency_ms
     return SearchLatency(last.predicted_ms, last.judged_ms, report.get("p50") if report.get("kind") == "measured" else None,
                          last.measurement, anchor.p50_ms if anchor else None, None if anchor is None else _SIDE_BY_SIDE,
                          report)
@@ -177,7 +177,7 @@ def _accuracy(loop: ClosedLoop, last: Round) -> tuple[dict, SearchAccuracy]:
     test_ref = evaluate.outputs(ctx.teacher, ctx.splits.test, ctx.loaded)
     metric = choose_metric(request.metric, ctx.splits.validation.labels, [test_ref[:1]])
     original_test = evaluate.score(test_ref, ctx.splits.test, test_ref, metric)
-    accuracy = last.report.get("accuracy") or {}
+    accuracy = last.report.accuracy or {}
     on_test = accuracy.get("metric") or {}
     test = on_test["value"] * metric.points / 100 if on_test.get("name") == metric.name else (
         accuracy.get("test") if accuracy.get("test") is not None else accuracy.get("agreement"))

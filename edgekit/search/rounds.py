@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgekit import graph
 from edgekit.budget import BudgetVerdict, judge
+from edgekit.deploy.result import DeployReport
 from edgekit.search import greedy, nsga
 from edgekit.search.build import ClosedLoop, build_candidate
 from edgekit.search.qat_fallback import with_qat
@@ -39,7 +40,7 @@ class Round:
     judged_ms: float | None  # measured, on the anchor's scale (edgekit.search.anchor): what the budget is judged on
     accuracy_validation: float
     measurement: dict | None = None  # the side-by-side timing behind judged_ms
-    report: dict = field(default_factory=dict)
+    report: DeployReport | None = None  # the shipped candidate's deploy report
 
     @property
     def cost_model_error(self) -> float | None:
