@@ -17,6 +17,7 @@ already in the JSON, measuring nothing).
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import tempfile
 import time
@@ -124,10 +125,28 @@ def _variant(terms: tuple[str, ...], anchors: list[dict], others: list[dict]) ->
     errors = np.abs([r["error"] for r in rows])
     groups = {g: [r for r in rows if r["group"] == g] for g in dict.fromkeys(r["group"] for r in rows)}
     return {"terms": terms, "params": params, "loo_errors": loo, "interval_factor": fit.interval_factor,
+            "rule": _rule_sensitivity(fit, others),
             "median_abs_error": float(np.median(errors)), "inside": float(np.mean([r["inside"] for r in rows])),
             "by_group": {g: {"n": len(rs), "median_abs_error": float(np.median(np.abs([r["error"] for r in rs]))),
                              "inside": float(np.mean([r["inside"] for r in rs]))} for g, rs in groups.items()},
             "predictions": rows}
+
+
+def _rule_sensitivity(fit, others: list[dict]) -> list[dict]:
+    """The share inside the interval under neighbouring choices of the bound's two constants (its floor and its
+    growth per decade outside the anchors; edgekit's: anchored.MIN_FACTOR, anchored.GROWTH_PER_DECADE), chosen
+    on these same models: how much the coverage owes to the exact choice."""
+    worst = max(abs(math.log(max(1 + e, 1e-9))) for e in fit.loo_errors)
+    out = []
+    for floor in (1.1, 1.25):
+        for growth in (1.0, 1.5, 2.0, 3.0):
+            inside = []
+            for row in others:
+                value = anchored.model_ms(fit.params, row["features"])
+                factor = max(floor, math.exp(worst)) * growth ** anchored.outside(fit, row["features"])
+                inside.append(value / factor <= row["measured"]["p50"] <= value * factor)
+            out.append({"floor": floor, "growth_per_decade": growth, "inside": float(np.mean(inside))})
+    return out
 
 
 def _group(label: str) -> str:
@@ -154,7 +173,9 @@ def to_markdown(report: dict) -> str:
              f"OpenVINO {m['versions'].get('openvino')} CPU, fp32, batch 1; measured peak fp32 "
              f"{m['peak_gops']['fp32']} GOPS. Fitted on {', '.join(report['anchors'])} (measured here), every other "
              f"model predicted and measured (p50 over interleaved rounds: a block of each model per round, about 3 s per model in all). Error = predicted / measured - 1; "
-             f"inside = measured within the stated interval (p50 ÷ f to p50 × f, f the largest leave-one-out error).", ""]
+             f"inside = measured within the stated interval (p50 ÷ f to p50 × f, f the largest leave-one-out error, "
+             f"at least {anchored.MIN_FACTOR}, times {anchored.GROWTH_PER_DECADE:g} per decade the model lies outside the "
+             f"anchors in size and in memory/compute mix: edgekit.anchored).", ""]
     for r in report["skipped"]:
         lines.append(f"Not measured: {r['model']}: {r['error']}")
     lines += ["", "| form | parameters | LOO errors (anchors) | f | median abs error | inside | by group |",
@@ -166,6 +187,11 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {name} | {params} | {', '.join(f'{e:+.0%}' for e in v['loo_errors'])} | "
                      f"{v['interval_factor']:.2f} | {v['median_abs_error']:.0%} | {v['inside']:.0%} | {groups} |")
     first = next(iter(report["variants"]))
+    lines += ["", f"The bound's two constants, chosen on these models: the share inside under neighbouring choices "
+                  f"({first}; edgekit: floor {anchored.MIN_FACTOR}, growth {anchored.GROWTH_PER_DECADE:g}; growth 1 is "
+                  f"no widening outside the anchors):", "",
+              "| floor | growth per decade outside | inside |", "|---|---|---|"]
+    lines += [f"| {r['floor']} | {r['growth_per_decade']:g} | {r['inside']:.0%} |" for r in report["variants"][first]["rule"]]
     lines += ["", f"Per model ({first}):", "",
               "| model | roofline (ms) | predicted (ms) | low - high (ms) | measured p50 (ms) | error | inside |",
               "|---|---|---|---|---|---|---|"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit import fusion
+from edgekit import anchored, fusion
 from edgekit.graph import Layer
 from edgekit.latency import Latency
 from edgekit.latency_table import LatencyTable
@@ -166,7 +166,20 @@ class CostModel:
 
     def predict(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
                 default: str = "fp32") -> Latency:
-        return Latency.predicted(self.predict_ms(layers, precisions, default), self.source)
+        """The candidate's latency; off the device bounded as its anchored model is (`bound_factor`)."""
+        value = self.predict_ms(layers, precisions, default)
+        factor = self.bound_factor(layers, precisions, default)
+        return Latency.predicted(value, self.source, *((value / factor, value * factor) if factor else ()))
+
+    def bound_factor(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
+                     default: str = "fp32") -> float | None:
+        """Off the device, the factor of the prediction's bound (edgekit.anchored: the target's leave-one-out
+        error, widened outside its anchors); None on a table measured on the device (a measurement judges
+        there) and for a target without anchors (its roofline is a floor, with no bound)."""
+        fit = None if self.table.measured else anchored.fit_for(self.target)
+        if fit is None:
+            return None
+        return anchored.factor_for(fit, anchored.features(layers, self.target, default, precisions))
 
     @property
     def source(self) -> str:

@@ -3,6 +3,7 @@
 import importlib
 
 BUDGET_MISSED = 3  # deploy and search: the run completed but a budget was not met (a script's signal)
+BUDGET_UNCERTAIN = 4  # deploy and search: met by a prediction, not by its upper bound (only the device can tell)
 
 
 class EdgekitError(Exception):

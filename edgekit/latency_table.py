@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import anchored
 from edgekit.backends.base import get_backend
 from edgekit.errors import runtime_message
 from edgekit.fusion import Unit
@@ -101,7 +102,9 @@ class LatencyTable:
     @property
     def source(self) -> str:
         if not self.measured:
-            return f"roofline of {self.target.name} (not measurable here: {self.reason})"
+            fit = anchored.fit_for(self.target)
+            model = (f"anchored on {len(fit.anchors)} published latencies of {fit.target}" if fit else "roofline, no published anchor")
+            return f"{model} for {self.target.name} (not measurable here: {self.reason})"
         entries = self._data["entries"].values()
         fallback = sum(1 for e in entries if e.get("roofline"))
         extra = f", {fallback} not measurable alone: roofline" if fallback else ""
@@ -196,6 +199,12 @@ class LatencyTable:
     # ---- measuring --------------------------------------------------------------------------
 
     def _roofline(self, unit: Unit, precision: str) -> float:
+        """A unit the table cannot time: off the device, its share of the target's model anchored on published
+        latencies (edgekit.anchored) where the target has one, else (and for a unit the runtime cannot build
+        alone) its roofline."""
+        fit = None if self.measured else anchored.fit_for(self.target)
+        if fit is not None:
+            return anchored.layer_ms(list(unit.layers), self.target, precision, fit)
         return sum(c.ms for c in layer_costs(list(unit.layers), self.target, precision))
 
     def _profile(self, model, precision: str, wall: bool = False) -> tuple[float, float | None, list[str]]:

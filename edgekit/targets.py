@@ -122,6 +122,9 @@ class Target(Frozen):
     reference_latencies: tuple[ReferenceLatency, ...] = Field((), description=(
         "published latencies of standard models on this device (the anchors of its predictions)"))
     reference_latencies_note: str = Field("", description="why there are none, or what they leave out")
+    reference_latencies_from: str = Field("", description=(
+        "without anchors of its own: the target whose fitted runtime efficiencies its predictions borrow "
+        "(the same runtime on a kindred device), their bound widened and said so"))
     file: str = Field("", description="where this target was loaded from")
 
     @model_validator(mode="after")

@@ -62,3 +62,12 @@ def pytest_collection_modifyitems(config, items):
     last would run alone while the other worker idles)."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)  # stable: the order within each part is kept
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_file(tmp_path_factory):
+    """The digits demo exported to ONNX once: a model given as a file (no search, no PyTorch)."""
+    from edgekit import graph
+    from edgekit.models import load_model
+
+    return graph.export_onnx(load_model(None), tmp_path_factory.mktemp("onnx") / "demo.onnx")

@@ -74,14 +74,42 @@ def test_the_interval_contains_the_prediction_and_widens_with_the_error():
     assert anchored.interval_factor([]) == anchored.UNTESTED_FACTOR
 
 
+def test_the_bound_doubles_per_decade_outside_the_anchors_in_size_and_in_mix():
+    """Anchors spanning 1-10 ms of roofline at memory/compute 1-4: a model inside gets the fit's factor; one a
+    decade smaller, twice it; one a decade smaller and 10x more memory-bound than the most memory-bound anchor,
+    four times it."""
+    anchors = tuple({"features": {"roofline_ms": r, "compute_ms": c, "memory_ms": m}}
+                    for r, c, m in ((1.0, 1.0, 1.0), (10.0, 5.0, 10.0), (4.0, 1.0, 4.0)))
+    fit = anchored.Fit("t", "", ("slowdown",), {"slowdown": 2.0}, anchors, (), (0.1, -0.1), 0.1, 1.25, "test")
+    inside = {"roofline_ms": 5.0, "compute_ms": 2.5, "memory_ms": 5.0}
+    smaller = {"roofline_ms": 0.1, "compute_ms": 0.05, "memory_ms": 0.1}
+    memory_bound = {"roofline_ms": 0.1, "compute_ms": 0.0025, "memory_ms": 0.1}
+    assert anchored.outside(fit, inside) == 0 and anchored.factor_for(fit, inside) == pytest.approx(1.25)
+    assert anchored.outside(fit, smaller) == pytest.approx(1) and anchored.factor_for(fit, smaller) == pytest.approx(2.5)
+    assert anchored.outside(fit, memory_bound) == pytest.approx(2)
+    latency = anchored.predict_from_features(memory_bound, fit)
+    assert latency.high / latency.p50 == pytest.approx(5.0) and "2.0 decades outside the anchors" in latency.source
+
+
 def test_a_target_without_anchors_falls_back_to_the_roofline_unbounded():
-    rpi5 = load_target("rpi5")
-    assert not rpi5.reference_latencies and anchored.fit_for(rpi5) is None
-    latency = anchored.predict(_layers(), rpi5, "int8")
-    assert latency.p50 == pytest.approx(predict_latency(_layers(), rpi5, "int8").p50)
-    assert "roofline of rpi5 (int8) only" in latency.source and "no error bound" in latency.source
+    npu = load_target("intel-npu")
+    assert not npu.reference_latencies and not npu.reference_latencies_from and anchored.fit_for(npu) is None
+    latency = anchored.predict(_layers(), npu, "int8")
+    assert latency.p50 == pytest.approx(predict_latency(_layers(), npu, "int8").p50)
+    assert "roofline of intel-npu (int8) only" in latency.source and "no error bound" in latency.source
     assert latency.low is None and latency.high is None
     assert "low" not in latency.as_dict() and "high" not in latency.as_dict()
+
+
+def test_a_target_without_anchors_may_borrow_a_kindred_fit_with_twice_its_bound():
+    """rpi5 has no published anchors; its file names rpi4 (same runtimes, the previous Cortex-A): rpi4's
+    efficiencies on rpi5's own roofline, the bound doubled and said to be stated, not measured."""
+    rpi4, rpi5 = anchored.fit_for(load_target("rpi4")), anchored.fit_for(load_target("rpi5"))
+    assert rpi5.params == rpi4.params and rpi5.interval_factor == pytest.approx(rpi4.interval_factor * anchored.UNTESTED_FACTOR)
+    assert rpi5.interval.startswith("borrowed from rpi4") and "no published anchors on rpi5" in rpi5.notes[-1]
+    on4, on5 = (anchored.predict(_layers(), load_target(name), "fp32") for name in ("rpi4", "rpi5"))
+    assert on5.p50 < on4.p50 and on5.high / on5.p50 > on4.high / on4.p50  # a faster board, a wider bound
+    assert "borrowed from rpi4" in on5.source
 
 
 def test_latency_as_dict_keeps_its_keys_and_adds_the_bound_only_when_set():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit import cost, fusion, graph, roofline
+from edgekit import anchored, cost, fusion, graph, roofline
 from edgekit.latency_table import FORMAT, LatencyTable, table_path
 from edgekit.microbench import unit_model
 from edgekit.targets import load_target
@@ -160,14 +160,21 @@ def test_onnxruntime_table_times_units_with_its_own_profiler(tmp_path, cache):
 
 
 @pytest.mark.parametrize("target_name", ["jetson", "intel-cpu"])
-def test_a_target_not_measurable_here_gets_the_roofline_labelled_predicted(tmp_path, cache, target_name):
+def test_a_target_not_measurable_here_gets_its_anchored_model_or_the_roofline_labelled_predicted(tmp_path, cache, target_name):
+    """jetson has published anchors: its fitted model, bounded; intel-cpu has none: the bare roofline, unbounded."""
     target = load_target(target_name)
     layers = _residual_net(tmp_path / "m.onnx")
     model = cost.CostModel(target)
     assert not model.table.measured and model.table.measurements == 0
     latency = model.predict(layers, {"conv1": "int8"})
-    assert latency.kind == "predicted" and "roofline" in latency.source and latency.p50 > 0
-    assert model.predict(layers).p50 == pytest.approx(roofline.predict_latency(layers, target).p50)
+    assert latency.kind == "predicted" and latency.p50 > 0
+    if anchored.fit_for(target) is not None:
+        assert "anchored on" in latency.source and latency.low < latency.p50 < latency.high
+        assert model.predict(layers).p50 == pytest.approx(anchored.predict(layers, target).p50)
+        assert model.predict(layers).p50 != pytest.approx(roofline.predict_latency(layers, target).p50)
+    else:
+        assert "roofline" in latency.source and latency.high is None and model.bound_factor(layers) is None
+        assert model.predict(layers).p50 == pytest.approx(roofline.predict_latency(layers, target).p50)
     assert not (cache / "latency-tables").exists()  # nothing measured, nothing written
 
 
@@ -184,7 +191,7 @@ def test_calibration_fits_whole_model_observations_and_records_every_error(tmp_p
         return 2 * f["sum_ms"] + 0.004 * f["units"] + 0.03
 
     before = [abs(model.error(layers, plan, measured(layers, plan))) for layers in variants[:2] for plan in plans]
-    assert model.calibration["fitted"] is False and "roofline" in model.predict(variants[0]).source
+    assert model.calibration["fitted"] is False and "anchored on" in model.predict(variants[0]).source
     for i, layers in enumerate(variants[:4]):
         for plan in plans:
             model.observe(layers, plan, measured(layers, plan), candidate=f"w{i} {sorted(plan)}")

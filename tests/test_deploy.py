@@ -73,7 +73,7 @@ def test_budget_is_judged_on_the_measurement(tmp_path, demo_onnx):
                      "--out", str(tmp_path), "--json", "--duration", "0")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["budget"] == {"latency_ms": 1000.0, "met": True, "judged_on": "measured"}
+    assert report["budget"] == {"latency_ms": 1000.0, "met": True, "verdict": "met", "judged_on": "measured"}
     assert report["accuracy"] is None  # an ONNX model with no --data: latency only
 
 

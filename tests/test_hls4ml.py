@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgekit.errors import BadInput
+from edgekit.errors import BUDGET_UNCERTAIN, BadInput
 from tests.conftest import run_cli
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="hls4ml's C simulation compiles with g++, not on PATH here")
@@ -245,9 +245,12 @@ def test_search_on_the_fpga_walks_bit_widths_and_channels_on_the_design_estimate
     out = tmp_path / "search"
     result = run_cli("search", "--target", "fpga", "--speedup", "1.3", "--time-limit", "150", "--finetune", "2",
                      "--out", str(out), "--json", env={"OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr
+    # edgekit's design estimate has no measured bound (never compared with synthesis): a budget it meets is
+    # uncertain, the documented exit 4, until the board measures it
+    assert result.returncode == BUDGET_UNCERTAIN, result.stderr
     found = json.loads((out / "search.json").read_text())
-    assert found["budget"]["judged_on"] == "predicted" and found["budget"]["met"]
+    assert found["budget"]["judged_on"] == "predicted" and found["budget"]["verdict"] == "uncertain"
+    assert found["budget"]["latency"]["value"] <= found["budget"]["latency_ms"]
     assert found["cost_model"]["source"].startswith("edgekit's estimate of the hls4ml design")
     widths = found["cost_model"]["widths"]
     assert widths["start"] == "int12"  # int16 overflows the KV260's BRAM for the demo; int12 fits

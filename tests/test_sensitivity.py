@@ -128,7 +128,7 @@ def test_a_target_not_here_gets_predicted_gains_only(tmp_path, demo_model, demo_
     splits = split(demo_data(demo_model.inputs))
     how = sensitivity.HowToAnalyse(options=CalibrationOptions("mse"), settings=ProfileSettings(min_time_s=0.1, repeats=5))
     saved = sensitivity.analyse(demo_onnx, splits, load_target("intel-cpu"), tmp_path, how=how)
-    assert saved["latency"]["kind"] == "predicted" and "roofline" in saved["latency"]["source"]
+    assert saved["latency"]["kind"] == "predicted" and "roofline" in saved["latency"]["source"]  # intel-cpu: no anchors
     assert all(r["latency"]["kind"] == "predicted" for r in saved["layers"].values())
     assert '"measured"' not in (tmp_path / "sensitivity.json").read_text()
     for record in saved["layers"].values():

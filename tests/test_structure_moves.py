@@ -27,7 +27,9 @@ def test_layer_dropping_and_low_rank_moves_win_where_they_should(tmp_path):
     moves = result["chosen"]["moves"]
     assert {"block": "blocks.1", "kind": "drop"} in moves, moves
     assert any(m["kind"] == "rank" and m["layer"] == "wide" and m["rank"] >= 16 for m in moves), moves
-    assert result["budget"]["met"] and result["budget"]["judged_on"] == "predicted"
+    # met on the prediction; rpi5-fp32 has no published anchors, so its prediction has no bound: uncertain (issue 15)
+    assert result["budget"]["judged_on"] == "predicted" and result["budget"]["verdict"] == "uncertain"
+    assert result["budget"]["latency"]["value"] <= result["budget"]["latency_ms"]
     assert result["accuracy"]["test_drop_pt"] <= 1.0
     built = json.loads((Path(result["chosen"]["run_dir"]) / "report.json").read_text())
     assert built["status"].startswith("built; latency predicted") and "accuracy checked here" in built["status"]

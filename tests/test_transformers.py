@@ -158,7 +158,9 @@ def test_search_meets_a_speedup_budget_on_a_transformer_with_head_and_ffn_moves(
     (its heads and FFN width are pruned the same way): a quarter of the time, on predictions alone."""
     result = search(SearchRequest(model=f"tests.transformer_models:{model}", data=f"tests.transformer_models:{model}_data",
                                   out=tmp_path, moves=("prune",), **{**SEARCH, "speedup": speedup, "target": "rpi5-fp32"})).as_dict()
-    assert result["budget"]["judged_on"] == "predicted" and result["budget"]["met"], result["rounds"]
+    # met on the prediction; rpi5-fp32 has no published anchors, so its prediction has no bound: uncertain (issue 15)
+    assert result["budget"]["judged_on"] == "predicted" and result["budget"]["verdict"] == "uncertain", result["rounds"]
+    assert result["budget"]["latency"]["value"] <= result["budget"]["latency_ms"]
     assert result["latency_ms"]["predicted"] <= result["budget"]["latency_ms"]
     moves = result["chosen"]["moves"]
     assert {m["kind"] for m in moves} & {"heads", "features"}, moves

@@ -15,12 +15,12 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli import agent, bundle, deploy, devices, fleet, inspect, profile, targets
+from edgekit.cli import agent, bundle, deploy, devices, estimate, fleet, inspect, profile, targets
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the fastest version of a model that meets its budget on a device, and ship it.")
-for command in (deploy.deploy, deploy.search, deploy.calibrate, inspect.inspect, profile.profile):
+for command in (deploy.deploy, deploy.search, deploy.calibrate, inspect.inspect, estimate.estimate, profile.profile):
     app.command()(command)
 app.add_typer(targets.app, name="targets")
 app.add_typer(fleet.app, name="fleet")

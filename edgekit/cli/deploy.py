@@ -170,7 +170,7 @@ def deploy(opts: DeployOptions) -> None:
         print_json(report.as_dict(run_dir=True))
     else:
         _print_summary(report.as_dict(run_dir=True))
-    exit_on_missed_budget(report.met_budget)
+    exit_on_missed_budget(report.budget_verdict)
 
 
 @options_command(SearchOptions)
@@ -200,7 +200,7 @@ def _search(opts: SearchOptions) -> None:
         print_json(result.as_dict())
     else:
         _print_search(result)
-    exit_on_missed_budget(result.budget.met)
+    exit_on_missed_budget(result.budget.verdict)
 
 
 @options_command(CalibrateOptions)
@@ -249,7 +249,7 @@ def _print_search(result: SearchResult) -> None:
     b, lat, acc = result.budget, result.latency, result.accuracy
     table = Table(title=f"edgekit search → {result.target} ({result.backend})", box=box.SQUARE, show_header=False)
     speedup = f" ({b.speedup:g}× faster than the original)" if b.speedup else ""
-    table.add_row("budget", f"{b.latency_ms:.4g} ms{speedup}: {'met' if b.met else 'MISSED'} ({b.judged_on})")
+    table.add_row("budget", f"{b.latency_ms:.4g} ms{speedup}: {_verdict_words(b.verdict, b.latency.high)} ({b.judged_on})")
     table.add_row("latency", f"{lat.predicted:.3f} ms predicted" +
                   (f" · {lat.judged_ms:.3f} ms judged on the device" if lat.judged_ms is not None
                    else " (not measured: the device is not here)"))
@@ -305,13 +305,14 @@ def _print_summary(report: dict) -> None:
         cal = report["calibration"]
         table.add_row("calibration", f"{cal['method']}, {cal['samples']} samples, {cal['seconds']} s"
                       + (f", {len(cal['demoted'])} layer(s) kept float" if cal["demoted"] else ""))
-    spread = f" · p90 {lat['p90']:.3f} · p99 {lat['p99']:.3f} · {lat['samples']} runs" if lat["kind"] == "measured" else ""
+    spread = (f" · p90 {lat['p90']:.3f} · p99 {lat['p99']:.3f} · {lat['samples']} runs" if lat["kind"] == "measured" else
+              f" (bound {lat['low']:.3g}-{lat['high']:.3g} ms)" if lat.get("high") is not None else " (no bound: a floor)")
     table.add_row(f"latency ({lat['kind']})", f"p50 {lat['p50']:.3f} ms{spread}")
     if report.get("device"):
         dev = report["device"]
         table.add_row("measured on", f"device {dev['name']} ({dev['target']}, {dev.get('hostname', '?')}) through its agent at {dev['url']}")
     if lat["kind"] == "measured":
-        table.add_row("latency (predicted)", f"{report['predicted_latency_ms']['p50']:.3f} ms (roofline)")
+        table.add_row("latency (predicted)", f"{report['predicted_latency_ms']['p50']:.3f} ms (before measuring)")
         table.add_row("throughput", f"{report['throughput_fps']:.0f} inferences/s, {report['threads']} threads")
     acc = report.get("accuracy") or {}
     where = f"; checked here: {acc['where']}" if acc.get("where") else ""
@@ -327,7 +328,9 @@ def _print_summary(report: dict) -> None:
         table.add_row("metric chosen", escape(f"{report['metric']['name']}: {report['metric']['why']} (--metric to change)"))
     if "budget" in report:
         b = report["budget"]
-        table.add_row("budget", f"{b['latency_ms']} ms: {'met' if b['met'] else 'MISSED'} ({b['judged_on']})")
+        verdict = b.get("verdict") or ("met" if b["met"] else "missed")
+        table.add_row("budget", f"{b['latency_ms']} ms: {_verdict_words(verdict, report['latency_ms'].get('high'))} "
+                                f"({b['judged_on']})")
     build = report.get("build") or {}
     for line in build.get("summary", []):  # what the backend found: op coverage, resource estimate, ...
         table.add_row("build", escape(line))
@@ -351,3 +354,10 @@ def _precision_counts(planned: dict[str, str]) -> str:
     if set(counts) <= {"int8", "fp32", "fp16"}:
         return f"{counts.get('int8', 0)} of {len(planned)} layers int8"
     return ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: kv[0])) + f" of {len(planned)} layers"
+
+
+def _verdict_words(verdict: str, high: float | None) -> str:
+    """met / MISSED / UNCERTAIN (with the upper bound that crosses the budget)."""
+    if verdict == "uncertain":
+        return "UNCERTAIN (" + (f"upper bound {high:.4g} ms" if high is not None else "a prediction without a bound") + ")"
+    return "met" if verdict == "met" else "MISSED"

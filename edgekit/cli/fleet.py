@@ -52,13 +52,13 @@ def fleet_build(
         print_json(summary)
     else:
         table = Table(title=f"edgekit fleet {summary['fleet']} → {out_dir}")
-        for col in ("class", "target", "version", "build", "bundle", "OTA"):
+        for col in ("class", "target", "version", "build", "budgets", "bundle", "OTA"):
             table.add_column(col)
         for name, c in summary["classes"].items():
             ota = ", ".join(k for k, v in c["ota"].items() if not v.startswith("skipped"))
             skipped = [k for k, v in c["ota"].items() if v.startswith("skipped")]
             table.add_row(name, c["target"], c["version"], c["state"] if not c["error"] else f"[red]{escape(c['error'])}[/]",
-                          Path(c["bundle"]).name if c["bundle"] else "–",
+                          _budgets(c.get("budgets") or {}), Path(c["bundle"]).name if c["bundle"] else "–",
                           ota + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
         out.print(table)
         what = (f"{summary['built']} built, {summary['cached']} from the cache (nothing changed: not rebuilt)"
@@ -69,3 +69,13 @@ def fleet_build(
         sys.stderr.write(f"edgekit: error: {summary['failed']} class(es) failed: "
                          + "; ".join(f"{n}: {c['error']}" for n, c in summary["classes"].items() if c["error"]) + "\n")
         raise typer.Exit(1)
+
+
+def _budgets(budgets: dict) -> str:
+    """Each budget's verdict, and a predicted latency's bound: "latency_ms met (0.025 ms, up to 0.88)"."""
+    words = []
+    for name, v in budgets.items():
+        verdict = v.get("verdict", "met" if v["met"] else "missed")
+        bound = f" ({v['value']:.3g} ms, up to {v['high']:.3g})" if v.get("high") is not None else ""
+        words.append(f"{name} {verdict}{bound}")
+    return "; ".join(words) or "–"

@@ -47,7 +47,8 @@ def targets_show(name: Annotated[str, typer.Argument(help="Target name, alias or
     if as_json:
         print_json(data)
         return
-    facts = {k: v for k, v in data.items() if k not in ("reference_latencies", "reference_latencies_note")}
+    facts = {k: v for k, v in data.items()
+             if k not in ("reference_latencies", "reference_latencies_note", "reference_latencies_from")}
     out.print(yaml.safe_dump(facts, sort_keys=False, allow_unicode=True, width=120).rstrip())
     _print_reference_latencies(target)
 
@@ -57,6 +58,9 @@ def _print_reference_latencies(target) -> None:
     if not target.reference_latencies:
         why = target.reference_latencies_note or "none given in its file"
         out.print(f"\n[bold]reference latencies[/bold]: none for {target.name}. {why}", soft_wrap=True)
+        if target.reference_latencies_from:
+            out.print(f"Its predictions borrow the fit of {target.reference_latencies_from} (`edgekit targets show "
+                      f"{target.reference_latencies_from}`), with a wider bound.", soft_wrap=True)
         return
     table = Table(title=f"reference latencies: published measurements on {target.name}")
     for col in ("model", "input", "batch", "precision", "runtime", "figure", "source"):

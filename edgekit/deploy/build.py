@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from edgekit import cost, graph, metrics, recipes, roofline
+from edgekit import anchored, cost, graph, metrics, recipes
 from edgekit.backends.base import (
     Artifact,
     Availability,
@@ -131,7 +131,7 @@ def build(request: DeployRequest, target: Target, measurer: Measurer, step: Call
     layers = graph.layer_table(onnx_path)
     write_json(run_dir / "layers.json", graph.table_as_dicts(layers))
     precision = plan.float_precision if not plan.quantized else "int8"
-    predicted = roofline.predict_latency(layers, target, precision).as_dict()
+    predicted = anchored.predict(layers, target, precision).as_dict()
     built = Build(request, target, model, splits, metrics.task_metric(request.metric, model, splits), run_dir, onnx_path,
                   layers, plan, _model_summary(model, layers, check), _data_summary(samples, splits), predicted=predicted,
                   latency=predicted, memory=cost.predict_memory_mb(layers, precision), build_from=onnx_path,
@@ -190,7 +190,7 @@ def _choose_precision(built: Build, measurer: Measurer, step: Callable[[str], No
 
 
 def _predict_shipped(built: Build) -> None:
-    """The roofline of the plan shipped, per layer (until a measurement replaces it)."""
+    """The plan shipped, predicted per layer (until a measurement replaces it)."""
     built.predicted = built.latency = predicted_latency(built.layers, built.target, built.plan).as_dict()
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from edgekit import graph, remote
 from edgekit.backends.base import Artifact
-from edgekit.budget import judge
+from edgekit.budget import judge_latency
 from edgekit.deploy.build import Build
 from edgekit.deploy.result import DeployReport
 from edgekit.errors import EdgekitError
@@ -77,5 +77,6 @@ def _checked_here(built: Build, model: LoadedModel, where: str) -> dict:
 def _judged(report: DeployReport) -> DeployReport:
     if report.budget is None:
         return report
-    verdict = judge("latency_ms", report.budget["latency_ms"], report.latency_ms["p50"], report.latency_ms["kind"])
-    return dataclasses.replace(report, budget={**report.budget, "met": verdict.met, "judged_on": verdict.kind})
+    verdict = judge_latency("latency_ms", report.budget["latency_ms"], report.latency_ms)
+    return dataclasses.replace(report, budget={**report.budget, "met": verdict.met, "verdict": verdict.verdict,
+                                               "judged_on": verdict.kind})

@@ -54,6 +54,13 @@ class DeployReport:
     def met_budget(self) -> bool:
         return self.budget is None or bool(self.budget.get("met", True))
 
+    @property
+    def budget_verdict(self) -> str:
+        """"met" (also without a budget), "uncertain" (a prediction whose bound crosses it) or "missed"."""
+        if self.budget is None:
+            return "met"
+        return self.budget.get("verdict") or ("met" if self.budget.get("met", True) else "missed")
+
     def as_dict(self, *, run_dir: bool = False) -> dict:
         """report.json's content (with `run_dir`, also where it is: what `--json` prints)."""
         precision = dict(self.precision)

@@ -5,13 +5,14 @@ cannot be measured."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgekit import graph, roofline
+from edgekit import anchored, graph, roofline
 from edgekit.latency import Latency
 from edgekit.measurer import Measurer
 from edgekit.plan import PrecisionPlan
@@ -140,27 +141,35 @@ def _spread(values: list[float]) -> float:
     return max(middle) - min(middle)
 
 
+def _per_layer_ms(table: list[graph.Layer], target: Target, precision: str, fit) -> dict[str, float]:
+    """Each layer's time off the device: its share of the anchored model, or its roofline without anchors."""
+    if fit is not None:
+        return {layer.name: anchored.layer_ms([layer], target, precision, fit) for layer in table}
+    return {c.name: c.ms for c in roofline.layer_costs(table, target, precision)}
+
+
 def predict_layers(onnx_path: Path, target: Target, float_p: str, candidates: list[str], nodes: dict, reason: str) -> dict:
     """The cost model's per-layer times at the float and the int8 rate, for a target not measurable here."""
     table = graph.layer_table(onnx_path)
-    fp = {c.name: c.ms for c in roofline.layer_costs(table, target, float_p)}
-    i8 = {c.name: c.ms for c in roofline.layer_costs(table, target, "int8")}
-    source = f"roofline of {target.name} (cannot measure here: {reason})"
+    fit = anchored.fit_for(target)
+    fp, i8 = _per_layer_ms(table, target, float_p, fit), _per_layer_ms(table, target, "int8", fit)
+    model = f"anchored on {len(fit.anchors)} published latencies of {fit.target}" if fit else f"roofline of {target.name}"
+    source = f"{model} (cannot measure here: {reason})"
     layers = {layer: {"kind": "predicted", "fp32_ms": fp.get(layer), "int8_ms": i8.get(layer) if layer in candidates else None}
               for layer in nodes}
     for layer in candidates:
         if layers[layer]["fp32_ms"] is not None and layers[layer]["int8_ms"] is not None:
             layers[layer]["gain_ms"] = layers[layer]["fp32_ms"] - layers[layer]["int8_ms"]
     return {"kind": "predicted", "source": source,
-            "fp32": Latency.predicted(sum(fp.values()), source).as_dict(),
+            "fp32": anchored.predict(table, target, float_p, fit).as_dict(),
             "int8": predicted_latency(table, target, PrecisionPlan(float_p, {n: "int8" for n in candidates})).as_dict(),
             "layers": layers}
 
 
 def predicted_latency(table: list[graph.Layer], target: Target, plan: PrecisionPlan) -> Latency:
-    """The roofline of a per-layer plan: int8 layers at the int8 rate, the rest at the float one."""
-    fp = {c.name: c.ms for c in roofline.layer_costs(table, target, plan.float_precision)}
-    i8 = {c.name: c.ms for c in roofline.layer_costs(table, target, "int8")}
-    int8 = {layer.name for layer in table if plan.precision_of(layer.name) == "int8"}
-    total = sum(i8[layer.name] if layer.name in int8 else fp[layer.name] for layer in table)
-    return Latency.predicted(total, f"roofline of {target.name}, per layer ({len(int8)} int8, the rest {plan.float_precision})")
+    """A per-layer plan off the device: int8 layers at the int8 rate, the rest at the float one, anchored on the
+    target's published latencies with its bound (edgekit.anchored), or the bare roofline where it has none."""
+    int8 = {layer.name: "int8" for layer in table if plan.precision_of(layer.name) == "int8"}
+    latency = anchored.predict(table, target, plan.float_precision, precisions=int8)
+    plan_words = f"per layer: {len(int8)} int8, the rest {plan.float_precision}"
+    return dataclasses.replace(latency, source=latency.source.replace(f"{plan.float_precision}, per layer", plan_words, 1))

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import graph, roofline
+from edgekit import anchored, graph
 from edgekit.backends.base import Artifact, calibration_runtime
 from edgekit.calibrate.run import CalibrationResult
 from edgekit.latency import Latency
@@ -59,7 +59,7 @@ def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path
         return all_float, onnx_path, dataclasses.replace(choice, chosen=float_p, reason=(
             f"every layer stays {float_p} ({counts}): int8 harms accuracy or is slower on {target.name} wherever it applies"))
     if kind == "predicted":
-        ours, theirs = predicted_latency(layers, target, plan), roofline.predict_latency(layers, target, float_p)
+        ours, theirs = predicted_latency(layers, target, plan), anchored.predict(layers, target, float_p)
         choice = dataclasses.replace(choice, mixed_p50_ms=ours.p50, fp32_p50_ms=theirs.p50)
         side = f"{ours.p50:.4f} ms vs {float_p} {theirs.p50:.4f} ms, {analysis['latency']['source']}"
         if not ours.p50 < theirs.p50:

@@ -46,6 +46,14 @@ class Pricing:
         return {ours: of_fast.get(theirs, candidate.default_precision)
                 for ours, theirs in evaluate.rename_by_order(fast, built_layers).items()}
 
+    def bound_factor(self, candidate, module) -> float | None:
+        """Off the device, the factor of the bound of the candidate's predicted latency (edgekit.anchored); None
+        where a measurement judges, or where the prediction has no bound (no anchors; the FPGA design estimate)."""
+        if self.design is not None:
+            return None
+        layers = evaluate.fast_layer_table(module, self.loaded)
+        return self.model_cost.bound_factor(layers, self.precisions_of(candidate, layers), candidate.default_precision)
+
     def predict(self, candidate, module) -> tuple[float, float]:
         """Predicted latency (ms) and memory (MB) of the candidate's module."""
         if self.design is not None:

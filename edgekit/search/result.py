@@ -11,7 +11,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from edgekit.budget import BudgetVerdict, judge
+from edgekit.budget import BudgetVerdict, judge, judge_latency
 from edgekit.metrics import choose_metric
 from edgekit.search import evaluate
 from edgekit.search.build import ClosedLoop
@@ -43,13 +43,19 @@ class SearchBudget:
         return self.latency.met and self.flash_met is not False
 
     @property
+    def verdict(self) -> str:
+        """"met", "uncertain" (a prediction met it, its bound did not) or "missed" (edgekit.budget)."""
+        return "missed" if self.flash_met is False else self.latency.verdict
+
+    @property
     def judged_on(self) -> str:
         return self.latency.kind
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "speedup": self.speedup, "memory_mb": self.memory_mb,
                 "max_accuracy_drop_pt": self.max_accuracy_drop_pt, "flash_mb": self.flash_mb,
-                "met": self.met, "judged_on": self.judged_on}
+                "met": self.met, "verdict": self.verdict, "judged_on": self.judged_on,
+                "latency": self.latency.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -140,12 +146,11 @@ def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> Sear
     last = rounds[shipped]
     metric, accuracy = _accuracy(loop, last)
     latency = _latency(loop, last)
-    judged = latency.judged_ms if latency.judged_ms is not None else latency.report.get("p50")
+    verdict = (judge("latency_ms", budget_ms, latency.judged_ms, "measured") if latency.judged_ms is not None
+               else judge_latency("latency_ms", budget_ms, {**latency.report, "kind": "predicted"}))
     flash = last.report.flash
     budget = SearchBudget(budget_ms, request.speedup, request.memory_budget_mb, request.max_accuracy_drop,
-                          request.flash_budget_mb,
-                          judge("latency_ms", budget_ms, judged, "measured" if latency.judged_ms is not None else "predicted"),
-                          None if flash is None else flash["met"])
+                          request.flash_budget_mb, verdict, None if flash is None else flash["met"])
     groups = {g.name: g.channels for g in loop.original.space.groups}
     kept_qat = (last.report.qat or {}).get("kept")
     chosen = Chosen({g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},

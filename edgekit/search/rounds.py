@@ -41,6 +41,7 @@ class Round:
     accuracy_validation: float
     measurement: dict | None = None  # the side-by-side timing behind judged_ms
     report: DeployReport | None = None  # the shipped candidate's deploy report
+    bound_factor: float | None = None  # off the device: the prediction's bound (edgekit.anchored), None if unbounded
 
     @property
     def cost_model_error(self) -> float | None:
@@ -51,7 +52,9 @@ class Round:
         """The latency budget against this round: its judged latency, or off the device its predicted one."""
         if self.judged_ms is not None:
             return judge("latency_ms", budget_ms, self.judged_ms, "measured")
-        return judge("latency_ms", budget_ms, self.predicted_ms, "predicted")
+        factor = self.bound_factor
+        return judge("latency_ms", budget_ms, self.predicted_ms, "predicted",
+                     high=None if factor is None else self.predicted_ms * factor, unbounded=factor is None)
 
 
 def run_rounds(loop: ClosedLoop, walk: greedy.Walk, start: greedy.State, budget: greedy.Budget,
@@ -68,6 +71,10 @@ def run_rounds(loop: ClosedLoop, walk: greedy.Walk, start: greedy.State, budget:
     floor = loop.original.accuracy - (request.max_accuracy_drop + WALK_SLACK_PT) / 100
     rounds: list[Round] = []
     walk_budget, state = budget, start
+    factor = None if anchor else loop.pricing.bound_factor(start.candidate, start.module)
+    if factor is not None:  # off the device a prediction meets the budget only if its upper bound does: aim below
+        walk_budget = dataclasses.replace(budget, latency_ms=budget.latency_ms / factor)
+        progress(f"off the device: aiming at the budget ÷ {factor:.2f}, the bound of the target's predictions")
     for number in range(MAX_ROUNDS):
         progress(f"round {number + 1}: walking to {walk_budget.latency_ms:.3f} ms (predicted)")
         state, stopped = strategy.run(walk, state if strategy is greedy else start, walk_budget, trials,
@@ -81,7 +88,7 @@ def run_rounds(loop: ClosedLoop, walk: greedy.Walk, start: greedy.State, budget:
         measured = anchor.judge(built.report) if anchor else None
         round_ = Round(walk_budget.latency_ms, stopped, state.candidate.as_dict(), state.latency_ms,
                        measured.ms if measured else None, built.validation, measured.as_dict() if measured else None,
-                       built.report)
+                       built.report, factor)
         if measured:
             progress(f"round {number + 1}: judged at {measured.ms:.3f} ms ({measured.ratio:.2f}× the original timed beside it, "
                      f"raw p50 {measured.raw_p50_ms:.3f} ms), budget {budget_ms:.3f} ms")
