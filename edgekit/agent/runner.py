@@ -103,8 +103,9 @@ def build_and_profile(onnx_path: Path, *, plan: PrecisionPlan, target: Target, s
         raise
     except Exception as err:  # a runtime's own error on a model it cannot take
         raise Failure(f"{backend.name} could not build {onnx_path.name}: {runtime_message(err)}") from err
-    if artifact.pending:
-        raise Failure(f"{backend.name} built {onnx_path.name} only up to its last step on this machine: {artifact.pending}")
+    if artifact.pending:  # everything before it was built: only the step that needs the runtime is left
+        raise MissingRuntime(f"{backend.name} built {onnx_path.name} up to its last step on {socket.gethostname()}, which "
+                             f"needs what is not here ({availability.reason or 'the runtime'}): {artifact.pending}")
     result = profile_artifact(artifact.path, target=target, settings=settings, inputs=inputs, artifact=artifact)
     built = {path.relative_to(out_dir).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
              for path in artifact.files if path.is_file()}

@@ -62,10 +62,10 @@ NOISE_FLOOR_MS = 0.001
 
 
 def float_precision(target: Target) -> str:
-    """The precision the layers that stay out of int8 run in (fp32 where the target has it)."""
-    for precision in ("fp32", "fp16"):
-        if precision in target.precisions.supported:
-            return precision
+    """The precision the layers that stay out of int8 run in, and what int8 is weighed against: the
+    target's float baseline (fp16 on a GPU target such as a Jetson, else fp32 where the target has it)."""
+    if target.float_baseline is not None:
+        return target.float_baseline
     raise BadInput(f"target {target.name} runs no float precision ({', '.join(target.precisions.supported)}): "
                    "a mixed plan has nothing to keep int8-sensitive layers in; use --precision int8")
 
