@@ -90,7 +90,7 @@ def cast_float_layers(model, planned: dict[str, str], rest: str) -> int:
         current[new] = to
         return new
 
-    for original_node, precision in zip(list(graph.node), wanted):
+    for original_node, precision in zip(list(graph.node), wanted, strict=True):
         node = type(original_node)()
         node.CopyFrom(original_node)  # the graph's own nodes are replaced at the end
         if node.op_type in AS_IS:
