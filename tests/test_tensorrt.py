@@ -21,6 +21,7 @@ from edgekit.calibrate import trt_cache
 from edgekit.errors import BadInput, MissingRuntime
 from edgekit.plan import PrecisionPlan
 from edgekit.targets import load_target
+from tests.agents import Agent
 from tests.conftest import run_cli
 
 NO_TENSORRT = importlib.util.find_spec("tensorrt") is None
@@ -220,6 +221,34 @@ def test_an_asymmetric_zero_point_stops_deploy_with_one_line(tmp_path, jetson_in
                      "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
     assert f"QuantizeLinear '{q.name}': zero point 5 (asymmetric)" in result.stderr
+
+
+@pytest.mark.skipif(not NO_TENSORRT, reason="TensorRT is installed here: the job would go on to build the engine")
+def test_the_int8_device_build_gets_all_it_needs_from_its_onnx_and_stops_only_at_tensorrt(tmp_path):
+    """`deploy --device` to a Jetson-class inventory entry, its agent on loopback taking jobs for that Jetson:
+    the int8 build job is sent the Q/DQ ONNX and the plan, builds everything up to the engine from them (no
+    scales.json, no calibration cache: the Q/DQ model carries its scales) and fails only at the step that needs
+    TensorRT, saying so. As far as this machine goes: the engine itself is built where TensorRT is."""
+    assert run_cli("agent", "token", str(tmp_path / "token")).returncode == 0
+    agent = Agent(tmp_path / "work", tmp_path / "token")
+    try:
+        (tmp_path / "devices.yaml").write_text(
+            f"devices:\n  - {{name: orin-lab, target: jetson-orin-nano, url: '{agent.url}', token_file: token}}\n")
+        result = run_cli("deploy", "--target", "jetson", "--precision", "int8", "--method", "minmax", "--equalization", "off",
+                         "--device", "orin-lab", "--devices", str(tmp_path / "devices.yaml"), "--out", str(tmp_path / "run"))
+        with agent.client() as client:
+            jobs = client.jobs()
+    finally:
+        agent.stop()
+    assert [(j["kind"], j["target"], j["state"]) for j in jobs] == [("build", "jetson-orin-nano", "failed")]
+    error = jobs[0]["error"]
+    assert "scales.json" not in error and "calibration" not in error
+    assert "built model.int8.onnx up to its last step" in error and "TensorRT is not installed" in error
+    assert "trtexec --onnx=model.trt.onnx --saveEngine=model.engine --stronglyTyped" in error
+    assert result.returncode != 0 and "Traceback" not in result.stderr and error.split(": trtexec")[0] in result.stderr
+    built = next((tmp_path / "work").rglob("model.trt.onnx"))  # what the agent made from what it was sent
+    assert {n.op_type for n in onnx.load(str(built)).graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Cast"}
+    assert not list((tmp_path / "work").rglob("calibration.cache"))
 
 
 @pytest.mark.skipif(not NO_TENSORRT, reason="TensorRT is installed here: this checks the machine without it")
