@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.backends import tensorrt as trt_backend
+from edgekit.backends import tensorrt_dla
 from edgekit.backends import tensorrt_versions as trt_versions
 from edgekit.backends.base import get_backend
 from edgekit.calibrate import trt_cache
@@ -405,3 +406,40 @@ def test_engine_on_the_device(tmp_path, jetson_int8):
     assert engine.layer_times(feed, 5)
     executed = engine.executed(feed, list(plan.layers))
     assert executed and all(e.precision == "int8" for e in executed.values())
+
+
+def test_dla_on_agx_orin_reports_the_layers_that_fall_back_to_the_gpu(tmp_path):
+    result = run_cli("deploy", "--target", "jetson-agx-orin", "--dla", "0", "--precision", "fp16", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    dla = report["build"]["dla"]
+    assert dla["core"] == 0 and dla["dla_layers"] >= 5  # the convolutions, their ReLUs, the pooling, the classifier
+    assert dla["gpu_fallback"] and all(why for why in dla["gpu_fallback"].values())
+    assert any("ReduceMean is not a layer DLA runs" in why for why in dla["gpu_fallback"].values())
+    assert any(line.startswith("DLA core 0:") and "fall back to the GPU" in line for line in report["build"]["summary"])
+    args = shlex.split(report["build"]["pending"])
+    assert {"--useDLACore=0", "--allowGPUFallback", "--stronglyTyped"} <= set(args) and "--fp16" not in args
+
+
+def test_dla_checks_precision_and_the_int8_layers_run_there(tmp_path, jetson_int8):
+    out, report = jetson_int8
+    target = tensorrt_dla.with_dla(load_target("agx-orin"), 1)
+    plan = PrecisionPlan("int8", report["precision"]["planned"])
+    int8 = get_backend("tensorrt").build(onnx_path=out / "model.int8.onnx", plan=plan, target=target, out_dir=tmp_path / "int8")
+    fallback = int8.notes["dla"]["gpu_fallback"]
+    assert not [name for name in plan.layers if name in fallback]  # every int8 conv and the classifier on DLA
+    fp32 = get_backend("tensorrt").build(onnx_path=out / "model.onnx", plan=PrecisionPlan("fp32"), target=target,
+                                         out_dir=tmp_path / "fp32")
+    assert fp32.notes["dla"]["dla_layers"] == 0 and all("DLA runs fp16 and int8 only" in why
+                                                        for why in fp32.notes["dla"]["gpu_fallback"].values())
+
+
+@pytest.mark.parametrize(("target", "core", "says"), [
+    ("jetson-orin-nano", "0", "target jetson-orin-nano has no DLA core"),
+    ("jetson-agx-orin", "2", "--dla 2: target jetson-agx-orin has DLA cores 0 to 1"),
+    ("host", "0", "target host has no DLA core"),
+])
+def test_dla_where_there_is_none_is_one_line(tmp_path, target, core, says):
+    result = run_cli("deploy", "--target", target, "--dla", core, "--precision", "fp32", "--out", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+    assert says in result.stderr
