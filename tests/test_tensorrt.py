@@ -234,20 +234,24 @@ def test_the_int8_device_build_gets_all_it_needs_from_its_onnx_and_stops_only_at
     agent = Agent(tmp_path / "work", tmp_path / "token")
     try:
         (tmp_path / "devices.yaml").write_text(
-            f"devices:\n  - {{name: orin-lab, target: jetson-orin-nano, url: '{agent.url}', token_file: token}}\n")
+            f"devices:\n  - {{name: orin-lab, target: jetson-orin-nano, url: '{agent.url}', token_file: token}}\n"
+            f"  - {{name: agx-lab, target: jetson-agx-orin, url: '{agent.url}', token_file: token}}\n")
         result = run_cli("deploy", "--target", "jetson", "--precision", "int8", "--method", "minmax", "--equalization", "off",
                          "--device", "orin-lab", "--devices", str(tmp_path / "devices.yaml"), "--out", str(tmp_path / "run"))
+        run_cli("deploy", "--target", "agx-orin", "--precision", "fp16", "--dla", "1", "--device", "agx-lab",
+                "--devices", str(tmp_path / "devices.yaml"), "--out", str(tmp_path / "dla"))
         with agent.client() as client:
-            jobs = client.jobs()
+            jobs = sorted(client.jobs(), key=lambda j: j["created"])
     finally:
         agent.stop()
+    assert "--useDLACore=1 --allowGPUFallback" in jobs.pop()["error"]  # the DLA core travels with the job
     assert [(j["kind"], j["target"], j["state"]) for j in jobs] == [("build", "jetson-orin-nano", "failed")]
     error = jobs[0]["error"]
     assert "scales.json" not in error and "calibration" not in error
     assert "built model.int8.onnx up to its last step" in error and "TensorRT is not installed" in error
     assert "trtexec --onnx=model.trt.onnx --saveEngine=model.engine --stronglyTyped" in error
     assert result.returncode != 0 and "Traceback" not in result.stderr and error.split(": trtexec")[0] in result.stderr
-    built = next((tmp_path / "work").rglob("model.trt.onnx"))  # what the agent made from what it was sent
+    built = next(p for p in (tmp_path / "work").rglob("model.trt.onnx") if jobs[0]["id"] in str(p))  # made from what it was sent
     assert {n.op_type for n in onnx.load(str(built)).graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Cast"}
     assert not list((tmp_path / "work").rglob("calibration.cache"))
 

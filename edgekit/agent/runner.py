@@ -20,6 +20,7 @@ from edgekit import __version__
 from edgekit.agent.protocol import JobSpec
 from edgekit.backends.base import Artifact, backend_for_file, get_backend
 from edgekit.backends.inputs import engine_inputs
+from edgekit.backends.tensorrt_dla import with_dla
 from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
 from edgekit.host import cpu_name
 from edgekit.plan import PrecisionPlan
@@ -62,6 +63,7 @@ def run_job(job_dir: Path) -> dict:
     inputs = files / spec.inputs if spec.inputs else None
     if spec.kind == "build":
         plan = PrecisionPlan(**(spec.plan.model_dump() if spec.plan else {}))
+        target = target if spec.dla_core is None else with_dla(target, spec.dla_core)
         return build_and_profile(files / spec.artifact, plan=plan, target=target, settings=settings, inputs=inputs,
                                  out_dir=files / "engine")
     if spec.kind == "unit":
