@@ -447,3 +447,20 @@ def test_dla_where_there_is_none_is_one_line(tmp_path, target, core, says):
     result = run_cli("deploy", "--target", target, "--dla", core, "--precision", "fp32", "--out", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
     assert says in result.stderr
+
+
+def test_fp16_is_the_float_baseline_on_gpu_targets():
+    assert {name: load_target(name).float_baseline for name in ("jetson", "jetson-nano", "agx-orin", "host", "rpi5")} == \
+        {"jetson": "fp16", "jetson-nano": "fp16", "agx-orin": "fp16", "host": "fp32", "rpi5": "fp32"}
+
+
+def test_mixed_on_a_jetson_is_weighed_against_fp16(tmp_path):
+    """The float engine a Jetson user ships is fp16: mixed keeps its float layers there and compares with it."""
+    result = run_cli("deploy", "--target", "jetson", "--precision", "mixed", "--method", "minmax", "--equalization", "off",
+                     "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    mixed, analysis = report["precision"]["mixed"], json.loads((tmp_path / "sensitivity.json").read_text())
+    assert mixed["baseline"] == "fp16" and "fp16" in mixed["reason"] and "fp32" not in mixed["reason"]
+    assert analysis["float_precision"] == "fp16" and "fp16 rate minus int8 rate" in analysis["latency"]["per_layer"]
+    assert set(report["precision"]["planned"].values()) <= {"int8", "fp16"}

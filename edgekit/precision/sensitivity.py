@@ -239,8 +239,9 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *, h
         "splits": {k: len(getattr(splits, k)) for k in ("calibration", "validation", "test")},
         "float_precision": float_p,
         "accuracy": _accuracy_record(fp32, whole, len(feeds), labels is not None, how.metric),
-        "latency": {**latency, "per_layer": "runtime profiler medians over rounds: fp32 engine minus all-int8 engine"
-                    if latency["kind"] == "measured" else "roofline per layer: fp32 rate minus int8 rate"},
+        "latency": {**latency, "per_layer": f"runtime profiler medians over rounds: {float_p} engine minus all-int8 engine"
+                    if latency["kind"] == "measured" else f"roofline per layer: {float_p} rate minus int8 rate",
+                    "baseline": f"{float_p} (fp32_ms holds the {float_p} time)" if float_p != "fp32" else "fp32"},
         "thresholds": {"top1_loss_pt": TOP1_LOSS_PT, "error_ceiling": ERROR_CEILING, "error_outlier": ERROR_OUTLIER,
                        "error_floor": ERROR_FLOOR, "noise_fraction": NOISE_FRACTION, "noise_floor_ms": NOISE_FLOOR_MS},
         "layers": layers,
