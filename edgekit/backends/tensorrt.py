@@ -1,16 +1,20 @@
 """TensorRT (Jetson): the engine is built from an explicitly quantized (Q/DQ) ONNX on the device.
 
 An engine is specific to the GPU and the TensorRT version that build it, so edgekit builds it only
-where TensorRT and the device are. Elsewhere it does everything up to it: the ONNX TensorRT parses
-(`model.trt.onnx`), checked against TensorRT's Q/DQ rules; the calibration cache and layer-precision
-file; and `tensorrt/trtexec.sh`, the trtexec line equal to the Python build. The accuracy
-check runs that same ONNX in ONNX Runtime with graph optimizations off (the Q/DQ arithmetic as
-written), which is what TensorRT computes in int8, not TensorRT itself.
+where TensorRT and the device are. Elsewhere it does everything up to it, for the TensorRT version of
+the target's JetPack: the ONNX TensorRT parses (`model.trt.onnx`), checked against TensorRT's Q/DQ
+rules and that version's operator matrix, typed for a strongly typed network from TensorRT 10.1 on
+(explicit quantization only: nothing needs a calibration cache); and `tensorrt/trtexec.sh`, the
+trtexec line equal to the Python build, checked for flags that version takes. The accuracy check runs
+that same ONNX in ONNX Runtime with graph optimizations off (the Q/DQ and fp16 arithmetic as written),
+not TensorRT itself.
 
-This module is the backend; its parts: tensorrt_source (the ONNX checked against TensorRT's Q/DQ
-rules), tensorrt_spec (the build's flags and its trtexec line), tensorrt_calibration (the cache and
-layer precisions calibration writes), tensorrt_device (the Python API build and the engine, where
-TensorRT and a GPU are).
+This module is the backend; its parts: tensorrt_versions (what each TensorRT version takes),
+tensorrt_source (the ONNX checked against TensorRT's rules), tensorrt_types (the explicit fp16 casts),
+tensorrt_spec (the build's flags and its trtexec line), tensorrt_dla (DLA cores and GPU fallback),
+tensorrt_calibration (the cache and layer precisions calibration writes, for older tools),
+tensorrt_device (the Python API build and the engine, where TensorRT and a GPU are) and
+tensorrt_legacy (the weakly typed build of TensorRT < 10.1).
 """
 
 from __future__ import annotations

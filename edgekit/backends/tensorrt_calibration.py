@@ -45,10 +45,12 @@ def write_calibration_files(result: CalibrationResult, stats: dict[str, TensorSt
                                      "# (Q/DQ and casts) and replaces this file with its trtexec --stronglyTyped line.\n"
                                      f"# The calibration cache is for older tools (TensorRT < 10.1, implicit quantization):\n#   {command}\n")
         return {"tensorrt_cache": CACHE, "tensorrt_layer_precisions": FLAGS, "tensorrt_build": BUILD}
-    (out_dir / BUILD).write_text("#!/bin/sh\n# Build on the device (TensorRT is not on this machine). Run from the run directory.\n"
-                                 "# Or build the explicit-quantization engine from the Q/DQ model with int32 biases folded\n"
-                                 "# to float (TensorRT dequantizes int8 only), which edgekit deploy writes as model.trt.onnx:\n"
-                                 "#   trtexec --onnx=model.trt.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
+    script = ("#!/bin/sh\n# Build on the device (TensorRT is not on this machine). Run from the run directory.\n"
+              "# Or build the explicit-quantization engine from the Q/DQ model with int32 biases folded\n"
+              "# to float (TensorRT dequantizes int8 only), which edgekit deploy writes as model.trt.onnx:\n"
+              "#   trtexec --onnx=model.trt.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
+    versions.check_trtexec(script, version, BUILD)
+    (out_dir / BUILD).write_text(script)
     return {"tensorrt_cache": CACHE, "tensorrt_layer_precisions": FLAGS, "tensorrt_build": BUILD}
 
 

@@ -58,7 +58,7 @@ def _ints(node, name: str, default=()) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == name), list(default))
 
 
-def _conv(node, shapes, weights: set[str]) -> str | None:
+def _conv(node, shapes) -> str | None:
     kernel = _ints(node, "kernel_shape") or (shapes.get(node.input[1]) or [0, 0, 0, 0])[2:]
     if node.op_type == "ConvTranspose" and (max(_ints(node, "pads", [0])) or max(_ints(node, "dilations", [1])) > 1
                                             or next((a.i for a in node.attribute if a.name == "group"), 1) > 1):
@@ -88,7 +88,7 @@ def _why(node, shapes, weights: set[str], dla_version: int) -> str | None:
     if any(v > MAX_DIM for d in dims for v in d[1:]):
         return f"a dimension above {MAX_DIM}"
     if op in ("Conv", "ConvTranspose"):
-        return "DLA convolves 2D (4-D tensors) only" if len(dims[0]) != 4 else _conv(node, shapes, weights)
+        return "DLA convolves 2D (4-D tensors) only" if len(dims[0]) != 4 else _conv(node, shapes)
     if op in ("Gemm", "MatMul"):
         return None if node.input[1] in weights else "a matrix product of two activations (DLA: constant weights only)"
     if op in POOLS:
