@@ -54,7 +54,7 @@ def measure(device, artifact: Artifact, *, target: Target, settings: ProfileSett
     if artifact.pending:
         with device.client() as client:
             return client.build(source.onnx_path, target.name, source.plan.as_dict(), settings,
-                                out_dir=Path(source.out_dir) / "device")
+                                out_dir=Path(source.out_dir) / "device", dla_core=target.backend.options.get("dla_core"))
     result = profile(device, artifact, target=target, settings=settings, feed=feed,
                      beside=beside[1] if beside else None)
     if beside is not None:

@@ -147,6 +147,16 @@ class Target(Frozen):
         return 1e9 * self.peak_gops.get(precision, self.peak_gops.get("fp32", min(self.peak_gops.values())))
 
     @property
+    def float_baseline(self) -> str | None:
+        """The float precision a user would ship here, which int8 and mixed plans are compared against and
+        layers kept out of int8 run in: fp16 on a GPU that runs it fast (a Jetson's TensorRT engine is
+        fp16, not fp32), else fp32 where the target runs it, else fp16; None if it runs no float."""
+        supported = self.precisions.supported
+        if str(self.backend.options.get("device", "")).lower() == "gpu" and "fp16" in self.precisions.fast:
+            return "fp16"
+        return next((p for p in ("fp32", "fp16") if p in supported), None)
+
+    @property
     def local(self) -> bool:
         return self.reach.kind == "local"
 

@@ -147,11 +147,11 @@ class AgentClient:
         return self.wait(self.submit(spec, {Path(path).name: Path(path)}), timeout_s=timeout_s)["result"]
 
     def build(self, onnx_path: Path, target: str, plan: dict | None = None, settings: ProfileSettings | dict | None = None,
-              *, out_dir: Path | None = None, timeout_s: float = 1800.0) -> dict:
-        """Build the engine on the agent's device from an ONNX file, measure it, and download what was
-        built into out_dir (when given)."""
+              *, out_dir: Path | None = None, timeout_s: float = 1800.0, dla_core: int | None = None) -> dict:
+        """Build the engine on the agent's device from an ONNX file (for DLA core `dla_core`, if given),
+        measure it, and download what was built into out_dir (when given)."""
         spec = {"kind": "build", "target": target, "artifact": Path(onnx_path).name, "plan": plan,
-                "settings": job_settings(settings)}
+                "settings": job_settings(settings), **({"dla_core": dla_core} if dla_core is not None else {})}
         job_id = self.submit(spec, {Path(onnx_path).name: Path(onnx_path)})
         result = self.wait(job_id, timeout_s=timeout_s)["result"]
         if out_dir is not None:

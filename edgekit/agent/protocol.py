@@ -76,6 +76,7 @@ class JobSpec(Wire):
     wall: bool = Field(False, description="unit: also the wall-clock p50 (the latency table's overhead models)")
     layer_rounds: int = Field(0, ge=0, le=20, description="profile with beside: per-layer times of both engines, "
                                                           "this many rounds in turn (the sensitivity analysis's noise)")
+    dla_core: int | None = Field(None, ge=0, le=15, description="build: for this DLA core (TensorRT targets with DLA)")
     settings: JobSettings = JobSettings()
     client_key: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{8,128}$",
                                    description="the same key again returns the job already made (retries)")

@@ -20,6 +20,7 @@ from edgekit import __version__
 from edgekit.agent.protocol import JobSpec
 from edgekit.backends.base import Artifact, backend_for_file, get_backend
 from edgekit.backends.inputs import engine_inputs
+from edgekit.backends.tensorrt_dla import with_dla
 from edgekit.errors import BadInput, EdgekitError, Failure, MissingRuntime, runtime_message
 from edgekit.host import cpu_name
 from edgekit.plan import PrecisionPlan
@@ -62,6 +63,7 @@ def run_job(job_dir: Path) -> dict:
     inputs = files / spec.inputs if spec.inputs else None
     if spec.kind == "build":
         plan = PrecisionPlan(**(spec.plan.model_dump() if spec.plan else {}))
+        target = target if spec.dla_core is None else with_dla(target, spec.dla_core)
         return build_and_profile(files / spec.artifact, plan=plan, target=target, settings=settings, inputs=inputs,
                                  out_dir=files / "engine")
     if spec.kind == "unit":
@@ -103,8 +105,9 @@ def build_and_profile(onnx_path: Path, *, plan: PrecisionPlan, target: Target, s
         raise
     except Exception as err:  # a runtime's own error on a model it cannot take
         raise Failure(f"{backend.name} could not build {onnx_path.name}: {runtime_message(err)}") from err
-    if artifact.pending:
-        raise Failure(f"{backend.name} built {onnx_path.name} only up to its last step on this machine: {artifact.pending}")
+    if artifact.pending:  # everything before it was built: only the step that needs the runtime is left
+        raise MissingRuntime(f"{backend.name} built {onnx_path.name} up to its last step on {socket.gethostname()}, which "
+                             f"needs what is not here ({availability.reason or 'the runtime'}): {artifact.pending}")
     result = profile_artifact(artifact.path, target=target, settings=settings, inputs=inputs, artifact=artifact)
     built = {path.relative_to(out_dir).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
              for path in artifact.files if path.is_file()}

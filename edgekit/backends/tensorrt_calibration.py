@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgekit.backends import tensorrt_versions as versions
 from edgekit.backends.tensorrt_spec import FOLDER
 from edgekit.calibrate import scales, trt_cache
 from edgekit.targets import Target
@@ -32,17 +33,24 @@ def write_calibration_files(result: CalibrationResult, stats: dict[str, TensorSt
             continue  # no scale: TensorRT keeps the tensor in float
         lo, hi = scales.activation_range(s, result.method, symmetric=True, percentile=options.percentile)
         cache[name] = scales.qparams(lo, hi, symmetric=True, method=result.method).scale
-    version = str(target.backend.options.get("tensorrt_version", "10.3.0"))
+    version = versions.of(target)
     trt_cache.write_cache(out_dir / CACHE, cache, version=version, algorithm=trt_cache.ALGORITHMS[result.method])
     flags = trt_cache.layer_precisions(result.planned)
     (out_dir / FLAGS).write_text(flags + "\n")
     fp32_model = result.files.get("equalized_onnx", "model.onnx")  # the scales are those of this model
     command = (f"trtexec --onnx={fp32_model} --int8 --fp16 --calib={CACHE} "
                f"--precisionConstraints=obey --layerPrecisions={flags} --saveEngine=model.engine")
-    (out_dir / BUILD).write_text("#!/bin/sh\n# Build on the device (TensorRT is not on this machine). Run from the run directory.\n"
-                                 "# Or build the explicit-quantization engine from the Q/DQ model with int32 biases folded\n"
-                                 "# to float (TensorRT dequantizes int8 only), which edgekit deploy writes as model.trt.onnx:\n"
-                                 "#   trtexec --onnx=model.trt.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
+    if versions.strongly_typed(version):  # calibrators are deprecated from 10.1 and gone in 11: a comment, for older tools
+        (out_dir / BUILD).write_text(f"#!/bin/sh\n# TensorRT {version} builds from explicit quantization: the build writes model.trt.onnx\n"
+                                     "# (Q/DQ and casts) and replaces this file with its trtexec --stronglyTyped line.\n"
+                                     f"# The calibration cache is for older tools (TensorRT < 10.1, implicit quantization):\n#   {command}\n")
+        return {"tensorrt_cache": CACHE, "tensorrt_layer_precisions": FLAGS, "tensorrt_build": BUILD}
+    script = ("#!/bin/sh\n# Build on the device (TensorRT is not on this machine). Run from the run directory.\n"
+              "# Or build the explicit-quantization engine from the Q/DQ model with int32 biases folded\n"
+              "# to float (TensorRT dequantizes int8 only), which edgekit deploy writes as model.trt.onnx:\n"
+              "#   trtexec --onnx=model.trt.onnx --int8 --fp16 --saveEngine=model.engine\n" + command + "\n")
+    versions.check_trtexec(script, version, BUILD)
+    (out_dir / BUILD).write_text(script)
     return {"tensorrt_cache": CACHE, "tensorrt_layer_precisions": FLAGS, "tensorrt_build": BUILD}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.backends import tensorrt_legacy
 from edgekit.backends.base import Executed, LayerTime
 from edgekit.backends.tensorrt_spec import ENGINE, FOLDER, SOURCE, BuildSpec
 from edgekit.errors import BadInput, Failure, require, runtime_message
@@ -46,28 +47,29 @@ def _cuda_call(result):
 
 
 def build_engine(trt, spec: BuildSpec, out_dir: Path) -> Path:
-    """The Python API build that `spec.trtexec()` spells as a command line."""
+    """The Python API build that `spec.trtexec()` spells as a command line. TensorRT ≥ 10.1: a strongly
+    typed network, its precisions read from the ONNX; before, tensorrt_legacy's flags."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is TensorRT 10's only mode; weakly typed: the plan pins floats
+    typed = spec.strongly_typed
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else tensorrt_legacy.network_flags(trt)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(out_dir / SOURCE)):
         raise BadInput(f"TensorRT's ONNX parser rejects {SOURCE}: {parser.get_error(0)}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
-    config.builder_optimization_level = spec.optimization_level
+    if typed:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
+    else:
+        tensorrt_legacy.workspace(trt, config, spec.workspace_mb << 20)
+        tensorrt_legacy.weak_typing(trt, spec, network, config)
+    if hasattr(config, "builder_optimization_level"):  # TensorRT 8.6 on
+        config.builder_optimization_level = spec.optimization_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    for flag, on in (("INT8", spec.int8), ("FP16", spec.fp16), ("OBEY_PRECISION_CONSTRAINTS", bool(spec.layers))):
-        if on:
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-    types = {"fp32": trt.float32, "fp16": trt.float16}
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.name in spec.layers:
-            layer.precision = types[spec.layers[layer.name]]
-        if layer.name in spec.outputs:
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, types[spec.outputs[layer.name]])
+    if spec.dla_core is not None:  # the layers DLA cannot run fall back to the GPU (trtexec --allowGPUFallback)
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = spec.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     timing = out_dir / FOLDER / "timing.cache"
     config.set_timing_cache(config.create_timing_cache(timing.read_bytes() if timing.is_file() else b""), False)
     serialized = builder.build_serialized_network(network, config)

@@ -8,22 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.backends import tensorrt_versions as versions
 from edgekit.errors import BadInput, runtime_message
 
 MIN_QDQ_OPSET = 13  # per-axis (per-channel) QuantizeLinear/DequantizeLinear came in opset 13
-DOCUMENTED_OPSET = 19  # the highest TensorRT 9.2's operators.md lists; 10.x parses at least that
-# Ops TensorRT's ONNX parser does not import (ONNX-TensorRT operators.md, TensorRT 10.x: "N").
-UNSUPPORTED = frozenset({
-    "AffineGrid", "Bernoulli", "BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "CenterCropPad",
-    "Col2Im", "Compress", "ConcatFromSequence", "ConvInteger", "DFT", "Det", "DynamicQuantizeLinear", "ImageDecoder",
-    "MatMulInteger", "MaxRoiPool", "MaxUnpool", "MelWeightMatrix", "Multinomial", "NegativeLogLikelihoodLoss",
-    "Optional", "OptionalGetElement", "OptionalHasElement", "QLinearConv", "QLinearMatMul", "RegexFullMatch",
-    "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength",
-    "SequenceMap", "SoftmaxCrossEntropyLoss", "SplitToSequence", "StringConcat", "StringNormalizer", "StringSplit",
-    "TfIdfVectorizer", "Unique"})
 
 
-def _constants(graph) -> dict[str, np.ndarray]:
+def constants(graph) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
     found = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -51,9 +42,9 @@ def _output_axis(tensor: str, rank: int, consumers: dict) -> tuple[int | None, s
     return None, ""
 
 
-def check_source(model, name: str) -> dict:
-    """Raise BadInput, naming the node, where TensorRT would refuse the model: its opset, ops its
-    parser lacks, and Q/DQ that is not symmetric int8 (zero point 0, constant positive scales, per
+def check_source(model, name: str, version: str = versions.DEFAULT_VERSION) -> dict:
+    """Raise BadInput, naming the node, where TensorRT `version` would refuse the model: its opset, ops
+    its parser lacks (ONNX-TensorRT's operator support matrix for that version), and Q/DQ that is not symmetric int8 (zero point 0, constant positive scales, per
     tensor on activations, per output channel on weights). Returns counts for the build notes."""
     graph = model.graph
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -65,9 +56,10 @@ def check_source(model, name: str) -> dict:
         if node.domain not in ("", "ai.onnx"):
             raise BadInput(f"{name}: node '{node.name}' is {node.domain}.{node.op_type}: TensorRT's ONNX parser "
                            "reads standard ONNX ops only (a custom op needs a TensorRT plugin)")
-        if node.op_type in UNSUPPORTED:
-            raise BadInput(f"{name}: {node.op_type} '{node.name}' is not an op TensorRT's ONNX parser imports")
-    consts = _constants(graph)
+        if versions.unsupported(node.op_type, version):
+            raise BadInput(f"{name}: {node.op_type} '{node.name}' is not an op the ONNX parser of TensorRT {version} "
+                           "imports (ONNX-TensorRT operators.md)")
+    consts = constants(graph)
     consumers: dict[str, list] = {}
     for n in graph.node:
         for t in n.input:
@@ -114,7 +106,7 @@ def fold_int32_dequantize(model) -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    consts = _constants(graph)
+    consts = constants(graph)
     folded = []
     for node in graph.node:
         x = consts.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
@@ -136,8 +128,9 @@ def fold_int32_dequantize(model) -> int:
     return len(folded)
 
 
-def write_source(onnx_path: Path, out: Path) -> dict:
-    """Check `onnx_path` and save it to `out` as TensorRT parses it; the counts and the model."""
+def write_source(onnx_path: Path, out: Path, version: str = versions.DEFAULT_VERSION, retype=None) -> dict:
+    """Check `onnx_path` against TensorRT `version` and save it to `out` as TensorRT parses it, typed by
+    `retype(model)` (the number of casts it adds: tensorrt_types); the counts and the model."""
     import onnx
 
     try:
@@ -145,8 +138,13 @@ def write_source(onnx_path: Path, out: Path) -> dict:
         onnx.checker.check_model(model, full_check=True)
     except Exception as err:  # onnx raises its own ValidationError/DecodeError
         raise BadInput(f"{onnx_path.name} is not a valid ONNX model: {runtime_message(err)}") from err
-    counts = check_source(model, onnx_path.name)
+    counts = check_source(model, onnx_path.name, version)
     counts["int32_dequantize"] = fold_int32_dequantize(model)
-    onnx.checker.check_model(model, full_check=True)
+    counts["casts"] = retype(model) if retype else 0
+    counts["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), counts["opset"])
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:  # the typed model must be one ONNX (and TensorRT) accepts
+        raise BadInput(f"{out.name}: the typed model is not valid ONNX: {runtime_message(err)}") from err
     onnx.save(model, str(out))
     return {**counts, "model": model}

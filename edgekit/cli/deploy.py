@@ -75,6 +75,7 @@ class DeployOptions:
     recipe: RecipeOpt = None
     device: DeviceName = None
     devices: DevicesFile = None
+    dla: Annotated[int | None, typer.Option("--dla", help="TensorRT: build for this DLA core (targets with DLA); layers it cannot run fall back to the GPU.")] = None
     targets_dir: TargetsDir = None
     as_json: JsonOut = False
 
@@ -163,7 +164,7 @@ def deploy(opts: DeployOptions) -> None:
                             targets_dir=tuple(opts.targets_dir or ()), latency_budget_ms=opts.latency_budget_ms,
                             plan_file=opts.plan, device=opts.device, devices_file=opts.devices, calibration=_calibration(opts),
                             settings=profile_settings(opts.repeats, opts.warmup, opts.threads, opts.duration),
-                            metric=opts.metric, max_accuracy_drop=opts.max_accuracy_drop, recipe=opts.recipe)
+                            metric=opts.metric, max_accuracy_drop=opts.max_accuracy_drop, recipe=opts.recipe, dla=opts.dla)
     with err.status("starting") as status:
         report = run_deploy(request, step=lambda name: status.update(f"[bold]{name}[/]…"))
     if opts.as_json:

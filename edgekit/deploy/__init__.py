@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgekit import graph, metrics, recipes
 from edgekit.backends.base import Artifact, calibration_runtime
+from edgekit.backends.tensorrt_dla import with_dla
 from edgekit.calibrate.run import calibrate
 from edgekit.data import Samples
 from edgekit.deploy.build import EXPORT_CHECK_SAMPLES, Build, build, calibration_summary
@@ -46,6 +47,8 @@ def deploy(request: DeployRequest, step: Callable[[str], None] = lambda _: None,
     step("target")
     request = recipes.with_recipe(request)
     target = load_target(request.target, list(request.targets_dir))
+    if request.dla is not None:
+        target = with_dla(target, request.dla)
     measurer = measurer_for(request.device, target, request.devices_file, list(request.targets_dir))
     built = build(request, target, measurer, step, model=model, samples=samples, plan=plan)
     return measure(built, measurer, step, beside=beside, original=original)

@@ -38,6 +38,7 @@ class DeployRequest:
     metric: str | None = None  # a built-in metric's name or package.module:function (edgekit.metrics)
     max_accuracy_drop: float | None = None  # with int8/mixed: accuracy-aware int8 (edgekit.precision.accuracy_aware), in points
     recipe: Path | None = None  # a data recipe (calibration/*.yaml): data, and model/metric/shapes unless given
+    dla: int | None = None  # TensorRT: build for this DLA core (the target's backend option dla_core)
 
     def __post_init__(self) -> None:
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:

@@ -28,7 +28,9 @@ MIXED = "mixed"  # --precision mixed: int8 where the sensitivity analysis says i
 @dataclass(frozen=True)
 class MixedChoice:
     """What `--precision mixed` shipped and why (report.json's precision.mixed): `chosen` is "mixed" or
-    the float precision; `kind` says whether the two latencies were measured side by side or predicted."""
+    the float precision; `kind` says whether the two latencies were measured side by side or predicted;
+    `baseline` is the float engine it is weighed against (the target's: fp16 on a Jetson), whose p50 is
+    `fp32_p50_ms` (the name kept from when the baseline was always fp32)."""
 
     chosen: str
     kind: str
@@ -37,6 +39,7 @@ class MixedChoice:
     reason: str
     mixed_p50_ms: float | None = None
     fp32_p50_ms: float | None = None
+    baseline: str = "fp32"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -46,7 +49,7 @@ def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path
                        layers: list[graph.Layer], target: Target) -> tuple[PrecisionPlan, Path, MixedChoice]:
     """The plan the sensitivity analysis makes, what to build it from (model.int8.onnx rewritten from the
     same calibration, or the float export) and the choice. On a target not measured here the choice
-    against fp32 is the cost model's; on one measured here `never_slower` makes it after the build."""
+    against the float baseline (fp32, or fp16 on a GPU target) is the cost model's; on one measured here `never_slower` makes it after the build."""
     plan = sensitivity.mixed_plan(analysis)
     float_p = analysis["float_precision"]
     all_float = PrecisionPlan(float_p, {layer: float_p for layer in plan.layers})
@@ -54,7 +57,8 @@ def plan_from_analysis(analysis: dict, calibration: CalibrationResult, onnx_path
     counts = ", ".join(f"{n} {verdict}" for verdict, n in analysis["summary"].items() if n)
     kind = analysis["latency"]["kind"]
     choice = MixedChoice(chosen=MIXED, kind=kind, int8_layers=len(int8), verdicts=analysis["summary"],
-                         reason=f"{len(int8)} of {len(plan.layers)} layers int8 ({counts})")
+                         reason=f"{len(int8)} of {len(plan.layers)} layers int8 ({counts}), against the {float_p} "
+                                f"baseline of {target.name}", baseline=float_p)
     if not int8:
         return all_float, onnx_path, dataclasses.replace(choice, chosen=float_p, reason=(
             f"every layer stays {float_p} ({counts}): int8 harms accuracy or is slower on {target.name} wherever it applies"))
@@ -88,8 +92,8 @@ def _record_plan(run_dir: Path, calibration: CalibrationResult, planned: dict[st
 
 def never_slower(timing: Timing, artifact: Artifact, plan: PrecisionPlan, onnx_path: Path, run_dir: Path,
                  choice: MixedChoice) -> tuple[PrecisionPlan, Artifact, list[float], MixedChoice]:
-    """Time the mixed engine and an fp32 engine of the same model side by side (interleaved, same
-    settings); ship fp32 unless mixed is faster. Returns the plan and engine shipped, its times and the choice."""
+    """Time the mixed engine and a float engine of the same model (the plan's float precision, the
+    target's baseline) side by side (interleaved, same settings); ship it unless mixed is faster. Returns the plan and engine shipped, its times and the choice."""
     backend, target, threads = timing.backend, timing.target, timing.threads
     float_p = plan.float_precision
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=f".{float_p}-") as tmp:

@@ -62,10 +62,10 @@ NOISE_FLOOR_MS = 0.001
 
 
 def float_precision(target: Target) -> str:
-    """The precision the layers that stay out of int8 run in (fp32 where the target has it)."""
-    for precision in ("fp32", "fp16"):
-        if precision in target.precisions.supported:
-            return precision
+    """The precision the layers that stay out of int8 run in, and what int8 is weighed against: the
+    target's float baseline (fp16 on a GPU target such as a Jetson, else fp32 where the target has it)."""
+    if target.float_baseline is not None:
+        return target.float_baseline
     raise BadInput(f"target {target.name} runs no float precision ({', '.join(target.precisions.supported)}): "
                    "a mixed plan has nothing to keep int8-sensitive layers in; use --precision int8")
 
@@ -239,8 +239,9 @@ def analyse(onnx_path: Path, splits: Splits, target: Target, out_dir: Path, *, h
         "splits": {k: len(getattr(splits, k)) for k in ("calibration", "validation", "test")},
         "float_precision": float_p,
         "accuracy": _accuracy_record(fp32, whole, len(feeds), labels is not None, how.metric),
-        "latency": {**latency, "per_layer": "runtime profiler medians over rounds: fp32 engine minus all-int8 engine"
-                    if latency["kind"] == "measured" else "roofline per layer: fp32 rate minus int8 rate"},
+        "latency": {**latency, "per_layer": f"runtime profiler medians over rounds: {float_p} engine minus all-int8 engine"
+                    if latency["kind"] == "measured" else f"roofline per layer: {float_p} rate minus int8 rate",
+                    "baseline": f"{float_p} (fp32_ms holds the {float_p} time)" if float_p != "fp32" else "fp32"},
         "thresholds": {"top1_loss_pt": TOP1_LOSS_PT, "error_ceiling": ERROR_CEILING, "error_outlier": ERROR_OUTLIER,
                        "error_floor": ERROR_FLOOR, "noise_fraction": NOISE_FRACTION, "noise_floor_ms": NOISE_FLOOR_MS},
         "layers": layers,
