@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-OUTLIER = 64.0
+# 64× cost post-training int8 about 1 point of test accuracy (7 of 597 samples) and none on the
+# search's validation split: too little for QAT's gain to stand out of its run-to-run spread. 256×: 5 points.
+OUTLIER = 256.0
 
 
 def _digits():
@@ -15,7 +17,7 @@ def _digits():
 
 
 def outlier_mlp():
-    """Trained on digits (2 s), then channels 0 and 1 of the first layer scaled up 64× and read 64× smaller
+    """Trained on digits (2 s), then channels 0 and 1 of the first layer scaled up OUTLIER× and read OUTLIER× smaller
     by the next: the same float function, a hard case for per-tensor int8."""
     import torch
     from torch import nn

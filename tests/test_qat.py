@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning (edgekit/compress/qat.py) against a post-training int8 loss the test
-provokes: a digits MLP whose first layer has two outlier channels (64× larger, the next layer reading them
-64× smaller: the same float function), so per-tensor int8 of the next layer's input has few levels left
+provokes: a digits MLP whose first layer has two outlier channels (256× larger, the next layer reading them
+256× smaller: the same float function), so per-tensor int8 of the next layer's input has few levels left
 for the other 62 channels. Both int8 models are edgekit's own Q/DQ export, run in ONNX Runtime."""
 
 from __future__ import annotations

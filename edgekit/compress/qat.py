@@ -5,7 +5,10 @@ each Conv/Linear reads its input through a per-tensor fake quantizer whose range
 calibration method on the student's own activations (uint8 with a zero point, or symmetric int8 where
 the target wants it), and uses its weight through a per-output-channel symmetric fake quantizer of the
 target's weight bits (±127, or ±63 on x86 without VNNI), recomputed from the weight at every step as the
-export computes it from the final weight. Gradients pass the rounding straight through (torch's fake
+export computes it from the final weight. Where the export corrects biases (CalibrationOptions'
+bias_correction, on by default) the layer's output is shifted by the same (W_q − W)·E[x] during training:
+the trained bias already answers for the rounding, and a correction the training never saw moved a
+QAT'd MLP's int8 accuracy by 1.3 points. Gradients pass the rounding straight through (torch's fake
 quantize ops). It is a distillation from the original model (edgekit.compress.distill), bounded in time.
 
 What comes out is a float model whose weights sit well on the int8 grid; it is exported and calibrated
@@ -52,6 +55,7 @@ class Quantizers:
     method: str = "mse"  # the activation range method (edgekit.calibrate.scales)
     symmetric: bool = False  # symmetric int8 activations where the target wants them, else uint8 with a zero point
     weight_bits: int = 8  # the target's weight grid: 7 or 8
+    bias_correction: bool = True  # as the export's CalibrationOptions.bias_correction
     layers: tuple[str, ...] | None = None  # module names; None: every Conv/Linear
 
 
@@ -83,6 +87,12 @@ def activation_qparams(module, inputs: dict[str, np.ndarray], layers: dict[str, 
                        symmetric: bool) -> dict[str, QParams]:
     """Each layer's input quantizer, from the calibration method over the module's own activations (two
     passes, as edgekit.calibrate.observers: extremes, then histograms)."""
+    return {name: q for name, (q, _) in observe_inputs(module, inputs, layers, method=method, symmetric=symmetric).items()}
+
+
+def observe_inputs(module, inputs: dict[str, np.ndarray], layers: dict[str, object], *, method: str,
+                   symmetric: bool) -> dict[str, tuple[QParams, np.ndarray | None]]:
+    """Per layer: its input quantizer and its input's per-channel mean (what the export's bias correction reads)."""
     import torch
 
     stats = {name: TensorStats(name) for name in layers}
@@ -105,13 +115,43 @@ def activation_qparams(module, inputs: dict[str, np.ndarray], layers: dict[str, 
     for s in stats.values():
         _prepare_histograms(s)
     run(lambda s, x: _second_pass(s, x.detach().numpy()))
-    return {name: qparams(*activation_range(s, method, symmetric=symmetric), symmetric=symmetric, method=method)
-            for name, s in stats.items()}
+    return {name: (qparams(*activation_range(s, method, symmetric=symmetric), symmetric=symmetric, method=method),
+                   s.channel_mean) for name, s in stats.items()}
+
+
+def _bias_shift(layer, mean):
+    """(W_q − W)·E[x] per output channel, as edgekit.calibrate.qdq takes it out of the bias (no gradient:
+    the rounding error's derivative is zero under the straight-through estimator)."""
+    import torch
+
+    error = (layer.weight - layer.parametrizations.weight.original).detach()
+    mean = torch.as_tensor(mean, dtype=error.dtype)
+    if isinstance(layer, torch.nn.Linear):
+        return error @ mean if mean.numel() == error.shape[1] else None
+    cout, cin_g = error.shape[:2]
+    if mean.numel() != cin_g * layer.groups:
+        return None
+    per_in = error.reshape(cout, cin_g, -1).sum(dim=2)
+    group_of = torch.arange(cout) // (cout // layer.groups)
+    return (per_in * mean.reshape(layer.groups, cin_g)[group_of]).sum(dim=1)
+
+
+def _corrected(mean):
+    """A forward hook: the layer's output less its bias shift, as the exported model's corrected bias gives it."""
+    def hook(layer, _args, out):
+        shift = _bias_shift(layer, mean)
+        if shift is None:
+            return out
+        linear = layer.weight.dim() == 2  # a Linear's channels are its output's last axis, a Conv's axis 1
+        return out - (shift if linear else shift.view(1, -1, *[1] * (out.dim() - 2)))
+    return hook
 
 
 @contextlib.contextmanager
-def fake_quantized(layers: dict[str, object], activations: dict[str, QParams], weight_bits: int):
-    """Within the block, every layer reads its input and weight through fake quantizers."""
+def fake_quantized(layers: dict[str, object], activations: dict[str, QParams], weight_bits: int,
+                   means: dict[str, np.ndarray | None] | None = None):
+    """Within the block, every layer reads its input and weight through fake quantizers; with `means`
+    (its input's per-channel mean, or None), its output is shifted as the export's bias correction shifts it."""
     import torch
     from torch.nn.utils import parametrize
 
@@ -133,6 +173,10 @@ def fake_quantized(layers: dict[str, object], activations: dict[str, QParams], w
         for name, layer in layers.items():
             parametrize.register_parametrization(layer, "weight", WeightQuantizer())
             handles.append(layer.register_forward_pre_hook(input_quantizer(activations[name])))
+            # the export corrects a Conv's bias (adding one if need be) and a Linear's own bias
+            corrected = layer.bias is not None or not isinstance(layer, torch.nn.Linear)
+            if means is not None and means.get(name) is not None and corrected:
+                handles.append(layer.register_forward_hook(_corrected(means[name])))
         yield
     finally:
         for handle in handles:
@@ -153,8 +197,10 @@ def qat(student, teacher, inputs: dict[str, np.ndarray], quantizers: Quantizers 
         raise BadInput("qat: the model has no Conv/Linear layer to quantize")
     lr = LR_FACTOR * default_lr(student) if training.lr is None else training.lr
     for stage in range(STAGES):  # the ranges follow the weights: re-observed before each stage
-        activations = activation_qparams(student, inputs, found, method=quantizers.method, symmetric=quantizers.symmetric)
-        with fake_quantized(found, activations, quantizers.weight_bits):
+        observed = observe_inputs(student, inputs, found, method=quantizers.method, symmetric=quantizers.symmetric)
+        activations = {name: q for name, (q, _) in observed.items()}
+        means = {name: mean for name, (_, mean) in observed.items()} if quantizers.bias_correction else None
+        with fake_quantized(found, activations, quantizers.weight_bits, means):
             report = distill(student, teacher, inputs, DistillSettings(
                 seconds=training.seconds / STAGES, epochs=max(1, training.epochs // STAGES), lr=lr,
                 seed=training.seed + stage, objective=training.objective))

@@ -47,7 +47,8 @@ def with_qat(loop: ClosedLoop, built: Built, state) -> Built:
                  f"quantization-aware fine-tuning ({request.final_finetune_s:.0f} s at most)")
     module = copy.deepcopy(built.module)
     quantizers = Quantizers(method=(built.report.calibration or {}).get("method") or "mse",
-                            symmetric=symmetric_activations(ctx.target), weight_bits=ctx.target.quantization.weight_bits)
+                            symmetric=symmetric_activations(ctx.target), weight_bits=ctx.target.quantization.weight_bits,
+                            bias_correction=request.calibration.bias_correction)
     report = qat(module, ctx.teacher, final_inputs(ctx.splits), quantizers,
                  QatTraining(seconds=request.final_finetune_s, objective=loop.original.objective))
     trained = build_candidate(loop, state, built.folder / "qat", finetuned=module)
