@@ -50,7 +50,7 @@ def test_encoder_with_two_integer_inputs_on_onnxruntime(tmp_path):
 
 
 def test_jetson_is_built_up_to_the_engine_and_the_device_finishes_it(tmp_path):
-    result = run_cli("deploy", "--target", "jetson", "--out", str(tmp_path))
+    result = run_cli("deploy", "--target", "jetson", "--method", "mse", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "on the device" in result.stdout and "trtexec" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())

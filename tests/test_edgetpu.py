@@ -49,7 +49,7 @@ FULLY_CONNECTED                1          Operation is otherwise supported, but 
 @pytest.fixture(scope="module")
 def tpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tpu")
-    result = run_cli("deploy", "--target", "tpu", "--out", str(out), "--json")
+    result = run_cli("deploy", "--target", "tpu", "--method", "mse", "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout)
 

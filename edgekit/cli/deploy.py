@@ -105,6 +105,8 @@ class SearchOptions:
     backend: BuildBackend = None
     method: Method = "auto"
     threads: Threads = None
+    repeats: Annotated[int, typer.Option(help="Timed inferences per measurement (at least; and at least --duration s).")] = 100
+    duration: Duration = 1.0
     metric: MetricOpt = None
     device: DeviceName = None
     devices: DevicesFile = None
@@ -156,8 +158,8 @@ def deploy(opts: DeployOptions) -> None:
             target=opts.target, latency_budget_ms=opts.latency_budget_ms, model=opts.model, data=opts.data, out_dir=opts.out_dir,
             max_accuracy_drop=1.0 if opts.max_accuracy_drop is None else opts.max_accuracy_drop,
             flash_budget_mb=opts.flash_budget_mb, time_limit=opts.time_limit, backend=opts.backend, method=opts.method,
-            device=opts.device, devices=opts.devices, metric=opts.metric, threads=opts.threads,
-            targets_dir=opts.targets_dir, as_json=opts.as_json))
+            device=opts.device, devices=opts.devices, metric=opts.metric, threads=opts.threads, repeats=opts.repeats,
+            duration=opts.duration, targets_dir=opts.targets_dir, as_json=opts.as_json))
         return
     request = DeployRequest(target=opts.target, model=opts.model, data=opts.data, out=opts.out_dir, precision=opts.precision,
                             backend=opts.backend, input_shapes=tuple(opts.input_shape or ()),
@@ -193,7 +195,8 @@ def _search(opts: SearchOptions) -> None:
                             moves=tuple(m.strip() for m in opts.moves.split(",") if m.strip()), trials=opts.trials,
                             time_limit_s=opts.time_limit, resume=opts.resume, storage=opts.storage, backend=opts.backend,
                             final_finetune_s=opts.finetune, calibration=CalibrationOptions(opts.method),
-                            settings=ProfileSettings(threads=opts.threads), targets_dir=tuple(opts.targets_dir or ()),
+                            settings=profile_settings(opts.repeats, ProfileSettings.warmup, opts.threads, opts.duration),
+                            targets_dir=tuple(opts.targets_dir or ()),
                             device=opts.device, devices_file=opts.devices, metric=opts.metric)
     with err.status("starting") as status:
         result = run_search(request, progress=lambda line: (status.update(f"[bold]{line}[/]…"), err.print(f"  {line}")))
