@@ -17,8 +17,8 @@ already in the JSON, measuring nothing).
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import tempfile
 import time
 from pathlib import Path

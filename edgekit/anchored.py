@@ -358,9 +358,9 @@ def predict(layers: list[Layer], target: Target, precision: str = "fp32", fit: F
 def predict_from_features(feats: dict, fit: Fit, precision: str = "fp32") -> Latency:
     """The fitted model on a model's features (`features`), bounded by the fit's factor for that model."""
     value = model_ms(fit.params, feats)
-    factor = factor_for(fit, feats)
     away = outside(fit, feats)
-    where = f", {away:.1f} decades outside the anchors: x/÷{factor:.2f}" if away > 0 else ""
+    factor = fit.interval_factor * GROWTH_PER_DECADE ** away  # factor_for, with `away` kept for the source
+    where = f", {away:.1f} decades outside the anchors: x/÷{factor:.2f}" if away >= 0.05 else ""
     source = f"anchored on {len(fit.anchors)} published latencies of {fit.target} ({precision}): {describe(fit)}{where}"
     return Latency.predicted(value, source, value / factor, value * factor)
 

@@ -62,7 +62,7 @@ class Pricing:
         layers = evaluate.fast_layer_table(module, self.loaded)
         precisions = self.precisions_of(candidate, layers)
         memory = cost.estimate_memory(layers, precisions, candidate.default_precision).total_mb
-        return self.model_cost.predict(layers, precisions, candidate.default_precision).p50, memory
+        return self.model_cost.predict_ms(layers, precisions, candidate.default_precision), memory
 
 
 def pricing_for(ctx: SearchContext, original: Original, design: fixed_point.DesignCost | None) -> Pricing:
