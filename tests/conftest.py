@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli_process import run_edgekit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,9 +29,9 @@ def _isolated_cache(tmp_path_factory):
 
 
 def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `edgekit ARGS` as a user would, in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "edgekit", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    """Run `edgekit ARGS` as a user would, in a fresh process (tests/cli_process.py: forked from one that has
+    imported torch and the runtimes, or a new interpreter where the environment asks for one)."""
+    return run_edgekit(list(args), cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="session")
