@@ -11,12 +11,12 @@ rate) and memory time (bytes at the bandwidth): an efficiency per kind of work, 
 5 anchors cannot support more (a third term fitted on three anchors passes through them and leaves no error to
 measure). A target whose anchors name fewer than 3 distinct models fits one slowdown of the whole roofline. Other
 terms `fit` takes: a per-inference overhead (`overhead_ms`), one slowdown of the roofline (`slowdown`), a per-layer
-overhead (`per_layer_ms` × compute layers). The host's bench (bench/anchors_host.py) measured them against each
-other: overhead + slowdown, the first form tried, missed by a median 54% on models outside the fit; the two
-efficiencies did best of the 2-parameter forms (a per-layer overhead on top, a third parameter, did better on
-models far smaller than the anchors, but three anchors cannot test it). The fit minimizes the relative error (least squares on (predicted − published) /
-published, linear in the parameters, so numpy solves it exactly): anchors range from 0.6 to 420 ms, and an
-absolute fit would let the slowest decide alone. No parameter is negative (a term that fits negative is dropped).
+overhead (`per_layer_ms` × compute layers); the host's bench (bench/anchors_host.py) found the two efficiencies
+best of the 2-parameter forms (README, "Predicted latency"). The fit minimizes the relative error (least squares on
+(predicted − published) / published, linear, solved exactly): anchors range from 0.6 to 420 ms, and an absolute
+fit would let the slowest decide alone. No parameter is negative (a term that fits negative is dropped).
+Measurements on the target's devices (edgekit.device_latencies) join the anchors, each weighing `MEASURED_WEIGHT`
+anchors, and so join the leave-one-out error below.
 
 Its error is leave-one-out: each anchor predicted by the fit on the others. The bound of a prediction is a factor
 f (low = p50 / f, high = p50 × f): the largest leave-one-out error, as a ratio, at least `MIN_FACTOR`, for a model
@@ -28,6 +28,8 @@ latencies inside their interval, where the leave-one-out factor alone put 52%; t
 chosen on those same models (81-100% over the neighbouring choices: README, "Predicted latency"). A target with
 one anchor (no leave-one-out) gets `UNTESTED_FACTOR`, stated, not measured. A target with no anchors gets the
 bare roofline, labelled so, with no bound: a floor, which can rule a budget out but never in (edgekit.budget).
+No prediction goes below the runtime's published per-inference floor (the target's `latency_floor`): p50 is at
+least the floor, and the bound keeps its factor above p50 (low never under the floor).
 
 Fits are generated files shipped with the targets (`targets/fitted/<name>.json`, written by bench/fit_anchors.py:
 exporting the reference models takes a minute); a target whose anchors or figures changed since is fitted on
@@ -43,29 +45,33 @@ import math
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
+from edgekit import device_latencies
 from edgekit.graph import Layer
 from edgekit.latency import Latency
 from edgekit.reference_models import reference_table
+from edgekit.relative_fit import (
+    COLUMNS,
+    DEFAULT_TERMS,
+    FEW_TERMS,
+    MIN_FACTOR,
+    UNTESTED_FACTOR,
+    interval_factor,
+    leave_one_out,
+    model_ms,
+    solve,
+)
 from edgekit.roofline import layer_costs
-from edgekit.targets import ReferenceLatency, Target, load_target, shipped_dir
+from edgekit.targets import LatencyFloor, ReferenceLatency, Target, load_target, shipped_dir
 from edgekit.user_files import read_text
 from edgekit.util import atomic_write_text
 
-COLUMNS = {"overhead_ms": (None, " ms"), "slowdown": ("roofline_ms", " x roofline"),  # term: (feature, unit)
-           "compute_slowdown": ("compute_ms", " x compute"), "memory_slowdown": ("memory_ms", " x memory"),
-           "per_layer_ms": ("compute_layers", " ms x compute layers")}
-TERMS = tuple(COLUMNS)
-DEFAULT_TERMS = ("compute_slowdown", "memory_slowdown")
-FEW_TERMS = ("slowdown",)  # fewer than MIN_DISTINCT anchor models
 MIN_DISTINCT = 3  # distinct anchor models needed for 2 parameters
-MIN_FACTOR = 1.1  # a published or measured p50 itself varies by several percent run to run
-UNTESTED_FACTOR = 2.0  # one anchor: nothing to leave out, so the bound is stated, not measured
 GROWTH_PER_DECADE = 2.0  # the bound's factor, per decade a model lies outside the anchors' size or mix
+MEASURED_WEIGHT = 4.0  # a device measurement is this runtime on this device: it weighs as much as 4 anchors
 RUNTIME_NAMES = {  # backend → how publications spell its runtime (lower case, spaces kept)
     "tensorrt": ("tensorrt",), "edgetpu": ("edge tpu", "edgetpu"), "tflite": ("tflite", "tensorflow lite", "litert"),
     "openvino": ("openvino",), "hls4ml": ("hls4ml",), "onnxruntime": ("onnx runtime", "onnxruntime"),
@@ -84,64 +90,6 @@ def features(layers: list[Layer], target: Target, precision: str,
     costs = [c for p, group in by_precision.items() for c in layer_costs(group, target, p)]
     return {"roofline_ms": sum(c.ms for c in costs), "compute_ms": sum(c.compute_ms for c in costs),
             "memory_ms": sum(c.memory_ms for c in costs), "compute_layers": sum(1 for x in layers if x.macs > 0)}
-
-
-def _column(term: str, feats: dict) -> float:
-    feature = COLUMNS[term][0]
-    return 1.0 if feature is None else float(feats[feature])
-
-
-def _design(rows: list[dict], terms: tuple[str, ...]) -> np.ndarray:
-    return np.array([[_column(t, r) for t in terms] for r in rows], dtype=np.float64)
-
-
-def _solve(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares of the relative error: rows divided by the published value, solved for 1."""
-    params, *_ = np.linalg.lstsq(x / y[:, None], np.ones(len(y)), rcond=None)
-    return params
-
-
-def solve(rows: list[dict], ms: list[float], terms: tuple[str, ...] = DEFAULT_TERMS) -> dict[str, float]:
-    """The parameters of `terms` fitted on anchors (features, ms), none negative: when the full fit has a
-    negative one, the best fit of the subsets of terms whose parameters are all positive (fewest terms dropped)."""
-    y = np.asarray(ms, dtype=np.float64)
-    x = _design(rows, terms)
-    for keep in range(len(terms), 0, -1):
-        best, best_cost = None, math.inf
-        for subset in _subsets(len(terms), keep):
-            params = _solve(x[:, subset], y)
-            cost = float(np.sum((x[:, subset] @ params / y - 1) ** 2))
-            if np.all(params >= 0) and cost < best_cost:
-                best, best_cost = dict(zip(subset, params, strict=True)), cost
-        if best is not None:
-            return {t: float(best.get(i, 0.0)) for i, t in enumerate(terms)}
-    return dict.fromkeys(terms, 0.0)
-
-
-def _subsets(n: int, k: int) -> list[list[int]]:
-    return [list(c) for c in combinations(range(n), k)]
-
-
-def model_ms(params: dict[str, float], feats: dict) -> float:
-    return sum(value * _column(term, feats) for term, value in params.items())
-
-
-def leave_one_out(rows: list[dict], ms: list[float], terms: tuple[str, ...] = DEFAULT_TERMS) -> list[float]:
-    """Each anchor's relative error (predicted / published − 1) under the fit on all the others."""
-    errors = []
-    for i in range(len(rows)):
-        rest = [j for j in range(len(rows)) if j != i]
-        params = solve([rows[j] for j in rest], [ms[j] for j in rest], terms)
-        errors.append(model_ms(params, rows[i]) / ms[i] - 1)
-    return errors
-
-
-def interval_factor(loo_errors: list[float]) -> float:
-    """The bound's factor: the largest leave-one-out error as a ratio (−50% and +100% are both a factor 2)."""
-    if not loo_errors:
-        return UNTESTED_FACTOR
-    worst = max(abs(math.log(max(1 + e, 1e-9))) for e in loo_errors)
-    return max(MIN_FACTOR, math.exp(worst))
 
 
 @dataclass(frozen=True)
@@ -275,20 +223,57 @@ def load(path: Path) -> Fit:
     return Fit.from_dict(json.loads(read_text(path, "fitted latency model")))
 
 
-_FITS: dict[tuple[str, str], Fit | None] = {}
+_FITS: dict[tuple, Fit | None] = {}
+_PUBLISHED: dict[tuple[str, str], Fit | None] = {}
 
 
 def fit_for(target: Target) -> Fit | None:
-    """The target's fit: the shipped one when it was fitted on the target as it is now, else fitted here once
-    per process (slow: the reference models are exported); None for a target without usable anchors."""
-    key = (target.name, fingerprint(target))
+    """The target's fit joined with its devices' measurements (`with_measurements`); None for a target with
+    neither usable anchors nor measurements. Redone when the target's facts or the device files change."""
+    key = (target.name, fingerprint(target), device_latencies.stamp())
     if key not in _FITS:
+        _FITS[key] = with_measurements(_published(target), device_latencies.for_target(target))
+    return _FITS[key]
+
+
+def _published(target: Target) -> Fit | None:
+    """The shipped fit when it was fitted on the target as it is now, else fitted here once per process (slow:
+    the reference models are exported), or a kindred target's (`_borrowed`)."""
+    key = (target.name, fingerprint(target))
+    if key not in _PUBLISHED:
         shipped = fitted_dir() / f"{target.name}.json"
         fit = load(shipped) if shipped.is_file() else None
         if fit is None or fit.fingerprint != key[1]:
             fit = fit_target(target) if target.reference_latencies else _borrowed(target)
-        _FITS[key] = fit
-    return _FITS[key]
+        _PUBLISHED[key] = fit
+    return _PUBLISHED[key]
+
+
+def with_measurements(fit: Fit | None, measured: list[dict]) -> Fit | None:
+    """`fit` refitted on its anchors plus device measurements (edgekit.device_latencies), each weighing
+    `MEASURED_WEIGHT` anchors, with a per-inference overhead term; its leave-one-out error, and so its bound,
+    now over both."""
+    if not measured:
+        return fit
+    rows = [*(fit.anchors if fit else ()), *({"model": m["model"], "input": "(measured)", "precision": m["precision"],
+             "runtime": f"device {m['device']}", "ms": m["ms"], "features": m["features"], "measured": True,
+             "how": f"measured on device {m['device']} through its agent, {m['when']}"} for m in measured)]
+    weights = [MEASURED_WEIGHT if a.get("measured") else 1.0 for a in rows]
+    feats, ms, base = [a["features"] for a in rows], [a["ms"] for a in rows], fit.terms if fit else FEW_TERMS
+    # a measured model (often far smaller than any anchor) shows the per-inference cost the anchors cannot: a term
+    # for it where the rows leave each leave-one-out fit as many rows as terms
+    terms = ("overhead_ms", *base) if len(rows) >= len(base) + 2 and "overhead_ms" not in base else base
+    params = solve(feats, ms, terms, weights)
+    loo = leave_one_out(feats, ms, terms, weights) if len(rows) > 1 else []
+    count = sum(1 for a in rows if a.get("measured"))
+    interval = (f"largest leave-one-out error over {len(rows) - count} published anchors and {count} device "
+                f"measurements (at least {MIN_FACTOR})" if loo else f"stated, not measured: one measurement leaves "
+                f"nothing out (factor {UNTESTED_FACTOR})")
+    return Fit(fit.target if fit else measured[0]["target"], fit.fingerprint if fit else "", terms, params,
+               tuple({**a, "fitted_ms": model_ms(params, a["features"])} for a in rows), fit.skipped if fit else (),
+               tuple(loo), float(np.median(np.abs(loo))) if loo else None, interval_factor(loo), interval,
+               (*(fit.notes if fit else ()), f"{count} measurement(s) on the target's devices joined the fit, "
+                f"each weighing {MEASURED_WEIGHT:g} published anchors"))
 
 
 def _borrowed(target: Target) -> Fit | None:
@@ -309,11 +294,15 @@ def _borrowed(target: Target) -> Fit | None:
                            f"({lender.device}) applied to {target.name}'s own roofline"))
 
 
+def measured_count(fit: Fit) -> int:
+    return sum(1 for a in fit.anchors if a.get("measured"))
+
+
 def describe(fit: Fit) -> str:
     terms = " + ".join(f"{fit.params[t]:.4g}{COLUMNS[t][1]}" for t in fit.terms)
     error = "no leave-one-out error (one anchor)" if fit.median_abs_loo is None else \
         f"leave-one-out median error {fit.median_abs_loo:.0%} over {len(fit.loo_errors)}"
-    borrowed = f" ({fit.interval})" if fit.interval.startswith("borrowed") else ""
+    borrowed = f" ({fit.interval})" if fit.interval.startswith(("borrowed", "stated")) else ""
     return f"{terms}; {error}; bound x/÷{fit.interval_factor:.2f} inside the anchors' span{borrowed}"
 
 
@@ -344,25 +333,50 @@ def factor_for(fit: Fit, feats: dict) -> float:
 def predict(layers: list[Layer], target: Target, precision: str = "fp32", fit: Fit | None = None,
             precisions: Mapping[str, str] | None = None) -> Latency:
     """The latency of a model (its layer table; `precisions` a per-layer plan) on a target, anchored on the
-    target's published latencies, with `low`/`high` from its leave-one-out error and how far the model lies
-    outside its anchors; the bare roofline, labelled so and unbounded, without anchors."""
+    target's published latencies (and its devices' measurements), with `low`/`high` from the leave-one-out error
+    and how far the model lies outside the anchors; the bare roofline, labelled so and unbounded, without any;
+    never below the runtime's floor."""
     fit = fit or fit_for(target)
     feats = features(layers, target, precision, precisions)
     plan = f"{precision}, per layer" if precisions else precision
     if fit is None:
-        return Latency.predicted(feats["roofline_ms"], f"roofline of {target.name} ({plan}) only: no published "
-                                 f"reference latencies anchor it, so no error bound (a floor, not an estimate)")
-    return predict_from_features(feats, fit, plan)
+        least = floor_ms(target, feats["compute_layers"])
+        return Latency.predicted(max(feats["roofline_ms"], least), f"roofline of {target.name} ({plan}) only: no "
+                                 f"published reference latencies anchor it, so no error bound (a floor, not an "
+                                 f"estimate){_floor_words(target.latency_floor, feats['roofline_ms'], least, 1.0)}")
+    return predict_from_features(feats, fit, plan, target.latency_floor)
 
 
-def predict_from_features(feats: dict, fit: Fit, precision: str = "fp32") -> Latency:
-    """The fitted model on a model's features (`features`), bounded by the fit's factor for that model."""
+def predict_from_features(feats: dict, fit: Fit, precision: str = "fp32", floor: LatencyFloor | None = None) -> Latency:
+    """The fitted model on a model's features (`features`), bounded by the fit's factor for that model; p50 at
+    least `floor` (the target's `latency_floor`), the bound keeping its factor above p50, low not under it."""
     value = model_ms(fit.params, feats)
     away = outside(fit, feats)
     factor = fit.interval_factor * GROWTH_PER_DECADE ** away  # factor_for, with `away` kept for the source
+    least = floor.ms(feats["compute_layers"]) if floor is not None else 0.0
+    p50 = max(value, least)
     where = f", {away:.1f} decades outside the anchors: x/÷{factor:.2f}" if away >= 0.05 else ""
-    source = f"anchored on {len(fit.anchors)} published latencies of {fit.target} ({precision}): {describe(fit)}{where}"
-    return Latency.predicted(value, source, value / factor, value * factor)
+    devices = sorted({a["runtime"] for a in fit.anchors if a.get("measured")})
+    count = measured_count(fit)
+    measured = f" and {count} device measurements ({', '.join(devices)})" if count else ""
+    source = (f"anchored on {len(fit.anchors) - count} published latencies of {fit.target}{measured} ({precision}): "
+              f"{describe(fit)}{where}{_floor_words(floor, value, least, factor)}")
+    return Latency.predicted(p50, source, max(p50 / factor, least), p50 * factor)
+
+
+def floor_ms(target: Target, compute_layers: int) -> float:
+    """The least one inference of a model with `compute_layers` takes with the target's runtime (0 without a
+    published floor)."""
+    floor = target.latency_floor
+    return floor.ms(compute_layers) if floor is not None else 0.0
+
+
+def _floor_words(floor: LatencyFloor | None, value: float, least: float, factor: float) -> str:
+    """Where the runtime's floor decided: the prediction itself (raised to it), or its low bound."""
+    if floor is None or least <= value / factor:
+        return ""
+    decided = f"raised from {value:.4g} ms to" if value < least else "low bound at"
+    return f"; {decided} the runtime's per-inference floor {least:.4g} ms ({floor.source})"
 
 
 def layer_ms(layers: list[Layer], target: Target, precision: str, fit: Fit) -> float:

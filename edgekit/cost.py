@@ -162,14 +162,21 @@ class CostModel:
     def predict_ms(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
                    default: str = "fp32") -> float:
         f = self.features(layers, precisions, default)
-        return float(np.dot(self.coefficients, [f[k] for k in FEATURES]))
+        return max(float(np.dot(self.coefficients, [f[k] for k in FEATURES])), self.floor_ms(layers))
 
     def predict(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
                 default: str = "fp32") -> Latency:
-        """The candidate's latency; off the device bounded as its anchored model is (`bound_factor`)."""
+        """The candidate's latency; off the device bounded as its anchored model is (`bound_factor`), its low
+        bound not under the runtime's floor."""
         value = self.predict_ms(layers, precisions, default)
         factor = self.bound_factor(layers, precisions, default)
-        return Latency.predicted(value, self.source, *((value / factor, value * factor) if factor else ()))
+        least = self.floor_ms(layers)
+        return Latency.predicted(value, self.source, *((max(value / factor, least), value * factor) if factor else ()))
+
+    def floor_ms(self, layers: list[Layer]) -> float:
+        """Off the device, the runtime's published per-inference floor (edgekit.anchored.floor_ms): nothing
+        predicted is faster. On it, 0: the table's measurements say what the runtime costs."""
+        return 0.0 if self.table.measured else anchored.floor_ms(self.target, sum(1 for x in layers if x.macs > 0))
 
     def bound_factor(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
                      default: str = "fp32") -> float | None:

@@ -100,6 +100,35 @@ class ReferenceLatency(Frozen):
         return self
 
 
+class LatencyFloor(Frozen):
+    """The least one inference can take with the target's runtime, from published measurements of its overheads:
+    a fit on anchors 4 decades larger than a tiny model can predict it faster than the runtime can even start it,
+    so predictions never go below this (edgekit.anchored). Without a published figure, `reason` says why."""
+
+    per_inference_ms: float = Field(0.0, ge=0, description="paid once per inference: the call, the final sync")
+    per_layer_ms: float = Field(0.0, ge=0, description="paid per compute layer (Conv, Gemm, MatMul): its kernel launch")
+    source: str = Field("", description="document title and publisher, and where in it")
+    url: str = ""
+    date: str | None = None
+    note: str = Field("", description="how the figures were read, and carried over to this device")
+    reason: str = Field("", description="why there is no figure")
+
+    @model_validator(mode="after")
+    def _sourced(self) -> LatencyFloor:
+        if self.figured and not (self.source and self.url):
+            raise ValueError("a floor's figures need their source and url")
+        if not self.figured and not self.reason:
+            raise ValueError("a floor without figures needs the reason why")
+        return self
+
+    @property
+    def figured(self) -> bool:
+        return self.per_inference_ms > 0 or self.per_layer_ms > 0
+
+    def ms(self, compute_layers: int) -> float:
+        return self.per_inference_ms + self.per_layer_ms * compute_layers
+
+
 class Target(Frozen):
     name: str
     aliases: tuple[str, ...] = ()
@@ -125,6 +154,7 @@ class Target(Frozen):
     reference_latencies_from: str = Field("", description=(
         "without anchors of its own: the target whose fitted runtime efficiencies its predictions borrow "
         "(the same runtime on a kindred device), their bound widened and said so"))
+    latency_floor: LatencyFloor | None = Field(None, description="the least an inference takes with this runtime")
     file: str = Field("", description="where this target was loaded from")
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from edgekit import device_latencies
 from edgekit.errors import BUDGET_MISSED, BadInput
 from tests.agents import Agent
 from tests.conftest import run_cli
@@ -58,6 +59,10 @@ def test_deploy_on_a_device_is_measured_there_through_its_agent(inventory, tmp_p
     with agent.client() as client:  # the agent ran it: its job is on record with the same numbers
         jobs = [j for j in client.jobs() if j["state"] == "finished"]
         assert any(client.job(j["id"])["result"]["latency_ms"]["p50"] == latency["p50"] for j in jobs)
+    # the measurement joins its target's latency fit, kept in the device's file (issue 15)
+    stored = json.loads(device_latencies.path_for("local-agent").read_text())
+    assert stored["target"] == "host" and stored["measurements"][-1]["ms"] == latency["p50"]
+    assert stored["measurements"][-1]["features"]["compute_layers"] == 5
 
 
 def test_profile_on_a_device(inventory, tmp_path, demo_run):

@@ -52,6 +52,7 @@ def _print(result) -> None:
         table.add_row("outside", f"{result.outside_decades:.2f} decades outside the anchors (size + mix)")
         for note in fit["notes"]:
             table.add_row("note", note)
+    _floor_rows(table, result.floor)
     table.add_row("memory", f"{result.memory_mb:.4g} MB (weights + peak activations)")
     if result.budget is not None:
         b = result.budget
@@ -59,6 +60,19 @@ def _print(result) -> None:
     table.add_row("device", result.device)
     out.print(table)
     out.print(f"latency: {lat['source']}")
+
+
+def _floor_rows(table: Table, floor: dict | None) -> None:
+    """The runtime's per-inference floor: whether it decided the prediction, and its source."""
+    if floor is None:
+        return
+    if "reason" in floor:
+        table.add_row("floor", f"none published for this runtime: {floor['reason']}")
+        return
+    decided = "decided the prediction" if floor["decided"] else "below the prediction"
+    table.add_row("floor", f"{floor['ms']:.4g} ms, {decided} ({floor['per_inference_ms']:g} ms per inference + "
+                           f"{floor['per_layer_ms']:g} ms x {floor['compute_layers']} compute layers)")
+    table.add_row("floor source", f"{floor['source']}, {floor['date']}, {floor['url']}")
 
 
 

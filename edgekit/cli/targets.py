@@ -48,9 +48,23 @@ def targets_show(name: Annotated[str, typer.Argument(help="Target name, alias or
         print_json(data)
         return
     facts = {k: v for k, v in data.items()
-             if k not in ("reference_latencies", "reference_latencies_note", "reference_latencies_from")}
+             if k not in ("reference_latencies", "reference_latencies_note", "reference_latencies_from", "latency_floor")}
     out.print(yaml.safe_dump(facts, sort_keys=False, allow_unicode=True, width=120).rstrip())
     _print_reference_latencies(target)
+    _print_floor(target)
+
+
+def _print_floor(target) -> None:
+    """The least one inference takes with the target's runtime: no prediction goes below it (or why none)."""
+    floor = target.latency_floor
+    if floor is None:
+        return
+    if not floor.figured:
+        out.print(f"\n[bold]latency floor[/bold]: none for {target.backend.name}. {floor.reason}", soft_wrap=True)
+        return
+    out.print(f"\n[bold]latency floor[/bold]: {floor.per_inference_ms:g} ms per inference + {floor.per_layer_ms:g} ms "
+              f"per compute layer; no prediction for {target.name} goes below it (`edgekit estimate` says when it "
+              f"decides). Source: {floor.source}, {floor.date}, {floor.url}. {floor.note}", soft_wrap=True)
 
 
 def _print_reference_latencies(target) -> None:

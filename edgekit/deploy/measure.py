@@ -1,5 +1,6 @@
 """`measure`: the second half of a deploy — the built engine timed by a `Measurer` (here, or on a device
-through its agent), its accuracy checked, the budget judged, report.json written."""
+through its agent), its accuracy checked, the budget judged, report.json written. A whole model measured on a
+device joins its target's latency fit (edgekit.device_latencies)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-from edgekit import graph, remote
+from edgekit import anchored, device_latencies, graph, remote
 from edgekit.backends.base import Artifact
 from edgekit.budget import judge_latency
 from edgekit.deploy.build import Build
@@ -39,6 +40,8 @@ def measure(built: Build, measurer: Measurer, step: Callable[[str], None] = lamb
             built.finish()
             raise
         report = _with_measurement(report, measured)
+        if measured.device is not None and measured.latency.get("p50"):
+            _remember(built, measured)
         if measured.accuracy is None and splits is not None and (availability.run or availability.check):
             step("check")
             where = f"this machine, the same engine with {built.backend.name}" if availability.run else availability.check_how
@@ -65,6 +68,14 @@ def _with_measurement(report: DeployReport, measured: Measurement) -> DeployRepo
         mixed = dataclasses.replace(mixed, fp32_p50_ms=measured.latency["p50"])
     return dataclasses.replace(report, latency_ms=measured.latency, status=measured.status, measurement=measured, mixed=mixed,
                                cost_model_error=round(report.predicted_latency_ms["p50"] / measured.latency["p50"] - 1, 3))
+
+
+def _remember(built: Build, measured: Measurement) -> None:
+    """The device's measurement of the whole model, kept with its features for its target's fit."""
+    plan = built.plan
+    device_latencies.record(measured.device["name"], built.target, model=built.model.name, precision=plan.label,
+                            features=anchored.features(built.layers, built.target, plan.default, plan.layers),
+                            ms=measured.latency["p50"])
 
 
 def _checked_here(built: Build, model: LoadedModel, where: str) -> dict:
