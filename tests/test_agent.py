@@ -272,11 +272,11 @@ def test_fifty_concurrent_submissions_are_each_run_or_refused_none_lost(small_ag
 
 
 def runners(workdir: Path) -> list:
-    """The processes running a job of the agent in `workdir`."""
+    """The processes running a job of the agent in `workdir`: each works in its job's folder."""
     import psutil
 
-    return [p for p in psutil.process_iter(["cmdline"]) if "edgekit.agent.runner" in (p.info["cmdline"] or [])
-            and str(workdir) in " ".join(p.info["cmdline"])]
+    jobs = str(workdir / "jobs") + os.sep
+    return [p for p in psutil.process_iter(["cwd"]) if (p.info["cwd"] or "").startswith(jobs)]
 
 
 def test_a_job_running_when_the_agent_is_killed_fails_and_the_queue_survives(tmp_path, token_file, ir):
@@ -290,6 +290,9 @@ def test_a_job_running_when_the_agent_is_killed_fails_and_the_queue_survives(tmp
         queued = client.submit({"kind": "profile", "target": "host", "artifact": "model.xml", "settings": TINY},
                                {"model.xml": ir, "model.bin": ir.with_suffix(".bin")})
         assert client.job(queued)["state"] == "queued"
+        deadline = time.monotonic() + 30
+        while not runners(workdir) and time.monotonic() < deadline:  # forked once the agent's fork server is up
+            time.sleep(0.1)
         assert runners(workdir)  # the long job's own process
         with pytest.raises(Failure, match=f"job {long_job} on the agent at {first.url} did not finish within 0.3 s"):
             client.wait(long_job, timeout_s=0.3)

@@ -123,8 +123,9 @@ def test_units_timed_under_other_load_are_scaled_to_the_tables_reference(tmp_pat
     plain = table.layer_ms(conv1, "fp32")
     stored = json.loads(table.path.read_text())
     assert stored["reference"]["ms"] > 0 and stored["entries"][table.key(fusion.Unit(conv1), "fp32")]["load"] > 0
-    # the same unit measured again in a table whose reference was timed on a machine twice as fast
-    doubled = {**stored, "entries": {}, "reference": {"ms": stored["reference"]["ms"] / 2}}
+    # the same unit measured again in a table whose reference was timed on a machine twenty times as fast (far
+    # more than the load of a busy 2-core machine, e.g. the suite's other worker, swings between two timings)
+    doubled = {**stored, "entries": {}, "reference": {"ms": stored["reference"]["ms"] / 20}}
     table.path.write_text(json.dumps(doubled))
     again = LatencyTable(host, "openvino", runs=6)
     scaled = again.layer_ms(conv1, "fp32")

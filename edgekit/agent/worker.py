@@ -1,18 +1,22 @@
 """The one worker: jobs run strictly one at a time, because a measurement needs the machine to
 itself. Each job runs in a child process (`edgekit.agent.runner`) so that a runtime crashing on a bad
-engine fails that job, not the agent."""
+engine fails that job, not the agent.
+
+The children are forked from a server that has imported the runner and the runtimes once (`PRELOAD`,
+before any of them starts a thread pool): a fresh process per job, without the seconds a Pi spends
+importing ONNX and a runtime for every one of a search's many small unit jobs."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from edgekit.agent.runner import OUTCOME
+from edgekit.agent import runner
 from edgekit.agent.store import JobStore
 
 
@@ -41,19 +45,30 @@ class Worker(threading.Thread):
                 sys.stderr.write(f"edgekit agent: error: cannot record the end of job {job.id}: {err}\n")
 
 
+PRELOAD = ["numpy", "onnx", "onnxruntime", "openvino", "edgekit.agent.runner"]  # those not installed are skipped
+_FORKS = None
+
+
+def _forks():
+    global _FORKS
+    if _FORKS is None:
+        _FORKS = multiprocessing.get_context("forkserver")
+        _FORKS.set_forkserver_preload(PRELOAD)
+    return _FORKS
+
+
 def run_in_child(job_dir: Path, *, timeout_s: float) -> tuple[dict | None, str | None]:
-    """(result, None) or (None, one-line error) of the job in job_dir, run by a fresh Python process."""
-    outcome_file = job_dir / OUTCOME
+    """(result, None) or (None, one-line error) of the job in job_dir, run by a fresh process."""
+    outcome_file = job_dir / runner.OUTCOME
     outcome_file.unlink(missing_ok=True)
-    with open(job_dir / "runner.log", "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "edgekit.agent.runner", str(job_dir), str(os.getpid())],
-                                 cwd=job_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            code = child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            return None, f"the job ran past the agent's limit of {timeout_s:g} s and was stopped"
+    child = _forks().Process(target=_run_job, args=(str(job_dir),), name=f"edgekit-job-{job_dir.name}")
+    child.start()
+    child.join(timeout_s)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        return None, f"the job ran past the agent's limit of {timeout_s:g} s and was stopped"
+    code = child.exitcode
     if outcome_file.is_file():
         outcome = json.loads(outcome_file.read_text())
         return outcome.get("result"), outcome.get("error")
@@ -63,6 +78,27 @@ def run_in_child(job_dir: Path, *, timeout_s: float) -> tuple[dict | None, str |
     else:
         why = f"exit status {code}"
     return None, f"the runtime process died ({why}){_last_line(job_dir / 'runner.log')}"
+
+
+def _run_job(job_dir: str) -> None:
+    """In the forked child: the runner's output to runner.log, its exit status the process's. Its parent is the
+    fork server, which ends when the last process holding its "alive" pipe does: this child lets go of its copy,
+    so the server ends with the agent, and the runner with the server (runner._die_with_parent)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # noqa: SLF001 - the one handle multiprocessing gives a child of the pipe
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+    os.chdir(job_dir)
+    with open(os.devnull, "rb") as null, open(Path(job_dir) / "runner.log", "wb") as log:
+        os.dup2(null.fileno(), 0)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    code = runner.main([job_dir, str(os.getppid())])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _last_line(log: Path) -> str:
