@@ -144,7 +144,7 @@ def test_a_killed_search_resumes_and_loses_at_most_one_trial(tmp_path):
 
     out = tmp_path / "run"
     args = [sys.executable, "-m", "edgekit", "search", "--target", "host", "--latency-budget-ms", "0.01",
-            "--out", str(out), "--finetune", "1", "--method", "mse", "--trials", "4"]
+            "--out", str(out), "--finetune", "1", "--method", "mse", "--trials", "4", "--duration", "0.2", "--repeats", "20"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -157,7 +157,7 @@ def test_a_killed_search_resumes_and_loses_at_most_one_trial(tmp_path):
     before = {t.number: t.user_attrs["key"] for t in _completed(out / "search.db")
               if t.state == optuna.trial.TrialState.COMPLETE}
     resumed = run_cli("search", "--target", "host", "--latency-budget-ms", "0.01", "--resume", str(out),
-                      "--finetune", "1", "--method", "mse", "--trials", "4", "--json")
+                      "--finetune", "1", "--method", "mse", "--trials", "4", "--duration", "0.2", "--repeats", "20", "--json")
     assert resumed.returncode == BUDGET_MISSED, resumed.stderr  # 0.01 ms cannot be met: the documented exit code
     trials = _completed(out / "search.db")
     after = {t.number: t.user_attrs["key"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
