@@ -89,7 +89,7 @@ def features(layers: list[Layer], target: Target, precision: str,
         by_precision.setdefault(of.get(layer.name, precision), []).append(layer)
     costs = [c for p, group in by_precision.items() for c in layer_costs(group, target, p)]
     return {"roofline_ms": sum(c.ms for c in costs), "compute_ms": sum(c.compute_ms for c in costs),
-            "memory_ms": sum(c.memory_ms for c in costs), "compute_layers": sum(1 for x in layers if x.macs > 0)}
+            "memory_ms": sum(c.memory_ms for c in costs), "compute_layers": compute_layers(layers)}
 
 
 @dataclass(frozen=True)
@@ -362,6 +362,11 @@ def predict_from_features(feats: dict, fit: Fit, precision: str = "fp32", floor:
     source = (f"anchored on {len(fit.anchors) - count} published latencies of {fit.target}{measured} ({precision}): "
               f"{describe(fit)}{where}{_floor_words(floor, value, least, factor)}")
     return Latency.predicted(p50, source, max(p50 / factor, least), p50 * factor)
+
+
+def compute_layers(layers: list[Layer]) -> int:
+    """The layers with multiply-accumulates: what a runtime launches as kernels, activations fused into them."""
+    return sum(1 for x in layers if x.macs > 0)
 
 
 def floor_ms(target: Target, compute_layers: int) -> float:

@@ -176,7 +176,7 @@ class CostModel:
     def floor_ms(self, layers: list[Layer]) -> float:
         """Off the device, the runtime's published per-inference floor (edgekit.anchored.floor_ms): nothing
         predicted is faster. On it, 0: the table's measurements say what the runtime costs."""
-        return 0.0 if self.table.measured else anchored.floor_ms(self.target, sum(1 for x in layers if x.macs > 0))
+        return 0.0 if self.table.measured else anchored.floor_ms(self.target, anchored.compute_layers(layers))
 
     def bound_factor(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
                      default: str = "fp32") -> float | None:
