@@ -29,7 +29,7 @@ from pathlib import Path
 
 PRELOAD = ["numpy", "scipy", "sklearn", "matplotlib", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf",
            "torch_pruning", "optuna", "transformers", "ai_edge_litert.interpreter", "hls4ml", "ray", "fastapi", "httpx",
-           "uvicorn", "cryptography", "edgekit.deploy", "edgekit.search", "edgekit.calibrate"]
+           "uvicorn", "cryptography", "edgekit.deploy", "edgekit.search", "edgekit.calibrate", "tests.cli_warmup"]
 STARTUP_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONPATH", "PYTHONHASHSEED",
                "PYTHONWARNINGS", "LD_PRELOAD", "LD_LIBRARY_PATH")
 _CONTEXT = None

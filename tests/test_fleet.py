@@ -49,7 +49,7 @@ def fleet(tmp_path_factory):
     runs = []
     for n in (1, 2):
         result = run_cli("fleet", "build", str(manifest), "--out", str(root / f"dist{n}"), "--cache", str(root / "cache"),
-                         "--key", str(root / "keys" / "fleet.key"), "--json", env={"OMP_NUM_THREADS": "1"})
+                         "--key", str(root / "keys" / "fleet.key"), "--json")
         assert result.returncode == 0, result.stderr[-2000:]
         runs.append(json.loads(result.stdout))
     return root, runs
@@ -219,7 +219,7 @@ def test_a_fresh_rebuild_gives_a_byte_identical_bundle(fleet, tmp_path):
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text(TWO_CLASSES.split("  gateway:")[0] + "  camera-pi:" + TWO_CLASSES.split("  camera-pi:")[1])
     result = run_cli("fleet", "build", str(manifest), "--out", str(tmp_path / "dist"), "--cache", str(tmp_path / "fresh"),
-                     "--key", str(root / "keys" / "fleet.key"), "--json", env={"OMP_NUM_THREADS": "1"})
+                     "--key", str(root / "keys" / "fleet.key"), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["built"] == 1
     assert (tmp_path / "dist" / "camera-pi-2.1.0.tar").read_bytes() == (root / "dist1" / "camera-pi-2.1.0.tar").read_bytes()

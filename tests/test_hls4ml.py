@@ -16,9 +16,9 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="hls4ml's C s
 @pytest.fixture(scope="module")
 def kv260_run(tmp_path_factory):
     """One real `edgekit deploy --target fpga` of the demo (calibration, conversion, g++ compile, the
-    check on the test split). One thread: PyTorch's reference outputs otherwise wait on a busy core."""
+    check on the test split)."""
     out = tmp_path_factory.mktemp("kv260")
-    result = run_cli("deploy", "--target", "fpga", "--out", str(out), env={"OMP_NUM_THREADS": "1", "COLUMNS": "220"})
+    result = run_cli("deploy", "--target", "fpga", "--out", str(out), env={"COLUMNS": "220"})
     return out, result
 
 
@@ -176,7 +176,7 @@ def test_a_plan_of_per_layer_widths_is_built_layer_by_layer_and_checked(tmp_path
     plan = tmp_path / "plan.yaml"
     plan.write_text("default: int8\nlayers:\n  node_Conv_67: int12\n  node_Conv_71: int6\n  node_linear: int16\n")
     out = tmp_path / "run"
-    result = run_cli("deploy", "--target", "kv260", "--plan", str(plan), "--out", str(out), env={"OMP_NUM_THREADS": "1"})
+    result = run_cli("deploy", "--target", "kv260", "--plan", str(plan), "--out", str(out))
     assert result.returncode == 0, result.stderr
     widths = [m["width"] for m in json.loads((out / "model.hls4ml").read_text())["multiply_layers"]]
     assert widths == [12, 8, 6, 8, 16]
@@ -244,7 +244,7 @@ def test_search_on_the_fpga_walks_bit_widths_and_channels_on_the_design_estimate
     narrower widths on hls4ml's design estimate (predicted), and checks the chosen design in C simulation."""
     out = tmp_path / "search"
     result = run_cli("search", "--target", "fpga", "--speedup", "1.3", "--time-limit", "150", "--finetune", "2",
-                     "--out", str(out), "--json", env={"OMP_NUM_THREADS": "1"})
+                     "--out", str(out), "--json")
     # edgekit's design estimate has no measured bound (never compared with synthesis): a budget it meets is
     # uncertain, the documented exit 4, until the board measures it
     assert result.returncode == BUDGET_UNCERTAIN, result.stderr
@@ -272,3 +272,19 @@ def test_the_estimates_block_ram_rules_are_amds_figures():
     assert est.bram18(512, 72) == 2 and est.bram18(1024, 36) == 2 and est.bram18(2048, 18) == 2
     assert est.bram18(100, 8) == 1  # a small memory still takes a whole block
     assert est.SRL_MAX_BITS == 1024
+
+
+def test_hls4ml_reuse_factors_are_computed_once_with_the_same_answer():
+    """edgekit keeps hls4ml's valid reuse factors per (n_in, n_out): the same list as hls4ml's own loop,
+    a fresh copy for each caller (hls4ml pops from it)."""
+    from edgekit.backends.hls4ml_project import hls4ml_module
+
+    hls4ml_module()
+    from hls4ml.backends.fpga.fpga_backend import FPGABackend
+
+    backend = FPGABackend.__new__(FPGABackend)
+    expected = [rf for rf in range(1, 72 * 16 + 1) if backend._validate_reuse_factor(72, 16, rf)]
+    first = backend.get_valid_reuse_factors(72, 16)
+    assert first == expected and FPGABackend.get_valid_reuse_factors._edgekit_kept
+    first.pop()
+    assert backend.get_valid_reuse_factors(72, 16) == expected

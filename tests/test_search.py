@@ -140,11 +140,14 @@ def test_workers_opening_one_new_storage_at_once_all_get_the_study(tmp_path):
 
 
 def test_a_killed_search_resumes_and_loses_at_most_one_trial(tmp_path):
+    """SIGKILL after two trials, then --resume. Priced on the cost model of a board that is not here
+    (tests/targets/rpi5-fp32.yaml): what is checked is the trials' storage; on a target measured here
+    most of the test's time went to timing layers."""
     import optuna
 
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "edgekit", "search", "--target", "host", "--latency-budget-ms", "0.01",
-            "--out", str(out), "--finetune", "1", "--method", "mse", "--trials", "4", "--duration", "0.2", "--repeats", "20"]
+    where = ["--target", "rpi5-fp32", "--targets-dir", str(ROOT / "tests" / "targets"), "--latency-budget-ms", "0.001"]
+    args = [sys.executable, "-m", "edgekit", "search", *where, "--out", str(out), "--finetune", "1", "--trials", "4"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -156,9 +159,8 @@ def test_a_killed_search_resumes_and_loses_at_most_one_trial(tmp_path):
     process.wait()
     before = {t.number: t.user_attrs["key"] for t in _completed(out / "search.db")
               if t.state == optuna.trial.TrialState.COMPLETE}
-    resumed = run_cli("search", "--target", "host", "--latency-budget-ms", "0.01", "--resume", str(out),
-                      "--finetune", "1", "--method", "mse", "--trials", "4", "--duration", "0.2", "--repeats", "20", "--json")
-    assert resumed.returncode == BUDGET_MISSED, resumed.stderr  # 0.01 ms cannot be met: the documented exit code
+    resumed = run_cli("search", *where, "--resume", str(out), "--finetune", "1", "--trials", "4", "--json")
+    assert resumed.returncode == BUDGET_MISSED, resumed.stderr  # 0.001 ms cannot be met: the documented exit code
     trials = _completed(out / "search.db")
     after = {t.number: t.user_attrs["key"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert all(after[n] == key for n, key in before.items())  # nothing finished was lost or redone
@@ -217,7 +219,7 @@ def test_deploy_with_a_latency_budget_searches_first(tmp_path, demo_onnx_file):
     """`deploy --latency-budget-ms` on a PyTorch model is the search (here stopped at once by its time
     limit, so the original model is built and measured); on an ONNX file it only checks the budget."""
     result = run_cli("deploy", "--target", "host", "--latency-budget-ms", "50", "--time-limit", "0.01",
-                     "--method", "mse", "--out", str(tmp_path / "searched"), "--json")
+                     "--method", "mse", "--out", str(tmp_path / "searched"), "--json", "--repeats", "20", "--duration", "0.2")
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert found == json.loads((tmp_path / "searched" / "search.json").read_text())

@@ -142,7 +142,7 @@ def test_the_example_encoder_has_a_benchmark_size():
         assert base.module(*example_tensors(base)).shape == (1, 4)
 
 
-SEARCH = dict(step_finetune_s=0.5, final_finetune_s=5.0, time_limit_s=240, speedup=2.0, metric="cosine",
+SEARCH = dict(step_finetune_s=0.3, final_finetune_s=2.0, time_limit_s=240, speedup=2.0, metric="cosine",
               max_accuracy_drop=5.0, target="host-fp32", targets_dir=(ROOT / "tests" / "targets",),
               calibration=CalibrationOptions(method="mse", equalization="off"),
               settings=ProfileSettings(repeats=30, min_time_s=0.2, warmup_s=0.05))

@@ -5,6 +5,7 @@ notes the report shows. Kept apart from the backend class, which only sequences 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,31 @@ MAX_FOLDS = 64  # conversions tried while raising reuse factors to fit the BRAM
 
 def hls4ml_module():
     """hls4ml, imported (MissingRuntime naming edgekit's fpga extra where it is not installed)."""
-    return require("hls4ml", "fpga")
+    hls4ml = require("hls4ml", "fpga")
+    _reuse_factors_kept()
+    return hls4ml
+
+
+def _reuse_factors_kept() -> None:
+    """hls4ml's `FPGABackend.get_valid_reuse_factors(n_in, n_out)` tries every reuse factor up to
+    n_in·n_out (a few ms per conv layer, for every layer of every conversion: more than half of a
+    fixed-point search's time went there). Its answer depends on the backend class and the two counts
+    alone, so it is computed once per process; callers get their own copy (hls4ml pops from it)."""
+    from hls4ml.backends.fpga.fpga_backend import FPGABackend
+
+    original = FPGABackend.get_valid_reuse_factors
+    if getattr(original, "_edgekit_kept", False):
+        return
+
+    @functools.lru_cache(maxsize=4096)
+    def valid(backend_class, n_in: int, n_out: int) -> tuple[int, ...]:
+        return tuple(original(backend_class.__new__(backend_class), n_in, n_out))
+
+    def get_valid_reuse_factors(self, n_in, n_out):
+        return list(valid(type(self), int(n_in), int(n_out)))
+
+    get_valid_reuse_factors._edgekit_kept = True
+    FPGABackend.get_valid_reuse_factors = get_valid_reuse_factors
 
 
 @contextlib.contextmanager

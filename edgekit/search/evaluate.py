@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,8 +29,40 @@ from edgekit.models import LoadedModel
 BATCH = 64
 
 
+_TABLES: OrderedDict[tuple, list[graph.Layer]] = OrderedDict()  # shape signature → layer table, newest last
+_TABLES_KEPT = 64
+
+
+def _signature(module, loaded: LoadedModel) -> tuple:
+    """What a module's layer table depends on: its inputs' shapes, each submodule's class and plain
+    settings (a head count, an epsilon, a stride) and each weight's shape, never the weights' values.
+    Two candidates with one signature export the same graph (a walk prices the same cut again in its
+    next step, and `bound_factor` reprices the module `predict` just priced)."""
+    parts: list = [loaded.spec, tuple((s.name, tuple(s.shape)) for s in loaded.inputs)]
+    for name, sub in module.named_modules():
+        plain = tuple(sorted((k, v) for k, v in vars(sub).items()
+                             if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))
+                             and (not isinstance(v, tuple) or all(isinstance(x, (bool, int, float, str)) for x in v))))
+        parts.append((name, type(sub).__qualname__, plain))
+    parts.extend((name, tuple(t.shape), str(t.dtype)) for name, t in module.state_dict().items())
+    return tuple(parts)
+
+
 def fast_layer_table(module, loaded: LoadedModel) -> list[graph.Layer]:
-    """The layer table of a (pruned) module via an in-memory TorchScript export."""
+    """The layer table of a (pruned) module via an in-memory TorchScript export, kept by the module's
+    shape signature (edgekit.search.evaluate._signature): a repeated shape is not exported again."""
+    key = _signature(module, loaded)
+    if key in _TABLES:
+        _TABLES.move_to_end(key)
+        return list(_TABLES[key])
+    layers = _export_layer_table(module, loaded)
+    _TABLES[key] = layers
+    while len(_TABLES) > _TABLES_KEPT:
+        _TABLES.popitem(last=False)
+    return list(layers)
+
+
+def _export_layer_table(module, loaded: LoadedModel) -> list[graph.Layer]:
     import torch
 
     args = tuple(torch.from_numpy(loaded.example[s.name]) for s in loaded.inputs)
