@@ -76,8 +76,8 @@ def run_models(name: str, models: dict, bench_model, to_markdown, args) -> dict:
             results.append({**bench_model(label, spec, args, Path(tmp)), "machine": here})
     previous = args.out / f"{name}.json"
     if args.only and previous.is_file():  # --only: the other models' sections stay as their own runs measured them
-        ran = {r["model"] for r in results}
-        kept = [r for r in json.loads(previous.read_text())["results"] if r["model"] not in ran]
+        ran, last = {r["model"] for r in results}, json.loads(previous.read_text())
+        kept = [{"machine": last["machine"], **r} for r in last["results"] if r["model"] not in ran]  # their own run's date
         results = [r for label in models for r in kept + results if r["model"] == label]
     report = {"machine": here, "threads": args.threads, "rounds": args.rounds, "block": args.block, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)

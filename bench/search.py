@@ -239,6 +239,8 @@ def _moves(row: dict) -> str:
             shown.append(f"{move['layer']} rank {move['rank']}")
         else:
             shown.append(f"{move['group']} {move['to']}/{move['from']}")
+    if "search_s" in row and "moves" not in row:
+        return "not recorded"  # a run from before the moves were written down
     return ", ".join(shown) or ("–" if "search_s" not in row else "none")
 
 
