@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -27,6 +28,15 @@ def cache_dir() -> Path:
         path = Path(platformdirs.user_cache_dir("edgekit"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def fork_server(preload: list[str]):
+    """multiprocessing's fork-server context with `preload` imported in the server once: children start
+    with those modules loaded, each still its own process. The server is one per process, so its preload
+    list is whichever was set before it first started (the agent and the test harness each set one)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload)
+    return context
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

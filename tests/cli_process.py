@@ -27,6 +27,8 @@ import threading
 import traceback
 from pathlib import Path
 
+from edgekit.util import fork_server
+
 PRELOAD = ["numpy", "scipy", "sklearn", "matplotlib", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf",
            "torch_pruning", "optuna", "transformers", "ai_edge_litert.interpreter", "hls4ml", "ray", "fastapi", "httpx",
            "uvicorn", "cryptography", "edgekit.deploy", "edgekit.search", "edgekit.calibrate", "tests.cli_warmup"]
@@ -57,8 +59,7 @@ def run_edgekit(args: list[str], cwd: Path, env: dict, timeout: float) -> subpro
 def _context():
     global _CONTEXT
     if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(PRELOAD)
+        _CONTEXT = fork_server(PRELOAD)
     return _CONTEXT
 
 

@@ -14,20 +14,22 @@ def _warm_up_the_exporter() -> None:
     import tempfile
     from pathlib import Path
 
+    import numpy as np
     import torch
     import tqdm
 
-    from edgekit import graph, onnx_registry
+    from edgekit import graph
+    from edgekit.models import InputSpec, LoadedModel
 
-    onnx_registry.build_once()
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    model = LoadedModel("warm-up", "torch", (InputSpec("x", (1, 3, 8, 8), "float32"),),
+                        {"x": np.zeros((1, 3, 8, 8), np.float32)}, "0" * 64, module=net)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory(prefix="edgekit-warm-") as tmp, graph._quiet():
-            torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(Path(tmp) / "warm.onnx"),
-                              opset_version=graph.OPSET, dynamo=True, external_data=False)
+        with tempfile.TemporaryDirectory(prefix="edgekit-warm-") as tmp:
+            graph.export_onnx(model, Path(tmp) / "warm.onnx")  # what every CLI call's export goes through
     finally:
         torch.set_num_threads(threads)
         monitor = getattr(tqdm.tqdm, "monitor", None)

@@ -9,7 +9,6 @@ importing ONNX and a runtime for every one of a search's many small unit jobs.""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from edgekit.agent import runner
 from edgekit.agent.store import JobStore
+from edgekit.util import fork_server
 
 
 class Worker(threading.Thread):
@@ -52,8 +52,7 @@ _FORKS = None
 def _forks():
     global _FORKS
     if _FORKS is None:
-        _FORKS = multiprocessing.get_context("forkserver")
-        _FORKS.set_forkserver_preload(PRELOAD)
+        _FORKS = fork_server(PRELOAD)
     return _FORKS
 
 

@@ -40,12 +40,17 @@ def _signature(module, loaded: LoadedModel) -> tuple:
     next step, and `bound_factor` reprices the module `predict` just priced)."""
     parts: list = [loaded.spec, tuple((s.name, tuple(s.shape)) for s in loaded.inputs)]
     for name, sub in module.named_modules():
-        plain = tuple(sorted((k, v) for k, v in vars(sub).items()
-                             if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))
-                             and (not isinstance(v, tuple) or all(isinstance(x, (bool, int, float, str)) for x in v))))
+        plain = tuple(sorted((k, v) for k, v in vars(sub).items() if not k.startswith("_") and _plain(v)))
         parts.append((name, type(sub).__qualname__, plain))
     parts.extend((name, tuple(t.shape), str(t.dtype)) for name, t in module.state_dict().items())
     return tuple(parts)
+
+
+def _plain(value) -> bool:
+    """A setting that can shape a graph and be compared: a number, a string, None, or a tuple of those."""
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (bool, int, float, str, type(None)))
 
 
 def fast_layer_table(module, loaded: LoadedModel) -> list[graph.Layer]:
