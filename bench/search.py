@@ -17,7 +17,9 @@ ratios to fp32, median, min and max. Accuracy on the test split, which the searc
 The first search pays for the model's sensitivity analysis; the later ones reuse it (same model, same
 device), so their wall times are the walk, the closed loop and the final build.
 
-Models: the zoo's ResNet-like and MobileNetV2-like (digits, top-1 against labels) and examples/encoder.py at
+Models: the zoo's ResNet-like and MobileNetV2-like (digits at 32x32, top-1 against labels), the MobileNetV2-like
+at an edge classifier's 96x96 (`edgekit.zoo:mobilenet96`: at 32x32 half its time is the runtime's per-layer cost)
+and examples/encoder.py at
 its benchmark size (6 layers, hidden 384, 6 heads, sequence 64; random tokens, cosine against the fp32
 engine's outputs: the search, uniform pruning and NNCF are all judged by that metric, and distilled by MSE).
 The searches take every move (channels, heads and FFN widths, dropped blocks, low rank) and per-layer int8.
@@ -56,6 +58,7 @@ from edgekit.targets import load_target
 SEARCHED = {
     "resnet-like": ("edgekit.zoo:resnet", DATA, "top1"),
     "mobilenetv2-like (depthwise)": ("edgekit.zoo:mobilenet", DATA, "top1"),
+    "mobilenetv2-like at 96x96 (depthwise, stride-2 stem)": ("edgekit.zoo:mobilenet96", "edgekit.zoo:data96", "top1"),
     "encoder (6 layers, hidden 384, 6 heads, sequence 64)": ("examples.encoder:build_base", "examples.encoder:data_base",
                                                              "cosine"),
 }

@@ -197,6 +197,22 @@ def test_lowrank_full_rank_is_exact_and_lower_rank_saves_macs():
         rank_choices(nn.Conv2d(4, 4, 3), 4)
 
 
+def test_a_factorized_ffn_is_still_pruned_as_its_own_width_not_the_residual_stream():
+    """After layers.0.ff.0 becomes a rank-16 pair, the FFN width (256) and the residual stream (64) share as many
+    of the old group's layers; the name must go to the FFN's output factor (a bench search once asked the
+    residual stream to keep 128 of its 64 channels)."""
+    from examples.encoder import build
+
+    model, inputs = build(layers=1, dim=64, heads=4, seq=8)
+    example = (inputs["input_ids"], inputs["attention_mask"])
+    groups = prune_groups(model, example)
+    assert {g.name: g.channels for g in groups}["layers.0.ff.0"] == 256
+    low = factorize(model, {"layers.0.ff.0": 16})
+    pruned = prune(low, example, {"layers.0.ff.0": 128}, like=groups)
+    assert pruned.layers[0].ff[0][1].out_features == 128 and pruned.layers[0].ff[2].in_features == 128
+    assert pruned.layers[0].proj.out_features == 64 and pruned(*example).shape == model(*example).shape
+
+
 def _agreement(student, teacher, x: np.ndarray) -> float:
     with torch.no_grad():
         return float((student(torch.from_numpy(x)).argmax(1) == teacher(torch.from_numpy(x)).argmax(1)).float().mean())

@@ -83,6 +83,34 @@ def test_a_step_whose_cuts_all_cost_too_much_tries_milder_ones(tmp_path):
     assert any("trying cuts of" in line for line in lines)
 
 
+def test_a_step_fine_tunes_only_the_cuts_that_lose_least_before_fine_tuning(tmp_path):
+    """Eight groups, each cut saving 0.1 ms; before fine-tuning, group gi's cut costs i/100 of accuracy, and
+    fine-tuning gives back half of it. Only the SHORTLIST cheapest are fine-tuned and recorded; g0 wins."""
+    names = [f"g{i}" for i in range(8)]
+    tuned: list[str] = []
+
+    def accuracy(module):
+        lost = sum(int(g[1:]) / 100 for g in names if module.get(g, 16) < 16)
+        return 0.95 - lost / (2 if module.get("tuned") else 1)
+
+    def finetune(module):
+        tuned.extend(g for g in names if module.get(g, 16) < 16)
+        module["tuned"] = True
+
+    walk = greedy.Walk(
+        greedy.Channels(groups=[Group(g, 16) for g in names], choices={g: (8, 16) for g in names},
+                        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+                        prune=lambda module, keep: {**{k: v for k, v in module.items() if k != "tuned"}, **keep}),
+        greedy.Scoring(predict=lambda c, m: (1.0 - 0.1 * len(c.keep), 1.0), finetune=finetune, accuracy=accuracy))
+    trials, lines = Trials(tmp_path), []
+    state, stopped = greedy.run(walk, greedy.State(Candidate(), {}, 1.0, 1.0, 0.95), greedy.Budget(0.95), trials,
+                                deadline=time.monotonic() + 60, max_trials=50, floor_accuracy=0.5, progress=lines.append)
+    assert stopped == "met" and state.candidate.keep == {"g0": 8}
+    assert sorted(tuned) == names[:greedy.SHORTLIST]  # the others were scored, never fine-tuned
+    assert len(trials) == greedy.SHORTLIST and any("fine-tuning the 4" in line for line in lines)
+    assert trials.get(state.candidate.key()).accuracy == pytest.approx(0.95)
+
+
 def test_the_last_round_within_the_budget_ships():
     from edgekit.search.loop import Round, chosen_round
 

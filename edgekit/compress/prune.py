@@ -224,18 +224,21 @@ def output_layers(module, example_inputs: tuple) -> list[str]:
 
 def _named_like(graph: _Graph, keep: dict[str, int], like) -> dict[str, int]:
     """`keep` by this model's group names: a name of `like` (the unchanged model's groups) that this model
-    no longer has (its root was dropped or factorized) is the group sharing most of its layers."""
+    no longer has (its root was dropped or factorized) is the group sharing most of its layers; on a tie, the
+    one rooted inside the old root (a factorized FFN's output factor, not the residual stream that its input
+    factor and the FFN's second layer also belong to)."""
     reference = {g.name: g for g in like}
     out = {}
     for name, count in keep.items():
         if name not in graph.groups and name in reference:
             wanted = reference[name].modules
 
-            def shared(group, wanted=wanted) -> int:
-                return sum(any(m == w or m.startswith(w + ".") for m in group.modules) for w in wanted)
+            def shared(group, wanted=wanted, root=name) -> tuple[int, bool]:
+                return (sum(any(m == w or m.startswith(w + ".") for m in group.modules) for w in wanted),
+                        group.name.startswith(root + "."))
 
             best = max(graph.groups.values(), key=shared, default=None)
-            if best is not None and shared(best) > 0:
+            if best is not None and shared(best)[0] > 0:
                 name = best.name
         out[name] = count
     return out
