@@ -5,16 +5,17 @@ aligned choices) that saves at least one slice of predicted latency; each propos
 the current model and scored on the validation split as it is, and the SHORTLIST that lose the least
 accuracy per millisecond saved are fine-tuned briefly by distillation from the original and scored again
 (a step of a MobileNet offers some twenty cuts: fine-tuning each for five seconds took the whole time
-limit in three steps). Precision moves compete in the same step: a layer the sensitivity analysis kept float because
-int8 costs it accuracy (though int8 is faster) may go int8, its accuracy estimated from its measured
-sensitivity (the weights do not change, so nothing is fine-tuned). The step keeps the proposal that
+limit in three steps). Precision moves compete in the same step: a layer the sensitivity analysis kept
+float because int8 costs it accuracy (though int8 is faster) may go int8, its accuracy estimated from its
+measured sensitivity (the weights do not change, so nothing is fine-tuned). The step keeps the proposal that
 loses the least accuracy per millisecond saved. Steps go on until the candidate's predicted latency
 (and memory) meet the budget. When every proposal of a step falls below the accuracy floor, the step is
 proposed again with half the slice (milder cuts cost less accuracy) before the walk gives up.
 
 Every proposal is a trial in Optuna storage (edgekit.search.study). The walk is deterministic given
 its evaluations (seeded pruning and fine-tuning), so a resumed search replays the steps from storage,
-redoing only the pruning and short fine-tune of each accepted proposal, not the evaluations.
+redoing only the pruning and short fine-tune of each accepted proposal and each step's scores before
+fine-tuning (one validation pass per cut, not stored), not the fine-tuned evaluations.
 """
 
 from __future__ import annotations
@@ -293,7 +294,7 @@ LOSS_RESOLUTION = 1e-4  # accuracy differences below this (0.01 pt) are noise: l
 def _lost(state: State, evaluation: Evaluation | float) -> float:
     """The accuracy a move costs, rounded to LOSS_RESOLUTION (so that among moves that cost nothing, the one
     saving the most goes first, not the one whose accuracy is higher by float noise)."""
-    accuracy = evaluation if isinstance(evaluation, float) else evaluation.accuracy
+    accuracy = getattr(evaluation, "accuracy", evaluation)  # an Evaluation, or a score before fine-tuning
     return max(round((state.accuracy - accuracy) / LOSS_RESOLUTION) * LOSS_RESOLUTION, 0.0)
 
 
