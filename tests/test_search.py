@@ -88,6 +88,21 @@ def test_greedy_search_builds_measures_and_reports_against_the_budget(greedy_run
     acc = result["accuracy"]
     assert acc["test"] is not None and acc["within_max_drop"] == \
         (acc["validation"] >= acc["validation_original"] - result["budget"]["max_accuracy_drop_pt"] / 100 - 1e-9)
+    assert any("held-out test split" in w for w in result["warnings"]) == \
+        (acc["test_drop_pt"] > result["budget"]["max_accuracy_drop_pt"])
+
+
+def test_a_test_drop_beyond_the_allowed_one_is_a_warning():
+    """The walk judges on validation (it chose the moves, the final distillation trains on its inputs); the
+    shipped engine's test figure is the held-out one, and exceeding --max-accuracy-drop on it is said."""
+    from edgekit.search.result import SearchAccuracy, accuracy_warnings
+
+    def accuracy(test_drop):
+        return SearchAccuracy(0.98, 0.98, False, True, None if test_drop is None else 0.98 - test_drop / 100, 0.98, test_drop)
+
+    assert accuracy_warnings(accuracy(0.99), 1.0) == [] and accuracy_warnings(accuracy(None), 1.0) == []
+    (line,) = accuracy_warnings(accuracy(3.22), 1.0)
+    assert "lost 3.22 pt, more than --max-accuracy-drop 1" in line
 
 
 def test_every_trial_is_kept_in_optuna_storage(greedy_run):

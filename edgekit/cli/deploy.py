@@ -280,6 +280,8 @@ def _print_search(result: SearchResult) -> None:
     table.add_row("trials", f"{result.trials} in {result.seconds} s")
     table.add_row("run directory", result.chosen.run_dir)
     out.print(table)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _mixed_line(choice: dict) -> str:

@@ -24,7 +24,7 @@ from edgekit.search.context import measure_original, open_search, open_trials
 from edgekit.search.cost_probe import calibrate_cost
 from edgekit.search.pricing import pricing_for
 from edgekit.search.request import STRATEGIES, SearchRequest
-from edgekit.search.result import SearchResult, search_result
+from edgekit.search.result import SearchResult, accuracy_warnings, search_result
 from edgekit.search.rounds import Round, chosen_round, run_rounds, tightened
 from edgekit.search.start_plan import start_plan
 from edgekit.search.walk import budget, first_state, make_walk
@@ -51,6 +51,8 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     rounds = run_rounds(loop, walk, state, aim, trials)
     result = dataclasses.replace(search_result(loop, rounds, trials), skipped=tuple(walk.skipped.values()),
                                  warnings=tuple(ctx.samples.warnings))
+    result = dataclasses.replace(result, warnings=result.warnings + tuple(
+        accuracy_warnings(result.accuracy, request.max_accuracy_drop)))
     if start.design is not None:
         result = dataclasses.replace(result, cost_model={
             "source": "edgekit's estimate of the hls4ml design (edgekit/backends/hls4ml_estimate.py), predicted",

@@ -175,6 +175,16 @@ def _latency(loop: ClosedLoop, last: Round) -> SearchLatency:
                          report)
 
 
+def accuracy_warnings(accuracy: SearchAccuracy, max_drop_pt: float) -> list[str]:
+    """The shipped engine's test figure (the one held-out figure) against --max-accuracy-drop: the walk judged
+    on the validation split, which chose its moves and which the final distillation trains on, so it flatters."""
+    if accuracy.test_drop_pt is None or accuracy.test_drop_pt <= max_drop_pt:
+        return []
+    return [f"on the held-out test split the shipped engine lost {accuracy.test_drop_pt:.2f} pt, more than "
+            f"--max-accuracy-drop {max_drop_pt:g} (the validation figure the search judged by chose the moves and "
+            "is distilled on: with a few hundred samples it flatters); give more data or a smaller --max-accuracy-drop"]
+
+
 def _accuracy(loop: ClosedLoop, last: Round) -> tuple[dict, SearchAccuracy]:
     """The metric's description and the shipped round's accuracy: validation (the walk's), test (the
     built engine's, against the original model's test figure)."""
