@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgekit.errors import Failure
+from edgekit.errors import BadInput, Failure
 from edgekit.search.study import Evaluation, Trials
 
 STEPS = 6  # the latency gap to the budget is closed in about this many slices
@@ -133,7 +133,8 @@ def _proposal(walk: Walk, state: State, values: list[int], make: Callable, build
         try:  # the candidate must run and export before it is timed
             module = build(value)
             return (candidate, module, *walk.scoring.predict(candidate, module))
-        except Failure as err:
+        except (Failure, BadInput) as err:  # BadInput: a cut the current model cannot take (pruned below a
+            # rank, a group a structural move reshaped), refused by the pruner or the factorizer
             walk.skip(candidate, label(value), str(err))
             return None
 

@@ -49,10 +49,9 @@ def search(request: SearchRequest, progress: Callable[[str], None] = lambda _: N
     aim = budget(ctx, original, start, pricing)
     loop = ClosedLoop(ctx, original, pricing, aim.latency_ms)
     rounds = run_rounds(loop, walk, state, aim, trials)
-    result = dataclasses.replace(search_result(loop, rounds, trials), skipped=tuple(walk.skipped.values()),
-                                 warnings=tuple(ctx.samples.warnings))
-    result = dataclasses.replace(result, warnings=result.warnings + tuple(
-        accuracy_warnings(result.accuracy, request.max_accuracy_drop)))
+    result = search_result(loop, rounds, trials)
+    result = dataclasses.replace(result, skipped=tuple(walk.skipped.values()), warnings=(
+        *ctx.samples.warnings, *accuracy_warnings(result.accuracy, request.max_accuracy_drop)))
     if start.design is not None:
         result = dataclasses.replace(result, cost_model={
             "source": "edgekit's estimate of the hls4ml design (edgekit/backends/hls4ml_estimate.py), predicted",

@@ -8,7 +8,6 @@ import dataclasses
 
 from edgekit.compress.drop import drop_blocks
 from edgekit.compress.lowrank import factorize
-from edgekit.errors import BadInput, Failure
 from edgekit.search import greedy
 
 MOVES = ("prune", "drop", "rank")  # channels/heads/FFN widths, whole blocks, low-rank layers (the greedy walk)
@@ -49,17 +48,9 @@ def structure_moves(space, allowed=MOVES) -> tuple:
             return [half[-1]] if current is None or half[-1] < current else []
         return below
 
-    def factorized(layer: str):
-        def make(module, rank: int):
-            try:
-                return factorize(module, {layer: rank})
-            except BadInput as err:  # pruned below the rank: not this move
-                raise Failure(str(err)) from err
-        return make
-
     moves = [greedy.Move("drop", block, lambda c, b=block: [] if dropped(c, b) else [0],
                          lambda c, _, b=block: dataclasses.replace(c, drop=(*c.drop, b)),
                          lambda m, _, b=block: drop_blocks(m, [b])) for block in space.droppable if "drop" in allowed]
     moves += [] if "rank" not in allowed else [greedy.Move("rank", layer, ranks(layer), lambda c, r, n=layer: dataclasses.replace(c, rank={**c.rank, n: r}),
-                          factorized(layer)) for layer in space.lowrank]
+                          lambda m, r, n=layer: factorize(m, {n: r})) for layer in space.lowrank]
     return tuple(moves)

@@ -7,7 +7,6 @@ import dataclasses
 
 from edgekit.compress.distill import DistillSettings, distill
 from edgekit.compress.prune import prune
-from edgekit.errors import BadInput, Failure
 from edgekit.precision import sensitivity
 from edgekit.search import fixed_point, greedy
 from edgekit.search import space as spaces
@@ -27,7 +26,7 @@ def make_walk(ctx: SearchContext, original: Original, start: StartPlan, pricing:
     channels = greedy.Channels(
         groups=list(space.groups) if "prune" in request.moves else [], choices=dict(space.choices),
         with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
-        prune=lambda m, keep: _pruned(m, example, keep, space.groups), active=lambda c, g: spaces.active(g, c))
+        prune=lambda m, keep: prune(m, example, keep, like=space.groups), active=lambda c, g: spaces.active(g, c))
     scoring = greedy.Scoring(
         predict=pricing.predict, finetune=lambda module: distill(module, teacher, ctx.splits.calibration.inputs, settings),
         accuracy=lambda module: validation_accuracy(ctx, original, module),
@@ -39,15 +38,6 @@ def make_walk(ctx: SearchContext, original: Original, start: StartPlan, pricing:
             lambda c: [(dataclasses.replace(c, precision={**c.precision, layer: "int8"}), layer)
                        for layer in costly if c.precision.get(layer) != "int8"]),
         moves=() if fixed else structure_moves(space, request.moves))
-
-
-def _pruned(module, example: tuple, keep: dict, groups):
-    """A cut of the walk's current model; one the model cannot take (a group a structural move reshaped) is a
-    move left out with its reason, not the end of the search."""
-    try:
-        return prune(module, example, keep, like=groups)
-    except BadInput as err:
-        raise Failure(str(err)) from err
 
 
 def first_state(ctx: SearchContext, original: Original, start: StartPlan, pricing: Pricing) -> greedy.State:
