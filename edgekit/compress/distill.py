@@ -3,15 +3,21 @@
 The teacher is the unpruned model, so no labels are needed: the calibration split (unlabelled arrays)
 is enough. Classifiers match the teacher's softened class probabilities (KL at a temperature, scaled
 by T^2 as Hinton et al. do so gradients keep their size); other outputs match by mean squared error.
-A couple of hundred samples overfit quickly, so image-like inputs get augmentation applied to teacher
-and student alike: random shifts of up to 2 pixels with zero padding, a little gaussian noise, and
-mixup of half the batch with other samples (the teacher labels any input, so blends are new samples
-for free: the usual remedy when distilling from little data). The learning rate decays on a cosine
+A couple of hundred samples overfit quickly, so image-like inputs get mixup, applied to teacher and
+student alike: half the batch blended with other samples (the teacher labels any input, so blends are
+new samples for free: the usual remedy when distilling from little data). No shifts or noise: a network
+trained without them answers differently under them, and the student spends itself copying those answers.
+Measured on the zoo's digits (channels x0.5, 405 samples, test accuracy; teacher 98.8 %, 98.0 %, 98.5 %):
+with shifts of 2 px and 2 % noise besides mixup, the MobileNetV2-like at 96x96 reached 86.6 %, at 32x32
+96.3 %, the ResNet-like 97.0 %; with mixup alone 98.0 %, 98.5 %, 98.5 % (the 96x96 teacher itself agrees
+with its clean answers on 91 % of the digits under that noise, 85 % under that shift). The learning rate decays on a cosine
 over whichever ends first, the planned steps or the time budget (a run cut short by time still ends
 at a low rate instead of mid-schedule); the budget is checked after every step, so a search can
 afford one short fine-tune per candidate.
 
-Transformers (any model with a LayerNorm) train at 1e-4, the rate BERT and ViT fine-tuning recipes use;
+Convolutional networks train at 3e-3: at 1e-3, 30 epochs left the three models above at 95.3 %, 97.8 % and
+97.8 %, well short of what the pruned widths can reach (a pruned network starts close to chance: it is
+trained again, not nudged). Transformers (any model with a LayerNorm) train at 1e-4, the rate BERT and ViT fine-tuning recipes use;
 at the convolutional default of 1e-3, a few steps wrecked a freshly initialised 6-layer encoder (cosine
 with its teacher 0.99 after pruning one head, 0.63 after 0.5 s of distillation). Whatever the rate, a
 student that ends worse on its loss, measured on the same unaugmented samples before and after, gets its
@@ -30,8 +36,6 @@ import numpy as np
 
 from edgekit.errors import BadInput
 
-SHIFT = 2  # pixels
-NOISE = 0.02  # gaussian noise, as a fraction of the batch's standard deviation
 MIXUP = 0.5  # share of each batch blended with another sample (weight uniform in [0, 1))
 
 
@@ -85,19 +89,14 @@ def _check(inputs: dict[str, np.ndarray], settings: DistillSettings, lr: float) 
     return n
 
 
-def _augment(x, generator):
-    """Random shifts of up to SHIFT pixels (zero padded), a little noise and, for half the samples, a
-    mixup with another sample of the batch, for N,C,H,W floats."""
+def _mixup(x, generator):
+    """For MIXUP of the samples of an N,C,H,W float batch, a blend with another sample of the batch."""
     import torch
 
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (SHIFT, SHIFT, SHIFT, SHIFT))
-    offsets = torch.randint(0, 2 * SHIFT + 1, (n, 2), generator=generator).tolist()
-    shifted = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    n = len(x)
     mix = torch.rand(n, generator=generator) * (torch.rand(n, generator=generator) < MIXUP).float()
-    partner = shifted[torch.randperm(n, generator=generator)]
-    mixed = (1 - mix.view(-1, 1, 1, 1)) * shifted + mix.view(-1, 1, 1, 1) * partner
-    return mixed + NOISE * x.std() * torch.randn(shifted.shape, generator=generator)
+    partner = x[torch.randperm(n, generator=generator)]
+    return (1 - mix.view(-1, 1, 1, 1)) * x + mix.view(-1, 1, 1, 1) * partner
 
 
 def _batches(order, batch: int) -> list:
@@ -139,11 +138,19 @@ def _loss(student_out, teacher_out, temperature: float, objective: str = "auto")
 CHECK_SAMPLES = 64  # the before/after loss is measured on this many samples, unaugmented
 
 
-def default_lr(model) -> float:
-    """1e-4 for transformers (a LayerNorm anywhere), else 1e-3."""
+CONV_LR, TRANSFORMER_LR = 3e-3, 1e-4
+
+
+def is_transformer(model) -> bool:
+    """A LayerNorm anywhere: trained at the rate of BERT and ViT fine-tuning recipes."""
     import torch
 
-    return 1e-4 if any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()) else 1e-3
+    return any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+
+
+def default_lr(model) -> float:
+    """TRANSFORMER_LR for transformers, else CONV_LR."""
+    return TRANSFORMER_LR if is_transformer(model) else CONV_LR
 
 
 def _check_outputs(teacher, tensors: list):
@@ -223,7 +230,7 @@ def _train(student, teacher, tensors: list, settings: DistillSettings, lr: float
         for _ in range(settings.epochs):
             for idx in _batches(torch.randperm(n, generator=generator), settings.batch):
                 args = [t[idx] for t in tensors]
-                args = [_augment(a, generator) if a.dim() == 4 and a.is_floating_point() else a for a in args]
+                args = [_mixup(a, generator) if a.dim() == 4 and a.is_floating_point() else a for a in args]
                 with torch.no_grad():
                     target = teacher(*args)
                 loss = _loss(student(*args), target, settings.temperature, settings.objective)

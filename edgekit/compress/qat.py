@@ -24,7 +24,7 @@ import numpy as np
 
 from edgekit.calibrate.observers import TensorStats, _first_pass, _prepare_histograms, _second_pass
 from edgekit.calibrate.scales import QParams, activation_range, qparams, weight_qmax
-from edgekit.compress.distill import DistillReport, DistillSettings, default_lr, distill
+from edgekit.compress.distill import DistillReport, DistillSettings, default_lr, distill, is_transformer
 from edgekit.errors import BadInput
 
 BATCH = 64
@@ -32,7 +32,8 @@ BATCH = 64
 # will find: they are re-observed between stages (the outlier test: 3 stages recover more than 1).
 STAGES = 3
 # Weights must move far enough to move activations between grid steps: on the outlier test (digits MLP,
-# two channels 64× larger) distillation's own 1e-3 recovered 10 % of the int8 loss, 3e-3 all of it.
+# two channels 64× larger) 1e-3 recovered 10 % of the int8 loss, 3e-3 (distillation's rate for such nets)
+# all of it. Transformers train at LR_FACTOR × distillation's 1e-4.
 LR_FACTOR = 3.0
 
 
@@ -62,7 +63,7 @@ class Quantizers:
 @dataclass(frozen=True)
 class QatTraining:
     """The distillation through the quantizers, split over STAGES: `seconds` and `epochs` in all, stage i
-    seeded `seed + i`; `lr` LR_FACTOR × distillation's default unless given."""
+    seeded `seed + i`; `lr` distillation's default unless given (LR_FACTOR × it for a transformer)."""
 
     seconds: float = 60.0
     epochs: int = 100
@@ -195,7 +196,7 @@ def qat(student, teacher, inputs: dict[str, np.ndarray], quantizers: Quantizers 
     found = _layers(student, quantizers.layers)
     if not found:
         raise BadInput("qat: the model has no Conv/Linear layer to quantize")
-    lr = LR_FACTOR * default_lr(student) if training.lr is None else training.lr
+    lr = default_lr(student) * (LR_FACTOR if is_transformer(student) else 1.0) if training.lr is None else training.lr
     for stage in range(STAGES):  # the ranges follow the weights: re-observed before each stage
         observed = observe_inputs(student, inputs, found, method=quantizers.method, symmetric=quantizers.symmetric)
         activations = {name: q for name, (q, _) in observed.items()}
