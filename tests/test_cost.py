@@ -214,6 +214,36 @@ def test_calibration_fits_whole_model_observations_and_records_every_error(tmp_p
     assert records[-1]["error"] == pytest.approx(records[-1]["predicted_ms"] / records[-1]["measured_ms"] - 1, abs=1e-4)
 
 
+def test_a_search_scoped_to_its_model_fits_its_own_observations_on_top_of_the_others(tmp_path, cache):
+    """The table holds a first model's observations (measured = 2 × the sum + 0.03 ms); a second model
+    spends more between its kernels (measured = 2 × the sum + 0.3 ms). Scoped to the second, two of its observations
+    bring its held-out candidate within 10 %; the fit to all, dominated by the first's twelve, misses it."""
+    target = load_target("rpi4")
+    first = cost.CostModel(target)
+    plans = [{}, {"conv1": "int8"}, {"stem": "int8", "conv1": "int8", "conv2": "int8"}]
+    for c in (4, 8, 16, 32):
+        layers = _residual_net(tmp_path / f"a{c}.onnx", channels=c)
+        for plan in plans:
+            first.observe(layers, plan, 2 * first.features(layers, plan)["sum_ms"] + 0.03, candidate=f"a{c}")
+    second_layers = [_residual_net(tmp_path / f"b{c}.onnx", channels=c, stride=2) for c in (12, 24, 40)]
+    scope = cost.scope_of(second_layers[-1])
+    assert scope == cost.scope_of(_residual_net(tmp_path / "again.onnx", channels=40, stride=2))  # same network, same scope
+    assert scope != cost.scope_of(second_layers[0])
+    second = cost.CostModel(target, table=first.table, scope=scope)
+
+    def measured(layers):
+        return 2 * second.features(layers, {})["sum_ms"] + 0.3
+
+    for layers in second_layers[:2]:
+        second.observe(layers, {}, measured(layers), candidate="b")
+    assert second.calibration["own_observations"] == 2
+    held_out = second_layers[2]
+    shared = cost.CostModel(target, table=first.table)
+    assert abs(second.error(held_out, {}, measured(held_out))) < 0.1
+    assert abs(shared.error(held_out, {}, measured(held_out))) > 0.2
+    assert [o["scope"] for o in first.table.observations].count(scope) == 2
+
+
 def test_calibration_on_a_measured_table_is_kept_with_the_table(tmp_path, cache):
     host = load_target("host")
     layers = _residual_net(tmp_path / "m.onnx")
