@@ -148,7 +148,8 @@ def bench_model(label: str, searched: tuple[str, str, str], args, work: Path) ->
         uname = f"uniform + int8, budget {fraction:.2f}·fp32"
         udir = work / f"uniform-{fraction}"
         udir.mkdir()
-        model_cost = cost.CostModel(host, scope=cost.scope_of(graph.layer_table(onnx_path)))  # what the searches taught it
+        model_cost = cost.CostModel(host, scope=cost.scope_of(graph.layer_table(onnx_path)),  # what the searches taught it,
+                                    scale_ms=result.latency.original_ms)  # on the scale the budget is in
         uxml, info = uniform(loaded, splits, onnx_path, budget, model_cost, args.finetune, udir,
                              "mse" if metric.name != "top1" else "auto")
         engines[uname] = _load(uxml, args.threads)

@@ -19,6 +19,10 @@ Three levels, each correcting the one before:
    that model's own on top of the fit to all (`scope_of`): what a model's kernels do between them is
    its own. The MobileNetV2-like at 96x96, after a transformer's and ResNets' searches had filled the
    table: built candidates missed by -17 % to -27 % on the fit to all, -2 % to -9 % on its own.
+   A search measures on its anchor's scale (the original's p50 when it started, edgekit.search.anchor),
+   which moves between searches on a shared machine (the same fp32 engine: 0.457 ms, then 0.600 ms seven
+   minutes later), so each observation keeps its `scale_ms` and is rescaled to the current one: mixed
+   unscaled, a second search's candidates were missed by -24 %.
 
 `CostModel.error` and `CostModel.errors` report the model's error on every candidate measured.
 Memory (`estimate_memory`): weights in each layer's precision plus the peak of live activations.
@@ -120,9 +124,10 @@ class CostModel:
     """
 
     def __init__(self, target: Target, backend_name: str | None = None, *, table=None, runs: int = 100,
-                 scope: str | None = None) -> None:
+                 scope: str | None = None, scale_ms: float | None = None) -> None:
         self.target = target
         self.scope = scope  # scope_of the model searched: its observations are fitted on top of all
+        self.scale_ms = scale_ms  # what measurements are relative to (the anchor's p50), if anything
         self.table = table or LatencyTable(target, backend_name, runs=runs)
         self._errors: list[dict] = []
         self.coefficients = self._fit()
@@ -161,7 +166,10 @@ class CostModel:
         return np.array([1.0, overhead["layer_ms"], 0.0, 0.0, overhead["inference_ms"]])
 
     def _own(self) -> list[dict]:
-        return [o for o in self.table.observations if self.scope is not None and o.get("scope") == self.scope]
+        """This model's observations, each on the current scale where both it and this model have one."""
+        own = [o for o in self.table.observations if self.scope is not None and o.get("scope") == self.scope]
+        return [{**o, "measured_ms": o["measured_ms"] * self.scale_ms / o["scale_ms"]}
+                if self.scale_ms and o.get("scale_ms") else o for o in own]
 
     def _fit(self) -> np.ndarray:
         """The fit to every observation; scoped, this model's observations fitted with that as the prior."""
@@ -231,7 +239,7 @@ class CostModel:
         the error of the prediction made before this measurement was known (recorded in errors())."""
         err = self.error(layers, precisions, measured_ms, default=default, candidate=candidate)
         self.table.add_observation({
-            "candidate": candidate, "scope": self.scope, "measured_ms": measured_ms, "predicted_ms": self._errors[-1]["predicted_ms"],
+            "candidate": candidate, "scope": self.scope, "scale_ms": self.scale_ms, "measured_ms": measured_ms, "predicted_ms": self._errors[-1]["predicted_ms"],
             "features": self.features(layers, precisions, default), "when": dt.datetime.now().isoformat(timespec="seconds")})
         self.coefficients = self._fit()
         return err

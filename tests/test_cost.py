@@ -217,7 +217,8 @@ def test_calibration_fits_whole_model_observations_and_records_every_error(tmp_p
 def test_a_search_scoped_to_its_model_fits_its_own_observations_on_top_of_the_others(tmp_path, cache):
     """The table holds a first model's observations (measured = 2 × the sum + 0.03 ms); a second model
     spends more between its kernels (measured = 2 × the sum + 0.3 ms). Scoped to the second, two of its observations
-    bring its held-out candidate within 10 %; the fit to all, dominated by the first's twelve, misses it."""
+    bring its held-out candidate within 10 %; the fit to all, dominated by the first's twelve, misses it.
+    Observations keep the scale they were measured on and are rescaled to a later search's."""
     target = load_target("rpi4")
     first = cost.CostModel(target)
     plans = [{}, {"conv1": "int8"}, {"stem": "int8", "conv1": "int8", "conv2": "int8"}]
@@ -229,7 +230,7 @@ def test_a_search_scoped_to_its_model_fits_its_own_observations_on_top_of_the_ot
     scope = cost.scope_of(second_layers[-1])
     assert scope == cost.scope_of(_residual_net(tmp_path / "again.onnx", channels=40, stride=2))  # same network, same scope
     assert scope != cost.scope_of(second_layers[0])
-    second = cost.CostModel(target, table=first.table, scope=scope)
+    second = cost.CostModel(target, table=first.table, scope=scope, scale_ms=1.0)
 
     def measured(layers):
         return 2 * second.features(layers, {})["sum_ms"] + 0.3
@@ -242,6 +243,12 @@ def test_a_search_scoped_to_its_model_fits_its_own_observations_on_top_of_the_ot
     assert abs(second.error(held_out, {}, measured(held_out))) < 0.1
     assert abs(shared.error(held_out, {}, measured(held_out))) > 0.2
     assert [o["scope"] for o in first.table.observations].count(scope) == 2
+    # a later search of the same model measures on its own anchor's scale, here 1.5 times slower: the
+    # earlier observations are rescaled to it
+    later = cost.CostModel(target, table=first.table, scope=scope, scale_ms=1.5)
+    unscaled = cost.CostModel(target, table=first.table, scope=scope)
+    rescaled, missed = (abs(m.error(held_out, {}, 1.5 * measured(held_out))) for m in (later, unscaled))
+    assert missed > 0.3 and rescaled < missed / 2
 
 
 def test_calibration_on_a_measured_table_is_kept_with_the_table(tmp_path, cache):

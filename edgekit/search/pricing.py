@@ -69,7 +69,7 @@ def pricing_for(ctx: SearchContext, original: Original, design: fixed_point.Desi
     """The cost model of the target (its table timed on the device where one is given) and the original's
     layer names in both exports."""
     model_cost = cost.CostModel(ctx.target, ctx.backend_name, table=LatencyTable(ctx.target, ctx.backend_name, measurer=ctx.measurer),
-                                scope=cost.scope_of(original.layers))
+                                scope=cost.scope_of(original.layers), scale_ms=original.anchor and original.anchor.p50_ms)
     fast_reference = evaluate.fast_layer_table(ctx.teacher, ctx.loaded)
     return Pricing(ctx.loaded, original.space, original.layers, fast_reference,
                    evaluate.rename_by_order(original.layers, fast_reference), design, model_cost)
