@@ -120,6 +120,7 @@ def bench_model(label: str, searched: tuple[str, str, str], args, work: Path) ->
     engines["NNCF int8 (defaults)"] = _load(nncf_int8(onnx_path, splits.calibration, work / "nncf", best=False), args.threads)
     rows: dict[str, dict] = {"fp32": {}, "NNCF int8 (defaults)": {}}
     first, searches = None, {}
+    scope = cost.scope_of(graph.layer_table(onnx_path))  # the searches' own cost-model observations
     for fraction in args.budgets:
         name = f"edgekit, budget {fraction:.2f}·fp32"
         out = work / f"search-{fraction}"
@@ -148,7 +149,7 @@ def bench_model(label: str, searched: tuple[str, str, str], args, work: Path) ->
         uname = f"uniform + int8, budget {fraction:.2f}·fp32"
         udir = work / f"uniform-{fraction}"
         udir.mkdir()
-        model_cost = cost.CostModel(host, scope=cost.scope_of(graph.layer_table(onnx_path)),  # what the searches taught it,
+        model_cost = cost.CostModel(host, scope=scope,  # what the searches taught it about this model,
                                     scale_ms=result.latency.original_ms)  # on the scale the budget is in
         uxml, info = uniform(loaded, splits, onnx_path, budget, model_cost, args.finetune, udir,
                              "mse" if metric.name != "top1" else "auto")

@@ -218,8 +218,8 @@ class CostModel:
     def source(self) -> str:
         if not self.table.measured:
             return self.table.source
-        n = self.calibration["observations"]
-        own = self.calibration["own_observations"]
+        calibration = self.calibration
+        n, own = calibration["observations"], calibration["own_observations"]
         how = (f"calibration on {n} whole-model measurements" + (f", {own} of this model" if own else "")
                if n >= MIN_OBSERVATIONS or own else "measured runtime overheads (no whole-model calibration yet)")
         return f"{self.table.source} + {how}"

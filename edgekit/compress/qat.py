@@ -24,7 +24,14 @@ import numpy as np
 
 from edgekit.calibrate.observers import TensorStats, _first_pass, _prepare_histograms, _second_pass
 from edgekit.calibrate.scales import QParams, activation_range, qparams, weight_qmax
-from edgekit.compress.distill import DistillReport, DistillSettings, default_lr, distill, is_transformer
+from edgekit.compress.distill import (
+    CONV_LR,
+    TRANSFORMER_LR,
+    DistillReport,
+    DistillSettings,
+    distill,
+    is_transformer,
+)
 from edgekit.errors import BadInput
 
 BATCH = 64
@@ -196,7 +203,7 @@ def qat(student, teacher, inputs: dict[str, np.ndarray], quantizers: Quantizers 
     found = _layers(student, quantizers.layers)
     if not found:
         raise BadInput("qat: the model has no Conv/Linear layer to quantize")
-    lr = default_lr(student) * (LR_FACTOR if is_transformer(student) else 1.0) if training.lr is None else training.lr
+    lr = (LR_FACTOR * TRANSFORMER_LR if is_transformer(student) else CONV_LR) if training.lr is None else training.lr
     for stage in range(STAGES):  # the ranges follow the weights: re-observed before each stage
         observed = observe_inputs(student, inputs, found, method=quantizers.method, symmetric=quantizers.symmetric)
         activations = {name: q for name, (q, _) in observed.items()}
