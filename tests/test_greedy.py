@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,49 @@ def test_a_step_whose_cuts_all_cost_too_much_tries_milder_ones(tmp_path):
     assert any("trying cuts of" in line for line in lines)
 
 
+def test_a_walk_stuck_at_its_floor_consolidates_its_model_and_walks_on(tmp_path):
+    """Each cut to 8 channels costs 0.06 from the model it is cut from, below the floor 0.9 from a model at
+    0.95; consolidating (a longer fine-tune) lifts a model to 0.99, from where the cut is allowed. The
+    original model is never trained; a resumed walk replays the consolidation and asks for no new trial."""
+    def accuracy(module):
+        return module["base"] - 0.06 * sum(module.get(g, 16) < 16 for g in ("a", "b"))
+
+    consolidated: list[dict] = []
+
+    def consolidate(module):
+        consolidated.append(dict(module))
+        module["base"] = 0.99 + 0.06 * sum(module.get(g, 16) < 16 for g in ("a", "b"))
+
+    def walk():
+        return greedy.Walk(
+            greedy.Channels(groups=[Group("a", 16), Group("b", 16)], choices={"a": (8, 16), "b": (8, 16)},
+                            with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+                            prune=lambda module, keep: {**module, **keep}),
+            greedy.Scoring(predict=lambda c, m: (1.0 - 0.3 * len(c.keep), 1.0), finetune=lambda module: None,
+                           accuracy=accuracy, consolidate=consolidate))
+
+    original = {"base": 0.95}
+    unwalked, stopped = greedy.run(walk(), greedy.State(Candidate(), original, 1.0, 1.0, 0.95), greedy.Budget(0.4),
+                                   Trials(tmp_path / "unwalked"), deadline=time.monotonic() + 60, max_trials=20,
+                                   floor_accuracy=0.9)
+    assert stopped == "accuracy" and not consolidated  # the original model has nothing to recover
+    lines: list[str] = []
+    trials = Trials(tmp_path)
+    walked = greedy.State(Candidate(), original, 1.0, 1.0, 0.95, step=1)  # as if a step had been taken
+    state, stopped = greedy.run(walk(), walked, greedy.Budget(0.4), trials,
+                                deadline=time.monotonic() + 60, max_trials=20, floor_accuracy=0.9, progress=lines.append)
+    assert stopped == "met" and state.candidate.keep == {"a": 8, "b": 8} and original == {"base": 0.95}
+    assert state.accuracy == pytest.approx(0.93) and state.consolidations == 2  # once before each cut
+    assert [e.key.startswith("consolidated:") for e in trials.evaluations()].count(True) == 2
+    assert sum("fine-tuned longer" in line for line in lines) == 2
+    recorded = len(trials)
+    consolidated.clear()
+    replayed, stopped = greedy.run(walk(), dataclasses.replace(walked, module={"base": 0.95}), greedy.Budget(0.4),
+                                   Trials(tmp_path, resume=True), deadline=time.monotonic() + 60, max_trials=recorded,
+                                   floor_accuracy=0.9)
+    assert stopped == "met" and replayed.candidate == state.candidate and len(consolidated) == 2
+
+
 def test_a_step_fine_tunes_only_the_cuts_that_lose_least_before_fine_tuning(tmp_path):
     """Eight groups, each cut saving 0.1 ms; before fine-tuning, group gi's cut costs i/100 of accuracy, and
     fine-tuning gives back half of it. Only the SHORTLIST cheapest are fine-tuned and recorded; g0 wins."""
@@ -154,3 +198,38 @@ def test_a_group_proposal_is_the_largest_width_saving_a_slice_in_few_predictions
         assert counts[0] <= counts[1] + 4, (shape, slice_ms, counts)
         if shape == "linear":
             assert counts[0] <= 3 < counts[1], (slice_ms, counts)
+
+
+def test_on_the_device_only_the_round_that_ships_is_distilled_then_measured_again(tmp_path, monkeypatch):
+    """Rounds on the device build the walked model as it is (its graph, not its weights, sets the latency);
+    `finish` distils the shipped round's candidate into round-N/distilled/ and judges the graph on both
+    builds' timings, keeping the walked build's figures; an unpruned candidate ships its walked build. Builds are stand-ins here (the real
+    ones are in test_search.py and bench/search.py): this is about which build ships and what is reported."""
+    from types import SimpleNamespace
+
+    from edgekit.search import rounds
+
+    built_in: list = []
+
+    def build(loop, state, folder, finetuned=None):
+        built_in.append(folder.relative_to(tmp_path))
+        return SimpleNamespace(report={"p50": 0.8}, validation=0.97, folder=folder)
+
+    monkeypatch.setattr(rounds, "build_candidate", build)
+    monkeypatch.setattr(rounds, "with_qat", lambda loop, built, state: built)
+    anchor = SimpleNamespace(judge=lambda report: SimpleNamespace(ms=report["p50"], ratio=report["p50"], as_dict=lambda: {"ms": report["p50"], "ratio": report["p50"]}))
+    loop = SimpleNamespace(ctx=SimpleNamespace(run_dir=tmp_path, progress=lambda line: None),
+                           original=SimpleNamespace(anchor=anchor), budget_ms=0.9)
+    walked = SimpleNamespace(report={"p50": 0.85}, validation=0.93, folder=tmp_path / "round-2")
+    round_ = rounds.Round(0.9, "met", {}, 0.84, 0.85, 0.93, {"ms": 0.85, "ratio": 0.85}, walked.report, None, "round-2")
+    pruned = greedy.State(Candidate(keep={"g": 8}), {}, 0.84, 1.0, 0.93)
+    shipped = rounds.finish(loop, round_, pruned, walked)
+    assert built_in == [Path("round-2/distilled")] and shipped.ships and shipped.shipped == "round-2/distilled"
+    assert shipped.accuracy_validation == 0.97  # the distilled build's; its latency, both timings of the graph
+    assert shipped.judged_ms == pytest.approx(0.825) and shipped.measurement["ratio"] == pytest.approx(0.825)
+    assert shipped.measurement["ratios"] == {"walked": 0.85, "distilled": 0.8}
+    assert shipped.as_walked == {"folder": "round-2", "judged_ms": 0.85, "validation": 0.93}
+    built_in.clear()
+    unpruned = rounds.finish(loop, round_, greedy.State(Candidate(), {}, 0.84, 1.0, 0.93), walked)
+    assert built_in == [] and unpruned.ships and unpruned.shipped == "round-2" and unpruned.judged_ms == 0.85
+    assert unpruned.as_walked is None

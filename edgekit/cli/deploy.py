@@ -101,7 +101,7 @@ class SearchOptions:
     time_limit: Annotated[float, typer.Option("--time-limit", help="Stop walking after this many seconds.")] = 600.0
     resume: Annotated[Path | None, typer.Option(help="Continue the search in this run directory.")] = None
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite in the run directory).")] = None
-    finetune: Annotated[float, typer.Option("--finetune", help="Seconds of distillation for the chosen candidate.")] = 60.0
+    finetune: Annotated[float, typer.Option("--finetune", help="Seconds of distillation for the chosen candidate (up to 3× that where the time limit leaves room).")] = 60.0
     backend: BuildBackend = None
     method: Method = "auto"
     threads: Threads = None

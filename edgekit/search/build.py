@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from edgekit.compress.shrink import ShrinkResult, shrink_to_flash, stored_size
 from edgekit.deploy import DeployReport, DeployRequest, deploy
 from edgekit.errors import MissingRuntime
 from edgekit.plan import PrecisionPlan
-from edgekit.search.context import Original, SearchContext, validation_accuracy
+from edgekit.search.context import BUILD_RESERVE_S, Original, SearchContext, validation_accuracy
 from edgekit.search.pricing import Pricing
 
 
@@ -47,16 +48,18 @@ class Built:
 
 
 def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None) -> Built:
-    """Distil the chosen candidate longer (unless `finetuned` is given: that module is built as it is),
-    then deploy it like any model: export, calibrate its plan, build with the real backend, measure on
-    the device (or predict where the device is not here)."""
+    """Distil the chosen candidate longer (final_seconds; unless `finetuned` is given: that module is built
+    as it is), then deploy it like any model: export, calibrate its plan, build with the real backend,
+    measure on the device (or predict where the device is not here)."""
     ctx, request, loaded = loop.ctx, loop.ctx.request, loop.ctx.loaded
     candidate = state.candidate
     module = copy.deepcopy(finetuned if finetuned is not None else state.module)
     if finetuned is None and (candidate.keep or candidate.structural):  # unchanged: the original weights are the best
-        ctx.progress(f"distilling the chosen candidate ({request.final_finetune_s:.0f} s at most)")
-        distill(module, ctx.teacher, final_inputs(ctx.splits),
-                DistillSettings(seconds=request.final_finetune_s, seed=0, objective=loop.original.objective))
+        seconds = final_seconds(ctx)
+        ctx.progress(f"distilling the chosen candidate ({seconds:.0f} s at most)")
+        settings = DistillSettings(seed=0, objective=loop.original.objective)
+        distill(module, ctx.teacher, final_inputs(ctx.splits), dataclasses.replace(
+            settings, seconds=seconds, epochs=round(settings.epochs * seconds / max(request.final_finetune_s, 1e-9))))
     pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#{candidate.key()}")
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
@@ -89,6 +92,19 @@ def _checkable(request, target) -> bool:
         return get_backend(request.backend or target.backend.name).available(target).check
     except MissingRuntime:
         return False
+
+
+LONGER = 3.0  # the chosen candidate's distillation: --finetune, and up to this many times it where time is left
+
+
+def final_seconds(ctx: SearchContext) -> float:
+    """How long the chosen candidate is distilled: --finetune seconds, or as long as the time limit still
+    allows after its build, up to LONGER times that (its epoch cap grows alike). A few hundred samples keep
+    paying for it: the 96x96 MobileNetV2-like with every group's channels halved reached 97.0 % test after
+    60 s (30 epochs) and 97.8 % after 150 s (98.8 % unpruned)."""
+    request = ctx.request
+    left = ctx.deadline - time.monotonic() - BUILD_RESERVE_S
+    return min(max(request.final_finetune_s, left), LONGER * request.final_finetune_s)
 
 
 def final_inputs(splits) -> dict:

@@ -61,8 +61,10 @@ class SearchContext:
     @property
     def walk_deadline(self) -> float:
         """The walk stops early enough for the chosen candidate's distillation, build and measurement (a
-        round starts only if one fits)."""
-        return self.deadline - self.request.final_finetune_s - BUILD_RESERVE_S
+        round starts only if one fits); on the device, for the build of the walked model before them too
+        (edgekit.search.rounds)."""
+        builds = 2 if self.measurer.reaches(self.target) else 1
+        return self.deadline - self.request.final_finetune_s - builds * BUILD_RESERVE_S
 
 
 @dataclass(frozen=True)

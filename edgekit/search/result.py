@@ -16,7 +16,7 @@ from edgekit.metrics import choose_metric
 from edgekit.search import evaluate
 from edgekit.search.build import ClosedLoop
 from edgekit.search.moves import chosen_moves
-from edgekit.search.rounds import Round, chosen_round
+from edgekit.search.rounds import Round
 from edgekit.search.study import Trials
 
 FORMAT = 2  # search.json's format: 2 renamed latency_ms.measured (and rounds' measured_ms) to judged_ms
@@ -139,11 +139,10 @@ class SearchResult:
 
 
 def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> SearchResult:
-    """The round that ships (chosen_round) with its test accuracy next to the original's, every round,
+    """The round that ships (chosen_round's, finished) with its test accuracy next to the original's, every round,
     the cost model's errors and every trial."""
     ctx, request, budget_ms = loop.ctx, loop.ctx.request, loop.budget_ms
-    shipped = chosen_round(rounds, budget_ms)
-    last = rounds[shipped]
+    last = next(r for r in rounds if r.ships)
     metric, accuracy = _accuracy(loop, last)
     latency = _latency(loop, last)
     verdict = (judge("latency_ms", budget_ms, latency.judged_ms, "measured") if latency.judged_ms is not None
@@ -152,10 +151,9 @@ def search_result(loop: ClosedLoop, rounds: list[Round], trials: Trials) -> Sear
     budget = SearchBudget(budget_ms, request.speedup, request.memory_budget_mb, request.max_accuracy_drop,
                           request.flash_budget_mb, verdict, None if flash is None else flash["met"])
     groups = {g.name: g.channels for g in loop.original.space.groups}
-    kept_qat = (last.report.qat or {}).get("kept")
     chosen = Chosen({g: f"{last.candidate['keep'].get(g, c)}/{c}" for g, c in groups.items()},
                     chosen_moves(loop.original.space, last.candidate), last.report.precision.get("planned"),
-                    last.candidate, str(ctx.run_dir / f"round-{shipped + 1}" / ("qat" if kept_qat else "")))
+                    last.candidate, str(ctx.run_dir / last.shipped))
     model_cost = loop.pricing.model_cost
     return SearchResult(
         ctx.target.name, ctx.backend_name, ctx.loaded.spec, request.strategy, budget, flash, last.report.qat,

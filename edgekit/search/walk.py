@@ -15,6 +15,8 @@ from edgekit.search.moves import structure_moves
 from edgekit.search.pricing import Pricing
 from edgekit.search.start_plan import StartPlan
 
+CONSOLIDATION = 4  # a walk stuck at its accuracy floor fine-tunes its current model this many proposals' time
+
 
 def make_walk(ctx: SearchContext, original: Original, start: StartPlan, pricing: Pricing) -> greedy.Walk:
     """Channel pruning (when --moves allows it), the structural moves, and the precision moves: int8 for
@@ -23,6 +25,7 @@ def make_walk(ctx: SearchContext, original: Original, start: StartPlan, pricing:
     example = spaces.example_tensors(ctx.loaded)
     teacher, costly, analysis = ctx.teacher, start.costly, start.analysis
     settings = DistillSettings(seconds=request.step_finetune_s, seed=0, objective=original.objective)
+    longer = dataclasses.replace(settings, seconds=CONSOLIDATION * request.step_finetune_s)
     channels = greedy.Channels(
         groups=list(space.groups) if "prune" in request.moves else [], choices=dict(space.choices),
         with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
@@ -30,6 +33,7 @@ def make_walk(ctx: SearchContext, original: Original, start: StartPlan, pricing:
     scoring = greedy.Scoring(
         predict=pricing.predict, finetune=lambda module: distill(module, teacher, ctx.splits.calibration.inputs, settings),
         accuracy=lambda module: validation_accuracy(ctx, original, module),
+        consolidate=lambda module: distill(module, teacher, ctx.splits.calibration.inputs, longer),
         penalty=(lambda c: fixed_point.penalty(c, analysis)) if fixed else (
             lambda c: sum(loss for layer, loss in costly.items() if c.precision.get(layer) == "int8")))
     return greedy.Walk(
