@@ -54,12 +54,13 @@ def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None) -> Bu
     ctx, request, loaded = loop.ctx, loop.ctx.request, loop.ctx.loaded
     candidate = state.candidate
     module = copy.deepcopy(finetuned if finetuned is not None else state.module)
-    if finetuned is None and (candidate.keep or candidate.structural):  # unchanged: the original weights are the best
-        seconds = final_seconds(ctx)
+    seconds = final_seconds(ctx)
+    # unchanged, the original weights are the best; --finetune 0 asks for none
+    if finetuned is None and (candidate.keep or candidate.structural) and seconds > 0:
         ctx.progress(f"distilling the chosen candidate ({seconds:.0f} s at most)")
         settings = DistillSettings(seed=0, objective=loop.original.objective)
         distill(module, ctx.teacher, final_inputs(ctx.splits), dataclasses.replace(
-            settings, seconds=seconds, epochs=round(settings.epochs * seconds / max(request.final_finetune_s, 1e-9))))
+            settings, seconds=seconds, epochs=max(1, round(settings.epochs * seconds / request.final_finetune_s))))
     pruned = dataclasses.replace(loaded, module=module.eval(), spec=f"{loaded.spec}#{candidate.key()}")
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = graph.export_onnx(pruned, folder / "model.onnx")
