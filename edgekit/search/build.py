@@ -47,10 +47,11 @@ class Built:
     folder: Path | None = None
 
 
-def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None) -> Built:
+def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None, *, shrink: bool = True) -> Built:
     """Distil the chosen candidate longer (final_seconds; unless `finetuned` is given: that module is built
     as it is), then deploy it like any model: export, calibrate its plan, build with the real backend,
-    measure on the device (or predict where the device is not here)."""
+    measure on the device (or predict where the device is not here). `shrink=False`: not down to the flash
+    budget (a build that only times the graph, built again before it ships)."""
     ctx, request, loaded = loop.ctx, loop.ctx.request, loop.ctx.loaded
     candidate = state.candidate
     module = copy.deepcopy(finetuned if finetuned is not None else state.module)
@@ -67,7 +68,7 @@ def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None) -> Bu
     precisions = loop.pricing.built_precisions(candidate, module, graph.layer_table(onnx_path))
     plan = PrecisionPlan(candidate.default_precision, precisions)
     flash = None
-    if request.flash_budget_mb is not None:
+    if request.flash_budget_mb is not None and shrink:
         flash = _shrink(ctx, pruned, plan, folder)
         module = flash.module
         pruned = dataclasses.replace(pruned, module=module.eval(), spec=f"{pruned.spec}#{flash.action.as_dict()}")

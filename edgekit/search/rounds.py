@@ -94,7 +94,8 @@ def run_rounds(loop: ClosedLoop, walk: greedy.Walk, start: greedy.State, budget:
             progress(f"round {number + 1}: no further move within the accuracy floor ({stopped})")
             break
         folder = ctx.run_dir / f"round-{number + 1}"
-        built = (build_candidate(loop, state, folder, finetuned=state.module) if anchor  # as walked: finish distils
+        pruned = state.candidate.keep or state.candidate.structural  # finish builds it again: no flash ladder here
+        built = (build_candidate(loop, state, folder, finetuned=state.module, shrink=not pruned) if anchor  # as walked
                  else with_qat(loop, build_candidate(loop, state, folder), state))
         measured = anchor.judge(built.report) if anchor else None
         round_ = Round(walk_budget.latency_ms, stopped, state.candidate.as_dict(), state.latency_ms,
