@@ -55,9 +55,8 @@ def build_candidate(loop: ClosedLoop, state, folder: Path, finetuned=None, *, sh
     ctx, request, loaded = loop.ctx, loop.ctx.request, loop.ctx.loaded
     candidate = state.candidate
     module = copy.deepcopy(finetuned if finetuned is not None else state.module)
-    seconds = final_seconds(ctx)
-    # unchanged, the original weights are the best; --finetune 0 asks for none
-    if finetuned is None and (candidate.keep or candidate.structural) and seconds > 0:
+    # unpruned, the original weights are the best; --finetune 0 asks for none
+    if finetuned is None and candidate.pruned and (seconds := final_seconds(ctx)) > 0:
         ctx.progress(f"distilling the chosen candidate ({seconds:.0f} s at most)")
         settings = DistillSettings(seed=0, objective=loop.original.objective)
         distill(module, ctx.teacher, final_inputs(ctx.splits), dataclasses.replace(

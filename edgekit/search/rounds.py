@@ -94,8 +94,8 @@ def run_rounds(loop: ClosedLoop, walk: greedy.Walk, start: greedy.State, budget:
             progress(f"round {number + 1}: no further move within the accuracy floor ({stopped})")
             break
         folder = ctx.run_dir / f"round-{number + 1}"
-        pruned = state.candidate.keep or state.candidate.structural  # finish builds it again: no flash ladder here
-        built = (build_candidate(loop, state, folder, finetuned=state.module, shrink=not pruned) if anchor  # as walked
+        # as walked; a pruned one is built again by finish before it ships: no flash ladder here
+        built = (build_candidate(loop, state, folder, finetuned=state.module, shrink=not state.candidate.pruned) if anchor
                  else with_qat(loop, build_candidate(loop, state, folder), state))
         measured = anchor.judge(built.report) if anchor else None
         round_ = Round(walk_budget.latency_ms, stopped, state.candidate.as_dict(), state.latency_ms,
@@ -132,21 +132,19 @@ def finish(loop: ClosedLoop, round_: Round, state: greedy.State, walked) -> Roun
     the verdict rests on both timings, their mean (one alone moves by its spread: 0.58× then 0.60× on the
     96x96 MobileNetV2-like); the walked build's stays in `as_walked`. An unpruned candidate keeps the
     original weights: its walked build is the one that ships."""
-    candidate, anchor = state.candidate, loop.original.anchor
-    distilled = build_candidate(loop, state, walked.folder / "distilled") if candidate.keep or candidate.structural else walked
+    distilled = build_candidate(loop, state, walked.folder / "distilled") if state.candidate.pruned else walked
     built = with_qat(loop, distilled, state)
     if built is walked:
         return dataclasses.replace(round_, report=built.report, ships=True)  # with its QAT record
-    measured = anchor.judge(built.report)
-    judged = round_.judged_ms if measured is None else measured.ms if round_.judged_ms is None else \
-        round(0.5 * (measured.ms + round_.judged_ms), 6)
+    measured = loop.original.anchor.judge(built.report)
+    measurement = _both(measured, round_.measurement) if measured else round_.measurement
+    judged = measurement["ms"] if measurement else round_.judged_ms
     if measured:
         loop.ctx.progress(f"the distilled build: timed at {measured.ms:.3f} ms ({measured.ratio:.2f}× the original "
                           f"timed beside it); judged at {judged:.3f} ms with the walked build's timing, budget "
                           f"{loop.budget_ms:.3f} ms")
     return dataclasses.replace(
-        round_, judged_ms=judged, accuracy_validation=built.validation,
-        measurement=_both(measured, round_.measurement) if measured else round_.measurement, report=built.report,
+        round_, judged_ms=judged, accuracy_validation=built.validation, measurement=measurement, report=built.report,
         shipped=str(built.folder.relative_to(loop.ctx.run_dir)), ships=True,
         as_walked={"folder": round_.shipped, "judged_ms": round_.judged_ms, "validation": round_.accuracy_validation})
 

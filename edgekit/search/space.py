@@ -111,6 +111,12 @@ class Candidate:
         """Whether the candidate changes the graph (drops or factorizations), not only channel counts."""
         return bool(self.drop or self.rank)
 
+    @property
+    def pruned(self) -> bool:
+        """Whether the candidate's weights differ from the original's (channels cut, blocks dropped, layers
+        factorized): only then is there anything to distil."""
+        return bool(self.keep) or self.structural
+
     def as_dict(self) -> dict:
         out = {"keep": dict(self.keep), "precision": dict(self.precision), "default_precision": self.default_precision}
         if self.drop:
@@ -252,7 +258,7 @@ def materialize(loaded_model: LoadedModel, candidate: Candidate) -> LoadedModel:
     """The candidate's model: a pruned copy (the original untouched), same inputs and example, spec
     suffixed `#pruned`, sha256 of the pruned weights. A candidate that prunes nothing gives the model
     itself, not a copy. Precisions are the build's business, not this."""
-    if not candidate.keep and not candidate.structural:
+    if not candidate.pruned:
         return loaded_model
     if not _prunable(loaded_model):
         raise BadInput(f"model {loaded_model.spec}: only a PyTorch nn.Module can be pruned")
