@@ -13,11 +13,13 @@ model) and per-layer overhead (by difference between chains of 1 and 8 tiny laye
 once too. Where the target cannot run here (not local, or its backend cannot run it) nothing is
 measured: every figure comes from the roofline (`edgekit.roofline.layer_costs`) and says so.
 
-On a shared machine the load changes while the table fills, so a unit timed under a burst would
-look slower than its neighbours forever: before each unit (at most every REFERENCE_TTL_S) a fixed
-reference model is timed too, and the unit's time is divided by how much slower the reference runs
-now than when the table was begun (`load` in the entry). Every entry is then in the units of one
-machine state; the whole-model calibration maps that state to the measured latencies.
+The times are stored as profiled, not scaled by a reference model timed beside them (which this
+table did until FORMAT 4): on a table begun while the machine was busy, the reference's own timing
+moved by 0.37-1.13× between units whose raw times lay on one smooth curve (the 6-layer encoder's
+larger matmuls ran at 81-90 G multiply-adds/s as profiled, 37-57 once scaled), and the scaled table
+predicted that cutting its hidden width from 384 to 368 saves 22 % where it saves 1 % (measured).
+The lower quartile already keeps a burst out; the whole-model calibration maps the table to
+measured latencies.
 
 The table is one JSON file, `cache_dir()/latency-tables/TARGET-RUNTIME-VERSION.json`, written
 atomically and merged with what other processes wrote meanwhile. It also keeps the whole-model
@@ -28,10 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from pathlib import Path
-
-import numpy as np
 
 from edgekit import anchored
 from edgekit.backends.base import get_backend
@@ -39,18 +38,16 @@ from edgekit.errors import runtime_message
 from edgekit.fusion import Unit
 from edgekit.graph import Layer
 from edgekit.measurer import LOCAL, Measurer
-from edgekit.microbench import chain_model, reference_model, unit_model
+from edgekit.microbench import chain_model, unit_model
 from edgekit.roofline import layer_costs
 from edgekit.targets import Target
 from edgekit.unit_timing import wait_for_quiet
 from edgekit.util import cache_dir, write_json
 
-FORMAT = 3  # bumped when what a key means changes: older tables are measured again
+FORMAT = 4  # bumped when what a key or an entry means changes: older tables are measured again (4: unscaled)
 # Layout changes a runtime adds at a model's edges (OpenVINO's Reorder, ONNX Runtime's NCHWc reorders
 # and the Transposes of its NHWC int8 kernels): inside a model the neighbours agree on the layout.
 CHAIN = 8  # layers in the chain whose difference with one layer gives the per-layer overhead
-REFERENCE_TTL_S = 5.0  # a reference timing this recent stands for the machine's load now
-LOAD_BOUNDS = (0.25, 4.0)  # a load factor outside these is a measurement gone wrong, not load
 
 
 def _safe(text: str) -> str:
@@ -76,7 +73,6 @@ class LatencyTable:
         self.runs = runs
         self.quiet_s = quiet_s  # before each measurement, wait up to this long for the machine to be quiet
         self.measurements = 0  # units and overheads timed by this object (the rest came from the cache)
-        self._load: tuple[float, float] | None = None  # (factor, when) of the latest reference timing
         self.reason = ""
         self._backend = None
         try:
@@ -170,7 +166,7 @@ class LatencyTable:
     def _empty(self) -> dict:
         return {"format": FORMAT, "target": self.target.name, "device": self.target.device, "runtime": self.runtime,
                 "version": self.version, "threads": self.target.cores, "runs": self.runs, "entries": {},
-                "overhead": {}, "reference": {}, "observations": []}
+                "overhead": {}, "observations": []}
 
     def _read(self) -> dict:
         data = self._empty()
@@ -181,7 +177,7 @@ class LatencyTable:
         except (OSError, ValueError):
             return data  # a damaged cache is measured again
         same = all(stored.get(k) == data[k] for k in ("format", "device", "runtime", "version", "threads"))
-        return {**data, **{k: stored.get(k, data[k]) for k in ("entries", "overhead", "reference", "observations")}} if same else data
+        return {**data, **{k: stored.get(k, data[k]) for k in ("entries", "overhead", "observations")}} if same else data
 
     def save(self) -> None:
         """Write the table, merged with what another process may have written since it was read."""
@@ -192,7 +188,6 @@ class LatencyTable:
         extra = [o for o in on_disk["observations"] if json.dumps(o, sort_keys=True) not in seen]
         self._data["entries"] = {**on_disk["entries"], **self._data["entries"]}
         self._data["overhead"] = self._data["overhead"] or on_disk["overhead"]
-        self._data["reference"] = on_disk["reference"] or self._data["reference"]  # the first one begun stands
         self._data["observations"] = extra + self._data["observations"]
         write_json(self.path, self._data)
 
@@ -221,27 +216,12 @@ class LatencyTable:
         try:
             model = unit_model(unit, precision, weight_bits=self.target.quantization.weight_bits, siblings=siblings,
                                quantized_output=quantized_output, fed=fed)
-            load = self.load_factor()
             ms, _, kernels = self._profile(model, precision)
         except Exception as err:  # an op or attribute the rebuild or the runtime does not take alone
             return {"ms": round(self._roofline(unit, precision), 6), "roofline": True,
                     "reason": f"{type(err).__name__}: {runtime_message(err)}"[:300]}
-        return {"ms": round(ms / load, 5), "load": round(load, 4), "kernels": kernels,
+        return {"ms": round(ms, 5), "kernels": kernels,
                 "measured_on": dt.date.today().isoformat()}
-
-    def load_factor(self) -> float:
-        """How much slower the reference model runs now than when the table was begun (1.0 for the
-        first timing, which becomes the table's reference)."""
-        if self._load is not None and time.monotonic() - self._load[1] < REFERENCE_TTL_S:
-            return self._load[0]
-        ms, _, _ = self._profile(reference_model(), "fp32")
-        base = self._data["reference"].get("ms")
-        if not base:
-            self._data["reference"] = {"ms": round(ms, 6), "measured_on": dt.datetime.now().isoformat(timespec="seconds")}
-            base = ms
-        factor = float(np.clip(ms / base, *LOAD_BOUNDS))
-        self._load = (factor, time.monotonic())
-        return factor
 
     def _measure_overhead(self) -> dict[str, float]:
         """Per inference: wall p50 minus profiled time of one tiny layer. Per layer: the growth of that

@@ -239,12 +239,6 @@ def chain_model(depth: int, channels: int = 8, size: int = 4):
     return model
 
 
-def reference_model():
-    """The latency table's yardstick of the machine's load: a chain of mid-sized 1×1 convolutions,
-    long enough (≈2 M MACs) that its time is the kernels', not the runtime's overheads."""
-    return chain_model(8, channels=32, size=16)
-
-
 def _sibling(layer: Layer, unit: Unit, k: int, nodes: list, const, weight_dq, sources: dict) -> list[str]:
     """A harness branch: `layer` alone (its weights int8 when weight_dq is given), reading the unit's input."""
     from onnx import helper
