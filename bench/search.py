@@ -14,6 +14,11 @@ ratios to fp32, median, min and max. Accuracy on the test split, which the searc
 
     .venv/bin/python bench/search.py [--only resnet] [--budgets 0.8,0.6,0.45,0.35,0.3] [--time-limit 600] [--max-drop 3]
 
+The committed 96x96 MobileNetV2-like and encoder sections (README: Where it stands) were run as
+
+    .venv/bin/python bench/search.py --only 96x96 --max-drop 1 --budgets 0.6,0.5 --time-limit 600 --report-budget 0
+    .venv/bin/python bench/search.py --only encoder --max-drop 1 --budgets 0.5 --time-limit 1500 --report-budget 0
+
 The first search pays for the model's sensitivity analysis; the later ones reuse it (same model, same
 device), so their wall times are the walk, the closed loop and the final build.
 
