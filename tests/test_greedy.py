@@ -127,6 +127,34 @@ def test_a_walk_stuck_at_its_floor_consolidates_its_model_and_walks_on(tmp_path)
     assert stopped == "met" and replayed.candidate == state.candidate and len(consolidated) == 2
 
 
+def test_a_consolidation_that_scores_lower_is_set_aside_and_milder_cuts_are_tried(tmp_path):
+    """A longer fine-tune that leaves the model lower on validation (it trains on the calibration split) is
+    not kept: the walk keeps the model as it was and goes straight to milder cuts (the same model would
+    propose the same step again), here until none is left above the floor."""
+    def accuracy(module):
+        return module["base"] - 0.06 * sum(module.get(g, 16) < 16 for g in ("a", "b"))
+
+    def consolidate(module):
+        module["base"] -= 0.03
+
+    walk = greedy.Walk(
+        greedy.Channels(groups=[Group("a", 16), Group("b", 16)], choices={"a": (8, 16), "b": (8, 16)},
+                        with_keep=lambda c, g, k: dataclasses.replace(c, keep={**c.keep, g: k}),
+                        prune=lambda module, keep: {**module, **keep}),
+        greedy.Scoring(predict=lambda c, m: (1.0 - 0.3 * len(c.keep), 1.0), finetune=lambda module: None,
+                       accuracy=accuracy, consolidate=consolidate))
+    original, lines, trials = {"base": 0.95}, [], Trials(tmp_path)
+    start = greedy.State(Candidate(), original, 1.0, 1.0, 0.95, step=1)  # as if a step had been taken
+    state, stopped = greedy.run(walk, start, greedy.Budget(0.4), trials, deadline=time.monotonic() + 60,
+                                max_trials=20, floor_accuracy=0.9, progress=lines.append)
+    assert stopped == "accuracy" and state.module is original and original == {"base": 0.95}
+    assert state.consolidations == 0 and state.accuracy == 0.95  # the lower-scoring model was not kept
+    consolidations = [e for e in trials.evaluations() if e.key.startswith("consolidated:")]
+    assert len(consolidations) == 1 and consolidations[0].accuracy == pytest.approx(0.92)
+    set_aside = next(i for i, line in enumerate(lines) if "kept as it was" in line)
+    assert "trying cuts of" in lines[set_aside + 1]  # no second pass over the same proposals
+
+
 def test_a_step_fine_tunes_only_the_cuts_that_lose_least_before_fine_tuning(tmp_path):
     """Eight groups, each cut saving 0.1 ms; before fine-tuning, group gi's cut costs i/100 of accuracy, and
     fine-tuning gives back half of it. Only the SHORTLIST cheapest are fine-tuned and recorded; g0 wins."""
