@@ -257,10 +257,12 @@ def run(walk: Walk, start: State, budget: Budget, trials: Trials, *, deadline: f
         allowed = [p for p in proposals if p[7].accuracy >= floor_accuracy]
         if not allowed:  # every move would cost more accuracy than allowed: consolidate, then try milder cuts
             if walk.scoring.consolidate is not None and not state.consolidated and state.step:  # (step 0: the original)
-                before, state = state, _consolidate(walk, state, trials, progress)
-                if state.module is not before.module:
+                consolidated = _consolidate(walk, state, trials, progress)
+                if consolidated is not None:
+                    state = consolidated
                     continue
                 # it scored lower: the same model would propose the same step again, so go on to milder cuts
+                state = dataclasses.replace(state, consolidated=True)
             if slice_ms / 2 < MIN_SLICE * state.latency_ms:
                 return state, "accuracy"
             slice_ms /= 2
@@ -282,15 +284,15 @@ def _key(state: State, candidate) -> str:
     return candidate.key() if not state.consolidations else f"{candidate.key()}~{state.consolidations}"
 
 
-def _consolidate(walk: Walk, state: State, trials: Trials, progress: Callable) -> State:
+def _consolidate(walk: Walk, state: State, trials: Trials, progress: Callable) -> State | None:
     """The state's model fine-tuned longer and scored again (a trial of its own, so the report shows it;
     a resumed walk redoes the fine-tune, which is seeded, and reads the score from storage). A longer
     fine-tune on the calibration split may score lower on validation (the 96x96 MobileNetV2-like: 4 of 5
-    consolidations in one search, 0.9588 → 0.9383 at worst): then the model stays as it was, and only
-    milder cuts are left to try."""
+    consolidations in one search, 0.9588 → 0.9383 at worst): then None, the model stays as it was, and
+    only milder cuts are left to try."""
     module = copy.deepcopy(state.module)  # never the caller's (the first state's module is the original)
     walk.scoring.consolidate(module)
-    key = "consolidated:" + _key(dataclasses.replace(state, consolidations=state.consolidations + 1), state.candidate)
+    key = f"consolidated:{state.candidate.key()}~{state.consolidations + 1}"  # _key, had it been kept
     evaluation = trials.get(key) or trials.record(Evaluation(
         key, state.candidate.as_dict(), state.latency_ms, "predicted", walk.score(state.candidate, module),
         {"step": state.step + 1, "consolidated": state.consolidations + 1, "accuracy_before": state.accuracy,
@@ -298,7 +300,7 @@ def _consolidate(walk: Walk, state: State, trials: Trials, progress: Callable) -
     if evaluation.accuracy < state.accuracy:
         progress(f"step {state.step + 1}: no move above the accuracy floor; the current model, fine-tuned longer, "
                  f"scores {evaluation.accuracy:.4f} (was {state.accuracy:.4f}): kept as it was")
-        return dataclasses.replace(state, consolidated=True)
+        return None
     progress(f"step {state.step + 1}: no move above the accuracy floor; the current model, fine-tuned longer, "
              f"scores {evaluation.accuracy:.4f} (was {state.accuracy:.4f}): proposing again from it")
     return State(state.candidate, module, state.latency_ms, state.memory_mb, evaluation.accuracy, state.step,
