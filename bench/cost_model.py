@@ -277,8 +277,8 @@ def markdown(res: dict) -> str:
              f"{np.mean(list(res['per_model_mae'].values())):.1%} |",
              f"| measurement noise: p50 of the odd vs the even rounds of one candidate | {res['noise_floor']:.1%} |", "",
              "Per model, calibrated on 3 of its candidates: " + ", ".join(f"{k} {v:.1%}" for k, v in res["per_model_mae"].items()) + ".", "",
-             f"Calibration on the {len(res['fit'])}: {res['calibration']['coefficients']} (measured ≈ a·Σ unit times + "
-             "b·units + e·tensors crossing int8↔float + d·their M elements + c). a far from 1 means the table was "
+             f"Calibration on the {len(res['fit'])}: {res['calibration']['coefficients']} (measured ≈ a·Σ float unit times + "
+             "a₈·Σ int8 unit times + b·units + e·tensors crossing int8↔float + d·their M elements + c). a far from 1 means the table was "
              "filled in another spell of the machine than the one the candidates were timed in: the uncalibrated "
              "error above is mostly that, which the calibration takes out. "
              f"Table: {res['table']['entries']} unit configurations; runtime overheads {res['table']['overhead']} ms.", "",

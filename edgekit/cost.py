@@ -9,12 +9,17 @@ Three levels, each correcting the one before:
    the runtime fuses into it, `edgekit.fusion`) timed alone on the device with the target's runtime,
    once per distinct configuration, plus the runtime's measured per-inference and per-layer overheads.
 3. **Calibration** (`CostModel.observe`): whole-model measurements fit
-   measured ≈ a·Σ unit times + b·units + e·tensors crossing int8↔float + d·their elements + c
-   (least squares on relative errors, each coefficient at least its LOWER bound and held near the
-   measured overheads by a weak prior),
+   measured ≈ a·Σ float unit times + a₈·Σ int8 unit times + b·units + e·tensors crossing int8↔float
+   + d·their elements + c (least squares on relative errors, each coefficient at least its LOWER bound
+   and held near the measured overheads by a weak prior),
    which absorbs what timing units alone cannot see: scheduling between kernels, cache effects,
    reorders where precisions change, and on a shared machine the difference between the load the
-   table's reference was timed under and the load of the whole-model measurements.
+   table's reference was timed under and the load of the whole-model measurements. Float and int8
+   units have a factor each: what a unit alone misses differs by precision and by CPU (on an AMD EPYC
+   with AVX-512 VNNI the MobileNetV2-like's int8 units summed 0.37 ms alone and ran in 0.18 ms inside the
+   model, its fp32 ones 0.34 and 0.30: one factor for both predicted the all-int8 model 73 % slow and
+   the candidates it built 13-19 % slow; on an AVX2 EPYC without VNNI the table made int8 16 % faster
+   than fp32 where the model ran 6 % faster).
    The table keeps every model's observations; a cost model `scope`d to one model (a search's) fits
    that model's own on top of the fit to all (`scope_of`): what a model's kernels do between them is
    its own. The MobileNetV2-like at 96x96, after a transformer's and ResNets' searches had filled the
@@ -47,16 +52,18 @@ from edgekit.util import sha256_bytes
 
 MIN_OBSERVATIONS = 3  # below this the calibration is the measured overheads alone
 MAX_OBSERVATIONS = 300  # the latest observations the calibration is fitted on
-FEATURES = ("sum_ms", "units", "transitions", "transitions_m", "one")
-# The prior (a=1, b=per-layer overhead, d=0, c=per-inference overhead): a coefficient PRIOR_SCALE
+FEATURES = ("float_ms", "int8_ms", "units", "transitions", "transitions_m", "one")
+# The prior (a=a₈=1, b=per-layer overhead, d=0, c=per-inference overhead): a coefficient PRIOR_SCALE
 # away from it costs as much as PRIOR_WEIGHT observations missed by 100 %. Weak: it only settles what
 # the observations leave open (e.g. b and c when every candidate has as many units).
-PRIOR_SCALE = {"sum_ms": 1.0, "units": 0.05, "transitions": 0.05, "transitions_m": 0.5, "one": 0.5}
+PRIOR_SCALE = {"float_ms": 2.0, "int8_ms": 2.0, "units": 0.05, "transitions": 0.05, "transitions_m": 0.5, "one": 0.5}
 PRIOR_WEIGHT = 0.1
 # Lower bounds: a model cannot run its kernels in much less than the time they take alone, so noisy
 # observations (a loaded machine) must not fit a model in which the kernels' time counts for nothing
 # (a = 0 makes every pruned candidate look as fast as the original, and the search stops pruning).
-LOWER = {"sum_ms": 0.5, "units": 0.0, "transitions": 0.0, "transitions_m": 0.0, "one": 0.0}
+# int8 units are timed alone further from how they run in a model (the VNNI EPYC above: 0.49×), hence
+# the lower bound of theirs.
+LOWER = {"float_ms": 0.5, "int8_ms": 0.25, "units": 0.0, "transitions": 0.0, "transitions_m": 0.0, "one": 0.0}
 
 
 # ---- the calibrated cost model ------------------------------------------------------------------
@@ -155,15 +162,18 @@ class CostModel:
         found = fusion.units(layers)
         precision_of = fusion.unit_precisions(found, precisions, default)
         crossings, elements = fusion.transitions(found, precision_of)
-        return {"sum_ms": sum(c.ms for c in costs), "units": float(sum(1 for c in costs if c.ms > 0)),
+        int8_ms = sum(c.ms for c in costs if c.precision == "int8")
+        return {"float_ms": sum(c.ms for c in costs) - int8_ms, "int8_ms": int8_ms,
+                "sum_ms": sum(c.ms for c in costs),  # both, for callers (not a feature)
+                "units": float(sum(1 for c in costs if c.ms > 0)),
                 "transitions": float(crossings), "transitions_m": elements / 1e6, "one": 1.0}
 
     # ---- calibration
 
     def prior(self) -> np.ndarray:
-        """The calibration before any observation: a=1, the measured overheads, no transition cost."""
+        """The calibration before any observation: a=a₈=1, the measured overheads, no transition cost."""
         overhead = self.table.overhead
-        return np.array([1.0, overhead["layer_ms"], 0.0, 0.0, overhead["inference_ms"]])
+        return np.array([1.0, 1.0, overhead["layer_ms"], 0.0, 0.0, overhead["inference_ms"]])
 
     def _own(self) -> list[dict]:
         """This model's observations, each on the current scale where both it and this model have one."""
