@@ -94,14 +94,20 @@ def time_engine(engine: Engine, feed: dict[str, np.ndarray], settings: ProfileSe
     return times
 
 
+# Rounds of a side-by-side timing. Short ones follow a shared machine's swings: on a 2-core VM, the same
+# pair of engines (a pruned int8 MobileNetV2-like beside its fp32 original, 1 s each) timed 6 times gave
+# median ratios 0.38-0.52 in 6 rounds of 170 ms, 0.40-0.42 in 24 rounds of 40 ms.
+ROUNDS = 24
+
+
 def time_interleaved(engines: dict[str, Engine], feed: dict[str, np.ndarray], settings: ProfileSettings,
-                     rounds: int = 6) -> dict[str, list[float]]:
+                     rounds: int = ROUNDS) -> dict[str, list[float]]:
     """Per-inference wall times of several engines measured side by side (`time_rounds`, flattened)."""
     return {name: [t for slice_ in slices for t in slice_] for name, slices in time_rounds(engines, feed, settings, rounds).items()}
 
 
 def time_rounds(engines: dict[str, Engine], feed: dict[str, np.ndarray], settings: ProfileSettings,
-                rounds: int = 6) -> dict[str, list[list[float]]]:
+                rounds: int = ROUNDS) -> dict[str, list[list[float]]]:
     """Per-inference wall times of several engines measured side by side, one list per round: each is
     warmed up, then they take turns in `rounds` slices (the order reversed every round), each slice
     1/rounds of the settings' repeats and duration. Clock boost, thermal drift and other load then hit

@@ -261,3 +261,18 @@ def test_on_the_device_only_the_round_that_ships_is_distilled_then_measured_agai
     unpruned = rounds.finish(loop, round_, greedy.State(Candidate(), {}, 0.84, 1.0, 0.93), walked)
     assert built_in == [] and unpruned.ships and unpruned.shipped == "round-2" and unpruned.judged_ms == 0.85
     assert unpruned.as_walked is None
+
+
+def test_the_walks_floor_allows_for_the_noise_of_a_score_counted_on_few_samples():
+    """Top-1 on a few hundred validation samples moves by points between two scorings of one model: the
+    floor lies that much lower (one-sided 95 %), less so the more samples; a metric not counted per
+    sample (cosine) gets the allowed drop and the slack alone."""
+    from edgekit.metrics import load_metric
+    from edgekit.search import rounds
+
+    top1, cosine = load_metric("top1"), load_metric("cosine")
+    plain = 0.98 - (1 + rounds.WALK_SLACK_PT) / 100
+    few, many = (rounds.walk_floor(top1, 0.98, 1.0, n) for n in (243, 100_000))
+    assert plain - few == pytest.approx(1.645 * (plain * (1 - plain) / 243) ** 0.5) and 0.02 < plain - few < 0.03
+    assert 0 < plain - many < 0.002
+    assert rounds.walk_floor(cosine, 1.0, 1.0, 243) == pytest.approx(1.0 - (1 + rounds.WALK_SLACK_PT) / 100)
