@@ -16,7 +16,7 @@ ratios to fp32, median, min and max. Accuracy on the test split, which the searc
 
 The committed 96x96 MobileNetV2-like and encoder sections (README: Where it stands) were run as
 
-    .venv/bin/python bench/search.py --only 96x96 --max-drop 1 --budgets 0.6,0.5 --time-limit 600 --report-budget 0
+    .venv/bin/python bench/search.py --only 96x96 --max-drop 1 --budgets 0.5,0.45 --time-limit 600 --report-budget 0.45
     .venv/bin/python bench/search.py --only encoder --max-drop 1 --budgets 0.5 --time-limit 1500 --report-budget 0
 
 The first search pays for the model's sensitivity analysis; the later ones reuse it (same model, same
@@ -208,7 +208,7 @@ def to_markdown(report: dict) -> str:
         run_on = r.get("machine", m)
         lines += [f"## {r['model']} (fp32 p50 {r['fp32_p50_ms']:.3f} ms; {r['test_samples']} test samples; searches with "
                   f"--max-accuracy-drop {r.get('max_drop', 1):g})", "",
-                  f"Run {run_on['date']} on {run_on['cpu']}; metric {metric['name']} ({metric['unit']}; for cosine the "
+                  f"Run {run_on['date']} on {run_on['cpu']} ({', '.join(run_on.get('isa', []))}); metric {metric['name']} ({metric['unit']}; for cosine the "
                   "reference is the fp32 engine's outputs).", "",
                   f"| engine | p50 / p90 / p99 (ms) | met | ratio to fp32 | speed-up | test {metric['name']} | drop (pt) | search (s) | search: ratio, judged / budget (ms) | cost-model error | moves |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
