@@ -18,7 +18,7 @@ Three levels, each correcting the one before:
    units have a factor each: what a unit alone misses differs by precision and by CPU (on an AMD EPYC
    with AVX-512 VNNI the MobileNetV2-like's int8 units summed 0.37 ms alone and ran in 0.18 ms inside the
    model, its fp32 ones 0.34 and 0.30: one factor for both predicted the all-int8 model 73 % slow and
-   the candidates it built 13-19 % slow; on an AVX2 EPYC without VNNI the table made int8 16 % faster
+   the two candidates a search built 19 % and 9 % slow; on an AVX2 EPYC without VNNI the table made int8 16 % faster
    than fp32 where the model ran 6 % faster).
    The table keeps every model's observations; a cost model `scope`d to one model (a search's) fits
    that model's own on top of the fit to all (`scope_of`): what a model's kernels do between them is
