@@ -191,7 +191,7 @@ def test_calibration_fits_whole_model_observations_and_records_every_error(tmp_p
 
     def measured(layers, plan):
         f = model.features(layers, plan)
-        return 2 * f["sum_ms"] + 0.004 * f["units"] + 0.03
+        return 2 * (f["float_ms"] + f["int8_ms"]) + 0.004 * f["units"] + 0.03
 
     before = [abs(model.error(layers, plan, measured(layers, plan))) for layers in variants[:2] for plan in plans]
     assert model.calibration["fitted"] is False and "anchored on" in model.predict(variants[0]).source
@@ -229,7 +229,8 @@ def test_int8_and_float_units_are_calibrated_apart(tmp_path, cache):
     held_out, mixed = _residual_net(tmp_path / "m32.onnx", channels=32), {"conv1": "int8"}
     assert abs(model.error(held_out, mixed, measured(held_out, mixed))) < 0.05
     f_all, f_none = model.features(held_out, every), model.features(held_out, {})
-    assert f_all["int8_ms"] > 0 and f_none["int8_ms"] == 0 and f_all["sum_ms"] == pytest.approx(f_all["float_ms"] + f_all["int8_ms"])
+    every_unit = sum(c.ms for c in model.breakdown(held_out, every))
+    assert f_all["int8_ms"] > 0 and f_none["int8_ms"] == 0 and f_all["float_ms"] + f_all["int8_ms"] == pytest.approx(every_unit)
 
 
 def test_a_search_scoped_to_its_model_fits_its_own_observations_on_top_of_the_others(tmp_path, cache):
@@ -243,7 +244,8 @@ def test_a_search_scoped_to_its_model_fits_its_own_observations_on_top_of_the_ot
     for c in (4, 8, 16, 32):
         layers = _residual_net(tmp_path / f"a{c}.onnx", channels=c)
         for plan in plans:
-            first.observe(layers, plan, 2 * first.features(layers, plan)["sum_ms"] + 0.03, candidate=f"a{c}")
+            f = first.features(layers, plan)
+            first.observe(layers, plan, 2 * (f["float_ms"] + f["int8_ms"]) + 0.03, candidate=f"a{c}")
     second_layers = [_residual_net(tmp_path / f"b{c}.onnx", channels=c, stride=2) for c in (12, 24, 40)]
     scope = cost.scope_of(second_layers[-1])
     assert scope == cost.scope_of(_residual_net(tmp_path / "again.onnx", channels=40, stride=2))  # same network, same scope
@@ -251,7 +253,8 @@ def test_a_search_scoped_to_its_model_fits_its_own_observations_on_top_of_the_ot
     second = cost.CostModel(target, table=first.table, scope=scope, scale_ms=1.0)
 
     def measured(layers):
-        return 2 * second.features(layers, {})["sum_ms"] + 0.3
+        f = second.features(layers, {})
+        return 2 * (f["float_ms"] + f["int8_ms"]) + 0.3
 
     for layers in second_layers[:2]:
         second.observe(layers, {}, measured(layers), candidate="b")
