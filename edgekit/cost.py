@@ -148,7 +148,9 @@ class CostModel:
         """Each unit's table time in its precision and its context in the model (the table measures
         what it has not seen yet)."""
         found = fusion.units(layers)
-        precision_of = fusion.unit_precisions(found, precisions, default)
+        return self._costs(found, fusion.unit_precisions(found, precisions, default))
+
+    def _costs(self, found: list[fusion.Unit], precision_of: Mapping[str, str]) -> list[UnitCost]:
         context = fusion.contexts(found, precision_of)
         costs = []
         for unit in found:
@@ -160,12 +162,14 @@ class CostModel:
 
     def features(self, layers: list[Layer], precisions: Mapping[str, str] | None = None,
                  default: str = "fp32") -> dict[str, float]:
-        costs = self.breakdown(layers, precisions, default)
+        """FEATURES of a candidate: its units' table times by precision, how many units run, the tensors
+        crossing int8↔float (how many, their elements in millions), and 1."""
         found = fusion.units(layers)
         precision_of = fusion.unit_precisions(found, precisions, default)
+        costs = self._costs(found, precision_of)
         crossings, elements = fusion.transitions(found, precision_of)
-        int8_ms = sum(c.ms for c in costs if c.precision == "int8")
-        return {"float_ms": sum(c.ms for c in costs if c.precision != "int8"), "int8_ms": int8_ms,
+        return {"float_ms": sum(c.ms for c in costs if c.precision != "int8"),
+                "int8_ms": sum(c.ms for c in costs if c.precision == "int8"),
                 "units": float(sum(1 for c in costs if c.ms > 0)),
                 "transitions": float(crossings), "transitions_m": elements / 1e6, "one": 1.0}
 
