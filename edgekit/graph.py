@@ -159,6 +159,7 @@ def export_onnx(model: LoadedModel, out_path: Path) -> Path:
             with _quiet():
                 torch.onnx.export(model.module, args, str(tmp), input_names=names, opset_version=OPSET,
                                   dynamo=dynamo, external_data=False)
+            fold_weight_transposes(tmp)
             tmp.replace(out_path)
             return out_path
         except Exception as err:  # each exporter fails in its own way; keep both reasons
@@ -166,6 +167,45 @@ def export_onnx(model: LoadedModel, out_path: Path) -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     raise Failure(f"cannot export {model.spec} to ONNX ({'; '.join(errors)})")
+
+
+def fold_weight_transposes(path: Path) -> int:
+    """Store each weight the graph transposes at run time transposed, as an initializer. torch.onnx leaves
+    `MatMul(x, Transpose(W))` where a Linear's weight is shared (ALBERT's layers, tied embeddings): to
+    calibration that MatMul reads two activations, and it stayed float. Each (weight, permutation) is stored
+    once, so a shared weight stays shared. Returns how many Transposes went."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    folds = [n for n in graph.node if n.op_type == "Transpose" and len(n.input) == 1 and n.input[0] in inits]
+    if not folds:
+        return 0
+    stored: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    for node in folds:
+        perm = tuple(next((list(a.ints) for a in node.attribute if a.name == "perm"), ()))
+        key = (node.input[0], perm)
+        if key not in stored:
+            array = numpy_helper.to_array(inits[node.input[0]])
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(array, perm or None)),
+                                                             node.output[0]))
+            stored[key] = node.output[0]
+        else:
+            renamed[node.output[0]] = stored[key]
+        graph.node.remove(node)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(proto, str(path))
+    return len(folds)
 
 
 def check_export(model: LoadedModel, onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> ExportCheck:

@@ -190,6 +190,50 @@ def test_bias_correction_of_a_shared_bias_stays_with_its_layer(tmp_path):
     assert cosine(True) >= cosine(False) - 1e-4
 
 
+def test_a_weight_two_layers_share_is_quantized_for_both_and_stored_once(tmp_path):
+    """Tied weights (one initializer read by two MatMuls, one bias by two Adds): both layers int8, the int8
+    weight stored once (twice, it failed onnx.checker: 'initializer name is not unique')."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (16, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm1"), helper.make_node("Add", ["h", "b"], ["h2"], name="add1"),
+             helper.make_node("Relu", ["h2"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w"], ["y0"], name="mm2"), helper.make_node("Add", ["y0", "b"], ["y"], name="add2")]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(16, np.float32), "b")])
+    path = tmp_path / "tied.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.normal(0, 1, (64, 4, 16)).astype(np.float32)
+    r = calibrate(path, _samples(x), load_target("host"), PrecisionPlan("int8"), tmp_path / "out", CalibrationOptions())
+    assert r.planned == {"mm1": "int8", "mm2": "int8"}
+    written = onnx.load(r.qdq_path)
+    assert sum(1 for i in written.graph.initializer if i.name.startswith("w_quantized")) == 1
+    q, f = (ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]) for m in (r.qdq_path, path))
+    for i in range(4):
+        ref = f.run(None, {"x": x[i:i + 1]})[0]
+        assert np.abs(q.run(None, {"x": x[i:i + 1]})[0] - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_albert_shared_layers_run_int8(tmp_path):
+    """A `transformers` ALBERT (every layer reads one set of weights): torch.onnx leaves `MatMul(x, Transpose(W))`
+    for a shared weight, which calibration took for a product of two activations and kept float (1 of 13 weight
+    layers int8). The export stores W transposed (graph.fold_weight_transposes): every weight layer runs int8."""
+    result = run_cli("deploy", "-t", "host", "--model", "tests.transformer_models:albert", "--data",
+                     "tests.transformer_models:albert_data", "--precision", "int8", "--out", str(tmp_path), "--json",
+                     "--duration", "0.2", "--repeats", "20")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    saved = json.loads((tmp_path / "scales.json").read_text())
+    float_layers = {name for name, p in report["precision"]["planned"].items() if p != "int8"}
+    assert float_layers and all("two activations" in saved["demoted"][name] for name in float_layers)  # attention only
+    assert sum(p == "int8" for p in report["precision"]["planned"].values()) == 13
+    assert report["accuracy"]["cosine"] >= 0.999 and report["precision"]["mismatches"] == {}
+    written = onnx.load(tmp_path / "model.int8.onnx")
+    assert sum(1 for i in written.graph.initializer if i.data_type == TensorProto.INT8) == 2 * 7  # 7 weights (+ zero points)
+
+
 def _masked_matmul_model(path):
     """x → x + mask (-1e4 on padded positions) → MatMul W: the layer must not be quantized."""
     mask = np.zeros((1, 4, 16), np.float32)

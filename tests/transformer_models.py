@@ -56,3 +56,23 @@ def encoder_data(n: int = 300) -> dict[str, np.ndarray]:
     from examples.encoder import data
 
     return data(n, SEQ)
+
+
+def albert(seq: int = SEQ):
+    """A small ALBERT (2 layers sharing one set of weights, hidden 128, 4 heads), eager attention: its export
+    reads every shared weight and bias from one initializer, as tied weights are."""
+    import torch
+    from transformers import AlbertConfig, AlbertModel
+
+    config = AlbertConfig(vocab_size=VOCAB, embedding_size=64, hidden_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=512, max_position_embeddings=seq,
+                          attn_implementation="eager")
+    torch.manual_seed(0)
+    model = AlbertModel(config, add_pooling_layer=False).eval()
+    model.config.return_dict = False
+    ids = torch.ones(1, seq, dtype=torch.int64)
+    return model, {"input_ids": ids, "attention_mask": torch.ones(1, seq, dtype=torch.int64)}
+
+
+def albert_data(n: int = 200) -> dict[str, np.ndarray]:
+    return bert_data(n, SEQ)

@@ -168,6 +168,7 @@ class _QdqEdits:
         self.summary = QdqSummary()
         self.new_inits: list = []
         self.replaced_inits: dict[str, np.ndarray] = {}
+        self.stored_weights: dict[tuple, tuple[str, str, str]] = {}  # (float weight, axis) → int8 value, scale, zero point
         self.before: dict[int, list] = {}  # node index → weight/bias DQ nodes to emit before it
         self.after: dict[int, list] = {}  # node index (-1: the graph inputs) → activation Q/DQ nodes to emit after it
         self.dq_of: dict[str, str] = {}  # activation tensor → its dequantized name
@@ -239,9 +240,12 @@ class _QdqEdits:
         if axis is not None:
             shape[axis] = -1
         dequantized = q.astype(np.float32) * scales.reshape(shape)
-        wq = self.const(f"{w_name}_quantized", q)
-        ws = self.const(f"{w_name}_scale", scales)
-        wz = self.const(f"{w_name}_zero_point", np.zeros_like(scales, np.int8))
+        key = (w_name, axis)
+        if key not in self.stored_weights:  # a weight two layers share (tied) is stored once per axis
+            stored = w_name + ("" if all(k[0] != w_name for k in self.stored_weights) else f"_axis{axis}")
+            self.stored_weights[key] = (self.const(f"{stored}_quantized", q), self.const(f"{stored}_scale", scales),
+                                        self.const(f"{stored}_zero_point", np.zeros_like(scales, np.int8)))
+        wq, ws, wz = self.stored_weights[key]
         w_dq = f"{w_name}_dequantized_{name}"
         attrs = {"axis": axis} if axis is not None else {}
         self.before.setdefault(at, []).append(helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{name}_weight_DequantizeLinear", **attrs))
