@@ -201,7 +201,9 @@ def fold_weight_transposes(path: Path) -> int:
             if name in renamed:
                 node.input[i] = renamed[name]
     read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in read]
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute)
+    unread = set() if nested else {n.input[0] for n in folds} - read  # the originals only the Transposes read
+    kept = [i for i in graph.initializer if i.name not in unread]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     onnx.save(proto, str(path))
