@@ -266,19 +266,16 @@ class _QdqEdits:
             new_inputs.append(bias_name)
         if bias_name is None:
             return
-        readers = self.consumers.get(bias_name, [])
-        if len(readers) > 1:  # an exporter's deduplicated constant (torch.onnx shares every all-zero bias, and
-            # LayerNorm's zero beta, as one tensor): this layer gets a corrected copy of its own
-            private = f"{bias_name}_corrected_{name}"
+        corrected = bias_name
+        if len(self.consumers.get(bias_name, [])) > 1:  # an exporter's deduplicated constant (torch.onnx shares every
+            # all-zero bias, and LayerNorm's zero beta, as one tensor): this layer gets a corrected copy of its own
+            corrected = f"{bias_name}_corrected_{name}"
             if node.op_type in ("Conv", "Gemm"):
-                new_inputs[2] = private
+                new_inputs[2] = corrected
             else:  # MatMul: its one Add (_bias_of)
                 add = self.consumers[node.output[0]][0]
-                add.input[list(add.input).index(bias_name)] = private
-            self.replaced_inits[private] = (self.initializers[bias_name] - shift).astype(np.float32)
-        else:
-            base = self.replaced_inits.get(bias_name, self.initializers[bias_name])
-            self.replaced_inits[bias_name] = (base - shift).astype(np.float32)
+                add.input[list(add.input).index(bias_name)] = corrected
+        self.replaced_inits[corrected] = (self.initializers[bias_name] - shift).astype(np.float32)
         self.summary.bias_corrected[name] = float(np.abs(shift).max())
 
     def _int32_bias(self, name: str, at: int, scales: np.ndarray, a_scale: float, new_inputs: list[str]) -> None:
